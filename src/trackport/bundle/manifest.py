@@ -1,0 +1,137 @@
+"""manifest.jsonl: one {"path","sha256","size"} line per file of the bundle, sorted by
+path, written last. Building it streams over the tree; sha256 values already recorded in
+a run.json (metrics.parquet, artifacts) are reused when the file size still agrees."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from trackport.errors import BadInputError
+from trackport.bundle import schemas
+from trackport.bundle.layout import (
+    ARTIFACTS_DIR,
+    EXPERIMENTS_DIR,
+    MANIFEST_FILE,
+    RUN_FILE,
+    RUNS_DIR,
+    fsync_dir,
+    sha256_file,
+    temp_name,
+    walk_files,
+)
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str
+    size: int
+    sha256: str
+
+    def to_line(self) -> str:
+        return json.dumps(
+            {"path": self.path, "sha256": self.sha256, "size": self.size},
+            sort_keys=True,
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+
+def run_dir_key(relpath: str) -> tuple[str, str] | None:
+    """'experiments/E/runs/R/x/y' -> ('experiments/E/runs/R', 'x/y'); else None."""
+    parts = relpath.split("/")
+    if len(parts) >= 5 and parts[0] == EXPERIMENTS_DIR and parts[2] == RUNS_DIR:
+        return "/".join(parts[:4]), "/".join(parts[4:])
+    return None
+
+
+def recorded_hashes(run_doc: dict) -> dict[str, tuple[int, str]]:
+    """{path inside the run dir: (size, sha256)} as recorded in a run.json document."""
+    out: dict[str, tuple[int, str]] = {}
+    metrics = run_doc.get("metrics")
+    if isinstance(metrics, dict) and isinstance(metrics.get("file"), str):
+        out[metrics["file"]] = (metrics.get("size"), metrics.get("sha256"))
+    for a in run_doc.get("artifacts") or ():
+        if isinstance(a, dict) and isinstance(a.get("path"), str):
+            out[f"{ARTIFACTS_DIR}/{a['path']}"] = (a.get("size"), a.get("sha256"))
+    return out
+
+
+def iter_entries(root: Path, exclude: frozenset[str] = frozenset()) -> Iterator[ManifestEntry]:
+    """Entries for every file under root except manifest.jsonl (and exclude), in path order."""
+    current_run: str | None = None
+    known: dict[str, tuple[int, str]] = {}
+    for rel, entry in walk_files(root):
+        if rel == MANIFEST_FILE or rel in exclude:
+            continue
+        size = entry.stat(follow_symlinks=False).st_size
+        sha = None
+        split = run_dir_key(rel)
+        if split is not None:
+            run_key, inner = split
+            if run_key != current_run:
+                current_run, known = run_key, {}
+                try:
+                    with open(root / run_key / RUN_FILE, encoding="utf-8") as f:
+                        known = recorded_hashes(json.load(f))
+                except (OSError, ValueError):
+                    known = {}
+            rec = known.get(inner)
+            if rec is not None and rec[0] == size and isinstance(rec[1], str):
+                sha = rec[1]
+        if sha is None:
+            sha, size = sha256_file(Path(entry.path))
+        yield ManifestEntry(rel, size, sha)
+
+
+def write_manifest(root: Path) -> int:
+    """Build and atomically write root/manifest.jsonl; returns the number of entries."""
+    final = root / MANIFEST_FILE
+    tmp = root / temp_name(MANIFEST_FILE)
+    n = 0
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            for e in iter_entries(root, frozenset([tmp.name])):
+                f.write(e.to_line() + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(root)
+    return n
+
+
+def parse_line(line: str) -> tuple[ManifestEntry | None, str | None]:
+    """(entry, None) or (None, problem) for one manifest line."""
+    try:
+        doc = json.loads(line)
+    except ValueError as e:
+        return None, f"not JSON ({e})"
+    err = schemas.first_error(schemas.MANIFEST_ENTRY, doc)
+    if err:
+        return None, err
+    return ManifestEntry(doc["path"], doc["size"], doc["sha256"]), None
+
+
+def read_manifest(root: Path) -> Iterator[ManifestEntry]:
+    """The manifest's entries; a malformed line raises BadInputError naming it."""
+    path = root / MANIFEST_FILE
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInputError(
+            f"{root} is incomplete (no {MANIFEST_FILE}): the export did not finish; re-run the export"
+        ) from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            entry, problem = parse_line(line)
+            if problem:
+                raise BadInputError(f"{path} line {lineno} is invalid: {problem}")
+            yield entry

@@ -1,0 +1,288 @@
+"""BundleSink: writes experiments and runs into a bundle directory (format v1).
+
+Crash safety: each run is written into runs/.<run_id>.tmp-<random>/ and renamed to
+runs/<run_id>/ when whole; single files go through a temp name and os.replace; the
+manifest is written last by finish(). Thread-safe for concurrent put_run of different runs.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from trackport.domain import Capabilities, Experiment, Run
+from trackport.domain import TargetExperimentId, TargetRunId
+from trackport.errors import BadInputError, TrackportError, UnitError
+from trackport.stores.base import RunContent, RunWriteResult, Selection, SinkStore, StoreDescription
+from trackport.bundle import descriptor
+from trackport.bundle.layout import (
+    ARTIFACTS_DIR,
+    EXPERIMENT_FILE,
+    EXPERIMENTS_DIR,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    ROOT_FILE,
+    RUN_FILE,
+    RUNS_DIR,
+    TRANSFER_DIR,
+    check_component,
+    copy_stream,
+    experiment_dir,
+    fsync_dir,
+    is_temp_name,
+    run_dir,
+    runs_dir,
+    safe_join,
+    temp_name,
+    write_json,
+    write_json_atomic,
+)
+from trackport.bundle.manifest import write_manifest
+from trackport.bundle.metrics_parquet import DEFAULT_ROW_GROUP_ROWS, write_metrics
+
+# Errors that will hit every later write too: stop the transfer instead of failing each run.
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def experiment_doc(experiment: Experiment) -> dict:
+    return {
+        "experiment_id": experiment.experiment_id,
+        "name": experiment.name,
+        "lifecycle_stage": experiment.lifecycle_stage,
+        "artifact_location": experiment.artifact_location,
+        "creation_time": experiment.creation_time,
+        "last_update_time": experiment.last_update_time,
+        "tags": dict(experiment.tags),
+    }
+
+
+def run_doc(run: Run, experiment_id: str, metrics: dict | None, artifacts: list[dict]) -> dict:
+    return {
+        "info": {
+            "run_id": run.run_id,
+            "experiment_id": experiment_id,
+            "run_name": run.run_name,
+            "user_id": run.user_id,
+            "status": run.status,
+            "start_time": run.start_time,
+            "end_time": run.end_time,
+            "lifecycle_stage": run.lifecycle_stage,
+            "deleted_time": run.deleted_time,
+            "artifact_uri": run.artifact_uri,
+        },
+        "params": dict(run.params),
+        "tags": dict(run.tags),
+        "inputs": [asdict(i) for i in run.inputs],
+        "metrics": metrics,
+        "artifacts": artifacts,
+    }
+
+
+def _os_error(e: OSError, what: str) -> TrackportError:
+    msg = f"cannot write {what}: {e.strerror or e}"
+    if e.errno in _FATAL_ERRNOS:
+        return BadInputError(msg + "; free space or fix permissions, then re-run to resume")
+    return UnitError(msg)
+
+
+class BundleSink(SinkStore):
+    capabilities = Capabilities(
+        keeps_run_ids=True,
+        keeps_experiment_ids=True,
+        keeps_times=True,
+        keeps_users=True,
+        keeps_deleted_state=True,
+        keeps_infinity=True,
+        max_param_value_length=None,
+        max_tag_value_length=None,
+    )
+
+    def __init__(self, path: str | os.PathLike, *, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS):
+        self.path = Path(path).absolute()
+        self.row_group_rows = row_group_rows
+        self._root_doc: dict | None = None
+        self._lock = threading.Lock()
+
+    # -- description -------------------------------------------------------------------
+    def describe(self) -> StoreDescription:
+        return StoreDescription(kind="bundle", uri=str(self.path))
+
+    def state_dir(self) -> Path:
+        d = self.path / TRANSFER_DIR
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def begin(self, source: StoreDescription, selection: Selection) -> None:
+        p = self.path
+        source_doc = {"kind": source.kind, "uri": source.uri, "mlflow_version": source.mlflow_version}
+        created_at = None
+        if p.exists():
+            if not p.is_dir():
+                raise BadInputError(f"{p} exists and is not a directory; export to a new path")
+            if (p / MANIFEST_FILE).exists():
+                raise BadInputError(f"{p} already holds a complete bundle; export to a new path")
+            if (p / ROOT_FILE).exists():
+                try:
+                    old = descriptor.load_root(p)
+                except BadInputError as e:
+                    raise BadInputError(f"{p} is not a trackport bundle in progress ({e}); export to a new path") from None
+                old_src = old.get("source") or {}
+                if (old_src.get("kind"), old_src.get("uri")) != (source.kind, source.uri):
+                    raise BadInputError(
+                        f"{p} holds an unfinished export of {old_src.get('uri')!r}, not of {source.uri!r}; "
+                        "resume with the same source or export to a new path"
+                    )
+                created_at = old.get("created_at")
+                self._remove_stale_temps()
+            elif any(p.iterdir()):
+                raise BadInputError(f"{p} is not empty and is not a trackport bundle; export to a new or empty directory")
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+            (p / EXPERIMENTS_DIR).mkdir(exist_ok=True)
+            (p / TRANSFER_DIR).mkdir(exist_ok=True)
+            doc = descriptor.build_root(source_doc, selection.to_json(), created_at=created_at)
+            write_json_atomic(p / ROOT_FILE, doc)
+        except OSError as e:
+            raise BadInputError(f"cannot write bundle at {p}: {e.strerror or e}") from None
+        self._root_doc = doc
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files/dirs left by a killed export: top level, experiment dirs, runs dirs."""
+        dirs = [self.path]
+        exp_root = self.path / EXPERIMENTS_DIR
+        if exp_root.is_dir():
+            for e in exp_root.iterdir():
+                if e.is_dir():
+                    dirs += [exp_root, e, e / RUNS_DIR]
+        for d in dict.fromkeys(dirs):
+            if not d.is_dir():
+                continue
+            for child in d.iterdir():
+                if is_temp_name(child.name):
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+
+    def finish(self, counts: dict) -> None:
+        """Rewrite the root with counts taken from the bundle itself, then write the
+        manifest. The engine's counts are not trusted blindly: on a resumed export they
+        would cover only this session; the bundle's own run.json files cover all of it."""
+        root_doc = self._root_doc or descriptor.load_root(self.path)
+        self._remove_stale_temps()
+        try:
+            root_doc = dict(root_doc, counts=self._count())
+            write_json_atomic(self.path / ROOT_FILE, root_doc)
+            write_manifest(self.path)
+        except OSError as e:
+            raise BadInputError(f"cannot finish bundle at {self.path}: {e.strerror or e}") from None
+        self._root_doc = root_doc
+
+    def _count(self) -> dict:
+        c = dict.fromkeys(descriptor.COUNT_KEYS, 0)
+        exp_root = self.path / EXPERIMENTS_DIR
+        if not exp_root.is_dir():
+            return c
+        for e in sorted(exp_root.iterdir()):
+            if not (e / EXPERIMENT_FILE).is_file():
+                continue
+            c["experiments"] += 1
+            rd = e / RUNS_DIR
+            if not rd.is_dir():
+                continue
+            for r in rd.iterdir():
+                if is_temp_name(r.name) or not (r / RUN_FILE).is_file():
+                    continue
+                with open(r / RUN_FILE, encoding="utf-8") as f:
+                    doc = json.load(f)
+                c["runs"] += 1
+                c["metric_points"] += (doc.get("metrics") or {}).get("points", 0)
+                arts = doc.get("artifacts") or []
+                c["artifact_files"] += len(arts)
+                c["artifact_bytes"] += sum(a.get("size", 0) for a in arts)
+        return c
+
+    # -- writes ------------------------------------------------------------------------
+    def put_experiment(self, experiment: Experiment) -> TargetExperimentId:
+        try:
+            d = experiment_dir(self.path, experiment.experiment_id)
+        except ValueError as e:
+            raise UnitError(f"experiment {experiment.name!r}: {e}") from None
+        try:
+            (d / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+            write_json_atomic(d / EXPERIMENT_FILE, experiment_doc(experiment))
+        except OSError as e:
+            raise _os_error(e, f"experiment {experiment.name!r} into {d}") from None
+        return TargetExperimentId(experiment.experiment_id)
+
+    def find_run(self, run: Run, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
+        try:
+            d = run_dir(self.path, target_experiment_id, run.run_id)
+        except ValueError:
+            return None
+        return TargetRunId(run.run_id) if (d / RUN_FILE).is_file() else None
+
+    def put_run(self, run: Run, target_experiment_id: TargetExperimentId, content: RunContent) -> RunWriteResult:
+        try:
+            check_component(run.run_id, "run id")
+            parent = runs_dir(self.path, target_experiment_id)
+        except ValueError as e:
+            raise UnitError(f"run {run.run_id!r}: {e}") from None
+        final = parent / run.run_id
+        tmp = parent / temp_name(run.run_id)
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+            result = self._write_run(run, target_experiment_id, content, tmp)
+            self._publish(tmp, final)
+            return result
+        except OSError as e:
+            raise _os_error(e, f"run {run.run_id} into {parent}") from None
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _write_run(self, run: Run, eid: str, content: RunContent, tmp: Path) -> RunWriteResult:
+        result = RunWriteResult(target_run_id=TargetRunId(run.run_id))
+        written = write_metrics(tmp / METRICS_FILE, run.run_id, content.metric_batches(), row_group_rows=self.row_group_rows)
+        metrics = None
+        if written is not None:
+            points, sha, size = written
+            metrics = {"file": METRICS_FILE, "points": points, "sha256": sha, "size": size}
+            result.metric_points = points
+        artifacts: list[dict] = []
+        art_root = tmp / ARTIFACTS_DIR
+        for af in content.artifact_files():
+            try:
+                target = safe_join(art_root, af.path)
+            except ValueError as e:
+                raise UnitError(f"run {run.run_id}: artifact {e}; nothing of this run was written") from None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with content.open_artifact(af.path) as src:
+                    sha, size = copy_stream(src, target)
+            except FileExistsError:
+                raise UnitError(f"run {run.run_id}: artifact {af.path!r} is listed twice") from None
+            artifacts.append({"path": af.path, "size": size, "sha256": sha})
+            result.artifact_files += 1
+            result.artifact_bytes += size
+        artifacts.sort(key=lambda a: a["path"])
+        write_json(tmp / RUN_FILE, run_doc(run, eid, metrics, artifacts))
+        return result
+
+    def _publish(self, tmp: Path, final: Path) -> None:
+        """Rename the finished temp dir into place (replacing an older copy whole)."""
+        with self._lock:
+            if final.exists():
+                old = final.with_name(temp_name(final.name))
+                os.rename(final, old)
+                os.rename(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, final)
+        fsync_dir(final.parent)

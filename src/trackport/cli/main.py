@@ -1,0 +1,287 @@
+"""The `trackport` command: parse options, open stores, call the library, render results."""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from functools import wraps
+from pathlib import Path
+
+import click
+
+from trackport import __version__
+from trackport.cli import render
+from trackport.errors import ExitCode, TrackportError, VerifyError
+from trackport.stores import open_bundle_sink, open_bundle_source, open_sink, open_source
+from trackport.stores.base import Selection, SinkStore, SourceStore
+from trackport.transfer import Summary, transfer
+from trackport.transfer.engine import DEFAULT_WORKERS, plan_experiments
+
+
+def _selection_options(command):
+    command = click.option(
+        "--include-deleted", is_flag=True, help="Also move deleted experiments and runs."
+    )(command)
+    command = click.option(
+        "--run-id", "run_ids", multiple=True, metavar="ID", help="Only this run (repeatable)."
+    )(command)
+    command = click.option(
+        "--experiment",
+        "experiments",
+        multiple=True,
+        metavar="NAME_OR_ID",
+        help="Only this experiment (repeatable; default: all).",
+    )(command)
+    return command
+
+
+def _transfer_options(command):
+    command = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")(command)
+    command = click.option(
+        "--workers",
+        type=click.IntRange(1, 64),
+        default=DEFAULT_WORKERS,
+        show_default=True,
+        help="Runs moved at the same time.",
+    )(command)
+    return command
+
+
+def _fail_cleanly(command):
+    """Turns trackport's errors into one line on stderr and the documented exit code."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TrackportError as exc:
+            render.error(str(exc))
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            render.error("interrupted; run the same command again to resume")
+            sys.exit(ExitCode.INTERRUPTED)
+
+    return wrapper
+
+
+def _run_transfer(
+    source: SourceStore,
+    make_sink,
+    selection: Selection,
+    workers: int,
+    show_progress: bool = True,
+) -> Summary:
+    # Plan before the sink exists, so that bad input leaves nothing behind in the target.
+    planned = plan_experiments(source, selection)
+    sink: SinkStore = make_sink()
+    progress = render.ProgressLine(enabled=None if show_progress else False)
+    try:
+        return transfer(source, sink, selection, workers=workers, on_progress=progress, experiments=planned)
+    finally:
+        progress.close()
+        sink.close()
+        source.close()
+
+
+def _show(summary: Summary, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(render.summary_table(summary))
+    if summary.failed:
+        sys.exit(ExitCode.UNITS_FAILED)
+
+
+class _OneLineErrors(click.Group):
+    """Usage errors as one line that says where help is, with click's exit code 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help())
+            sys.exit(ExitCode.USAGE)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "trackport"
+            render.error(f"{exc.format_message()} (see '{command} --help')")
+            sys.exit(ExitCode.USAGE)
+        except click.exceptions.Abort:
+            render.error("interrupted; run the same command again to resume")
+            sys.exit(ExitCode.INTERRUPTED)
+        except click.ClickException as exc:
+            render.error(exc.format_message())
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="trackport")
+def cli() -> None:
+    """Export, import, copy and verify MLflow tracking data.
+
+    \b
+    Stores: sqlite:///path/mlflow.db (local MLflow store), an mlruns/ directory
+    (legacy file store, read-only) or a trackport bundle directory.
+    Exit codes: 0 ok, 1 some units failed, 2 usage, 3 bad input, 4 verify failed,
+    5 authentication, 6 unreachable, 70 internal error, 130 interrupted.
+    """
+
+
+@cli.command("export")
+@click.argument("source")
+@click.argument("bundle")
+@_selection_options
+@_transfer_options
+@_fail_cleanly
+def export_command(source, bundle, experiments, run_ids, include_deleted, workers, as_json):
+    """Write SOURCE's experiments and runs into the bundle directory BUNDLE."""
+    selection = Selection(experiments, run_ids, include_deleted)
+    summary = _run_transfer(open_source(source), lambda: open_bundle_sink(bundle), selection, workers, not as_json)
+    _show(summary, as_json)
+
+
+@cli.command("import")
+@click.argument("bundle")
+@click.argument("target")
+@_selection_options
+@_transfer_options
+@click.option("--artifact-root", metavar="DIR", help="Where a new local store keeps artifacts.")
+@_fail_cleanly
+def import_command(bundle, target, experiments, run_ids, include_deleted, workers, as_json, artifact_root):
+    """Replay the bundle BUNDLE into the store TARGET."""
+    selection = Selection(experiments, run_ids, include_deleted)
+    sink = lambda: open_sink(target, artifact_root=artifact_root)  # noqa: E731
+    _show(_run_transfer(open_bundle_source(bundle), sink, selection, workers, not as_json), as_json)
+
+
+@cli.command("copy")
+@click.argument("source")
+@click.argument("target")
+@_selection_options
+@_transfer_options
+@click.option("--artifact-root", metavar="DIR", help="Where a new local store keeps artifacts.")
+@_fail_cleanly
+def copy_command(source, target, experiments, run_ids, include_deleted, workers, as_json, artifact_root):
+    """Copy straight from store SOURCE to store TARGET, without a bundle."""
+    selection = Selection(experiments, run_ids, include_deleted)
+    sink = lambda: open_sink(target, artifact_root=artifact_root)  # noqa: E731
+    _show(_run_transfer(open_source(source), sink, selection, workers, not as_json), as_json)
+
+
+@cli.group("bundle")
+def bundle_group() -> None:
+    """Check and describe bundles."""
+
+
+@bundle_group.command("verify")
+@click.argument("bundle")
+@click.option(
+    "--level",
+    type=click.Choice(["fast", "complete", "full"]),
+    default="full",
+    show_default=True,
+    help="fast: sizes; complete: plus no extra files; full: plus sha256 and schemas.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_fail_cleanly
+def verify_command(bundle, level, as_json):
+    """Check that BUNDLE is complete and undamaged."""
+    from trackport.bundle import verify_bundle
+
+    report = verify_bundle(Path(bundle), level)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    else:
+        for problem in report.problems:
+            click.echo(f"{problem.path}: {problem.message}")
+        click.echo(f"{report.files_checked:,} files checked at level {level}: {len(report.problems)} problems")
+    if report.problems:
+        sys.exit(ExitCode.VERIFY_FAILED)
+
+
+@bundle_group.command("inspect")
+@click.argument("bundle")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_fail_cleanly
+def inspect_command(bundle, as_json):
+    """Describe BUNDLE: format, producer, source, selection and contents."""
+    from trackport.bundle import inspect_bundle
+
+    info = inspect_bundle(Path(bundle))
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    click.echo(f"format      {info['format']} {info['format_version']}")
+    click.echo(f"producer    {info['producer']['name']} {info['producer']['version']}")
+    source = info["source"]
+    click.echo(f"source      {source['kind']} {source['uri']} (MLflow {source.get('mlflow_version') or '?'})")
+    click.echo(f"created at  {info['created_at']}")
+    for measure, value in (info.get("counts") or {}).items():
+        click.echo(f"{measure.replace('_', ' '):<12}{value:,}")
+    for experiment in info.get("experiments", []):
+        click.echo(f"  experiment {experiment['experiment_id']} {experiment['name']!r}: {experiment['runs']} runs")
+
+
+@cli.command("demo")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Where to put the demo's stores (default: a new temp dir).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
+@_fail_cleanly
+def demo_command(workdir, as_json):
+    """Build the sample store, export it, import it into a fresh store and verify."""
+    from trackport.bundle import verify_bundle
+    from trackport.samples.sample_store import build_sample_store
+    from trackport.transfer.compare import compare_stores
+
+    root = Path(workdir or tempfile.mkdtemp(prefix="trackport-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    source_uri = build_sample_store(root / "source")
+    bundle = root / "bundle"
+    target_uri = f"sqlite:///{root / 'target' / 'mlflow.db'}"
+    everything = Selection(include_deleted=True)
+
+    exported = _run_transfer(open_source(source_uri), lambda: open_bundle_sink(str(bundle)), everything, DEFAULT_WORKERS)
+    report = verify_bundle(bundle, "full")
+    imported = _run_transfer(open_bundle_source(str(bundle)), lambda: open_sink(target_uri), everything, DEFAULT_WORKERS)
+    source, target = open_source(source_uri), open_source(target_uri)
+    try:
+        differences = [str(d) for d in compare_stores(source, target, everything, level="full")]
+    finally:
+        source.close()
+        target.close()
+
+    if as_json:
+        result = {
+            "source": source_uri,
+            "bundle": str(bundle),
+            "target": target_uri,
+            "export": exported.to_json(),
+            "bundle_problems": [f"{p.path}: {p.message}" for p in report.problems],
+            "import": imported.to_json(),
+            "differences": differences,
+        }
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        click.echo(f"sample store: {source_uri}\n\n== export -> {bundle}")
+        click.echo(render.summary_table(exported))
+        click.echo(f"\n== bundle verify --level full: {report.files_checked:,} files, {len(report.problems)} problems")
+        for problem in report.problems:
+            click.echo(f"  {problem.path}: {problem.message}")
+        click.echo(f"\n== import -> {target_uri}")
+        click.echo(render.summary_table(imported))
+        click.echo(f"\n== verify source vs target, field by field: {len(differences)} differences")
+        for difference in differences:
+            click.echo(f"  {difference}")
+    if exported.failed or imported.failed:
+        sys.exit(ExitCode.UNITS_FAILED)
+    if report.problems or differences:
+        raise VerifyError(f"the demo found {len(report.problems) + len(differences)} problems (listed above)")
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="trackport")
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, never a traceback dump
+        render.error(f"internal error: {type(exc).__name__}: {exc} (please report this)")
+        sys.exit(ExitCode.INTERNAL)

@@ -1,0 +1,105 @@
+"""The MLflow tracking domain as trackport moves it: plain, typed, immutable values.
+
+Every store reads into and writes from these types, so no store depends on another
+store's representation. Metric histories never live here as Python objects: they travel
+as Arrow record batches (see METRIC_SCHEMA) because runs can hold millions of points.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NewType
+
+import pyarrow as pa
+
+# Ids as the source store knows them, and as the sink assigned them. Keeping the two
+# apart in the type system stops a remapping bug from passing a source id to a sink.
+SourceExperimentId = NewType("SourceExperimentId", str)
+TargetExperimentId = NewType("TargetExperimentId", str)
+SourceRunId = NewType("SourceRunId", str)
+TargetRunId = NewType("TargetRunId", str)
+
+ACTIVE = "active"
+DELETED = "deleted"
+LIFECYCLE_STAGES = (ACTIVE, DELETED)
+RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
+
+PARENT_RUN_ID_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"
+
+# One metric point per row; a run's history is a stream of batches of this shape.
+METRIC_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("timestamp", pa.int64(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    experiment_id: str
+    name: str
+    lifecycle_stage: str = ACTIVE
+    artifact_location: str | None = None
+    creation_time: int | None = None
+    last_update_time: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """A dataset logged as a run input (MLflow's log-inputs), with the input's tags."""
+
+    name: str
+    digest: str
+    source_type: str
+    source: str
+    schema: str | None = None
+    profile: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    experiment_id: str
+    run_name: str
+    user_id: str
+    status: str
+    start_time: int | None
+    end_time: int | None
+    lifecycle_stage: str = ACTIVE
+    deleted_time: int | None = None
+    artifact_uri: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    inputs: tuple[DatasetInput, ...] = ()
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.tags.get(PARENT_RUN_ID_TAG)
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """One artifact file of a run; path is relative to the run's artifact root, '/'-separated."""
+
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a sink can hold exactly. The engine plans against this before writing."""
+
+    keeps_run_ids: bool
+    keeps_experiment_ids: bool
+    keeps_times: bool
+    keeps_users: bool
+    keeps_deleted_state: bool
+    keeps_infinity: bool
+    max_param_value_length: int | None = None
+    max_tag_value_length: int | None = None

@@ -1,0 +1,63 @@
+"""Artifacts of local stores: artifact URIs that are plain paths or file:// URIs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO, Iterator
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
+
+from trackport.domain import ArtifactFile
+from trackport.errors import UnitError
+
+COPY_CHUNK = 1024 * 1024
+
+
+def local_artifact_dir(artifact_uri: str | None, run_id: str) -> Path | None:
+    """The local directory an artifact URI names; UnitError when it is not local."""
+    if not artifact_uri:
+        return None
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise UnitError(
+                f"run {run_id}: artifact URI {artifact_uri} is on another host; "
+                "copy its artifacts by other means"
+            )
+        return Path(url2pathname(unquote(parsed.path)))
+    # One-letter schemes are Windows drive letters, not URI schemes.
+    if parsed.scheme == "" or len(parsed.scheme) == 1:
+        return Path(artifact_uri).absolute()
+    raise UnitError(
+        f"run {run_id}: artifacts at {artifact_uri} are not reachable from a local store; "
+        "export the run through the tracking server instead"
+    )
+
+
+def walk_artifacts(root: Path | None) -> Iterator[ArtifactFile]:
+    """Every file under root, sorted by '/'-separated relative path; nothing if root is absent."""
+    if root is None or not root.is_dir():
+        return
+    files: list[ArtifactFile] = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            full = Path(dirpath) / name
+            if not full.is_file():
+                continue
+            rel = full.relative_to(root).as_posix()
+            files.append(ArtifactFile(path=rel, size=full.stat().st_size))
+    files.sort(key=lambda f: f.path)
+    yield from files
+
+
+def open_local_artifact(root: Path | None, path: str, run_id: str) -> BinaryIO:
+    if root is None:
+        raise UnitError(f"run {run_id} has no artifact location")
+    full = (root / path).resolve()
+    # A path from elsewhere (a bundle, a caller) must not escape the run's artifact root.
+    if not full.is_relative_to(root.resolve()):
+        raise UnitError(f"run {run_id}: artifact path {path!r} is outside the run's artifacts")
+    try:
+        return open(full, "rb")
+    except OSError as exc:
+        raise UnitError(f"run {run_id}: cannot read artifact {path!r}: {exc}") from exc

@@ -1,0 +1,151 @@
+"""The store interface: what the transfer engine asks of every source and sink.
+
+A source reads experiments, runs, metric histories and artifacts. A sink writes them and
+declares its Capabilities. A store may be both (the bundle, the local sqlite store).
+Implementations never print and never swallow errors: they raise trackport.errors types.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, ContextManager, Iterator, Protocol
+
+import pyarrow as pa
+
+from trackport.domain import (
+    ArtifactFile,
+    Capabilities,
+    Experiment,
+    Run,
+    TargetExperimentId,
+    TargetRunId,
+)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which experiments and runs a transfer takes. Empty tuples mean "all"."""
+
+    experiments: tuple[str, ...] = ()  # names or ids
+    run_ids: tuple[str, ...] = ()
+    include_deleted: bool = False
+
+    def to_json(self) -> dict:
+        return {
+            "experiments": list(self.experiments),
+            "run_ids": list(self.run_ids),
+            "include_deleted": self.include_deleted,
+        }
+
+
+@dataclass(frozen=True)
+class StoreDescription:
+    """How a store describes itself in bundles, ledgers and messages: never with secrets."""
+
+    kind: str  # "sqlite", "mlruns", "bundle", "rest", ...
+    uri: str
+    mlflow_version: str | None = None
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An experiment or run the source found but cannot read (e.g. a damaged document in a
+    bundle). Sources yield it in place of the unit so the engine counts it as failed, by
+    name, and goes on with the others."""
+
+    kind: str  # "experiment" | "run"
+    source_id: str
+    reason: str
+
+
+class SourceStore(ABC):
+    @abstractmethod
+    def describe(self) -> StoreDescription: ...
+
+    @abstractmethod
+    def list_experiments(self, selection: Selection) -> Iterator[Experiment | Unreadable]:
+        """Experiments the selection names (all when it names none), deleted ones only
+        when selection.include_deleted. A named experiment that does not exist raises
+        BadInputError."""
+
+    @abstractmethod
+    def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run | Unreadable]:
+        """The experiment's runs in the selection, oldest start_time first (so parents
+        tend to come before their children), deleted ones only when include_deleted."""
+
+    @abstractmethod
+    def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
+        """The run's whole metric history as batches of domain.METRIC_SCHEMA, sorted by
+        (key, step, timestamp, value). NaN and +/-inf as float64; repeated steps kept."""
+
+    @abstractmethod
+    def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
+        """Every artifact file of the run (recursively), sorted by path."""
+
+    @abstractmethod
+    def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
+        """A binary stream of one artifact file; read it in chunks."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class RunContent(Protocol):
+    """What a sink pulls, lazily, from the source for the run it is writing."""
+
+    def metric_batches(self) -> Iterator[pa.RecordBatch]: ...
+
+    def artifact_files(self) -> Iterator[ArtifactFile]: ...
+
+    def open_artifact(self, path: str) -> ContextManager[BinaryIO]: ...
+
+
+@dataclass
+class RunWriteResult:
+    target_run_id: TargetRunId
+    metric_points: int = 0
+    artifact_files: int = 0
+    artifact_bytes: int = 0
+    losses: list[str] = field(default_factory=list)  # what the sink could not hold exactly
+
+
+class SinkStore(ABC):
+    capabilities: Capabilities
+
+    @abstractmethod
+    def describe(self) -> StoreDescription: ...
+
+    @abstractmethod
+    def state_dir(self) -> Path:
+        """A local directory, owned by this sink, where the engine keeps the id map and
+        ledger of transfers into it."""
+
+    def begin(self, source: StoreDescription, selection: Selection) -> None:  # noqa: B027
+        """Called once before the first write."""
+
+    @abstractmethod
+    def put_experiment(self, experiment: Experiment) -> TargetExperimentId:
+        """Create the experiment, or find the one a previous transfer created. Idempotent."""
+
+    @abstractmethod
+    def find_run(self, run: Run, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
+        """The target id of a *complete* earlier copy of this source run, if there is one."""
+
+    @abstractmethod
+    def put_run(
+        self, run: Run, target_experiment_id: TargetExperimentId, content: RunContent
+    ) -> RunWriteResult:
+        """Write one run whole, or leave nothing visible. run.run_id is the source id;
+        its parent tag already holds the parent's target id."""
+
+    def finish_experiment(  # noqa: B027
+        self, experiment: Experiment, target_experiment_id: TargetExperimentId
+    ) -> None:
+        """Called after all of the experiment's runs were written (e.g. to delete it last)."""
+
+    def finish(self, counts: dict) -> None:  # noqa: B027
+        """Called once after a transfer in which no unit failed fatally."""
+
+    def close(self) -> None:  # noqa: B027
+        pass

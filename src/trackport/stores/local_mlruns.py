@@ -1,0 +1,317 @@
+"""The legacy MLflow file store (an mlruns/ directory), read by parsing its files.
+
+MLflow's own FileStore is not used: from 3.13 it refuses to open without an environment
+switch, and it reads step=0 for metric lines that carry a dataset (5 fields).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, BinaryIO, ContextManager, Iterator
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import pyarrow as pa
+
+from trackport.domain import (
+    ACTIVE,
+    DELETED,
+    METRIC_SCHEMA,
+    RUN_NAME_TAG,
+    ArtifactFile,
+    DatasetInput,
+    Experiment,
+    Run,
+)
+from trackport.errors import BadInputError, UnitError
+from trackport.stores._localfs import local_artifact_dir, open_local_artifact, walk_artifacts
+from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
+
+BATCH_ROWS = 65_536
+_TRASH = ".trash"
+_RUN_STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
+# Folders of an experiment directory that are not runs.
+_NOT_RUNS = {"tags", "datasets", "models", "traces"}
+
+
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError as exc:
+        raise BadInputError(
+            "reading an mlruns store needs PyYAML: pip install 'trackport[local]'"
+        ) from exc
+    return yaml
+
+
+def _as_path(path_or_uri: str | Path) -> Path:
+    text = str(path_or_uri)
+    if text.startswith("file:"):
+        return Path(url2pathname(urlparse(text).path)).absolute()
+    return Path(text).expanduser().absolute()
+
+
+def _is_experiment_dir(path: Path) -> bool:
+    return path.is_dir() and path.name.isdigit() and (path / "meta.yaml").is_file()
+
+
+def looks_like_mlruns(path: str | Path) -> bool:
+    """True if path holds at least one MLflow file-store experiment (live or trashed)."""
+    root = _as_path(path)
+    if not root.is_dir():
+        return False
+    for base in (root, root / _TRASH):
+        if base.is_dir() and any(_is_experiment_dir(child) for child in base.iterdir()):
+            return True
+    return False
+
+
+def _read_key_values(directory: Path) -> dict[str, str]:
+    """params/ or tags/: one file per key, keys with '/' as sub-directories."""
+    if not directory.is_dir():
+        return {}
+    out: dict[str, str] = {}
+    for file in sorted(directory.rglob("*")):
+        if file.is_file():
+            out[file.relative_to(directory).as_posix()] = file.read_text(encoding="utf-8")
+    return out
+
+
+def _parse_metric_file(path: Path) -> tuple[list[int], list[int], list[float]]:
+    steps: list[int] = []
+    stamps: list[int] = []
+    values: list[float] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if not fields:
+                continue
+            # "timestamp value step [dataset_name dataset_digest]"; very old files lack step.
+            stamps.append(int(fields[0]))
+            values.append(float(fields[1]))  # float() reads nan, inf, -inf
+            steps.append(int(fields[2]) if len(fields) > 2 else 0)
+    return steps, stamps, values
+
+
+class MlrunsStore(SourceStore):
+    def __init__(self, path: str | Path) -> None:
+        self.root = _as_path(path)
+        if not self.root.exists():
+            raise BadInputError(f"no mlruns store at {self.root}: check the path")
+        if not looks_like_mlruns(self.root):
+            raise BadInputError(
+                f"{self.root} is not an MLflow file store (no <experiment id>/meta.yaml inside); "
+                "point at the mlruns directory itself"
+            )
+        self._yaml = _yaml()
+
+    def describe(self) -> StoreDescription:
+        return StoreDescription(kind="mlruns", uri=str(self.root), mlflow_version=None)
+
+    # -------------------------------------------------------------- helpers
+
+    def _load_meta(self, path: Path) -> dict:
+        with open(path, encoding="utf-8") as f:
+            data = self._yaml.safe_load(f)
+        return data or {}
+
+    def _experiment_dirs(self) -> list[tuple[Path, bool]]:
+        """(directory, in trash) for every experiment."""
+        out: list[tuple[Path, bool]] = []
+        for base, trashed in ((self.root, False), (self.root / _TRASH, True)):
+            if base.is_dir():
+                out.extend((child, trashed) for child in sorted(base.iterdir()) if _is_experiment_dir(child))
+        return out
+
+    def _read_experiment(self, directory: Path, trashed: bool) -> Experiment:
+        meta = self._load_meta(directory / "meta.yaml")
+        stage = DELETED if trashed else (meta.get("lifecycle_stage") or ACTIVE)
+        return Experiment(
+            experiment_id=str(meta.get("experiment_id", directory.name)),
+            name=str(meta.get("name", "")),
+            lifecycle_stage=stage,
+            artifact_location=meta.get("artifact_location"),
+            creation_time=meta.get("creation_time"),
+            last_update_time=meta.get("last_update_time"),
+            tags=_read_key_values(directory / "tags"),
+        )
+
+    def _all_experiments(self) -> list[tuple[Experiment, Path]]:
+        return [(self._read_experiment(d, t), d) for d, t in self._experiment_dirs()]
+
+    def _experiment_dir(self, experiment: Experiment) -> Path:
+        for base in (self.root, self.root / _TRASH):
+            candidate = base / experiment.experiment_id
+            if _is_experiment_dir(candidate):
+                return candidate
+        raise UnitError(f"experiment {experiment.experiment_id} vanished from {self.root}")
+
+    @staticmethod
+    def _run_dirs(exp_dir: Path) -> list[Path]:
+        return [
+            child
+            for child in sorted(exp_dir.iterdir())
+            if child.is_dir() and child.name not in _NOT_RUNS and (child / "meta.yaml").is_file()
+        ]
+
+    # -------------------------------------------------------------- source
+
+    def list_experiments(self, selection: Selection) -> Iterator[Experiment]:
+        experiments = self._all_experiments()
+        wanted: set[str] | None = None
+        if selection.experiments:
+            wanted = set()
+            for ref in selection.experiments:
+                match = next((e for e, _ in experiments if e.name == ref), None) or next(
+                    (e for e, _ in experiments if e.experiment_id == ref), None
+                )
+                if match is None:
+                    raise BadInputError(f"experiment {ref!r} not found in {self.root}")
+                wanted.add(match.experiment_id)
+        if selection.run_ids:
+            requested = set(selection.run_ids)
+            holding = {
+                exp.experiment_id
+                for exp, d in experiments
+                if any(r.name in requested for r in self._run_dirs(d))
+            }
+            found = {
+                r.name for _, d in experiments for r in self._run_dirs(d) if r.name in requested
+            }
+            missing = [rid for rid in selection.run_ids if rid not in found]
+            if missing:
+                raise BadInputError(f"run(s) not found in {self.root}: {', '.join(missing)}")
+            wanted = holding if wanted is None else wanted & holding
+        for exp, _ in experiments:
+            if wanted is not None and exp.experiment_id not in wanted:
+                continue
+            if exp.lifecycle_stage == DELETED and not selection.include_deleted:
+                continue
+            yield exp
+
+    def iter_runs(
+        self, experiment: Experiment, selection: Selection
+    ) -> Iterator[Run | Unreadable]:
+        exp_dir = self._experiment_dir(experiment)
+        datasets = self._datasets(exp_dir)
+        runs = []
+        for run_dir in self._run_dirs(exp_dir):
+            if selection.run_ids and run_dir.name not in selection.run_ids:
+                continue
+            try:
+                run = self._read_run(run_dir, experiment.experiment_id, datasets)
+            except (OSError, ValueError, self._yaml.YAMLError) as exc:
+                # One damaged run costs that run only; the engine records it by id.
+                yield Unreadable("run", run_dir.name, f"{run_dir}: {exc}")
+                continue
+            if run.lifecycle_stage == DELETED and not selection.include_deleted:
+                continue
+            runs.append(run)
+        runs.sort(key=lambda r: (r.start_time or 0, r.run_id))
+        yield from runs
+
+    def _datasets(self, exp_dir: Path) -> dict[str, dict]:
+        root = exp_dir / "datasets"
+        if not root.is_dir():
+            return {}
+        return {
+            d.name: self._load_meta(d / "meta.yaml")
+            for d in sorted(root.iterdir())
+            if (d / "meta.yaml").is_file()
+        }
+
+    def _read_run(self, run_dir: Path, experiment_id: str, datasets: dict[str, dict]) -> Run:
+        meta = self._load_meta(run_dir / "meta.yaml")
+        tags = _read_key_values(run_dir / "tags")
+        status = meta.get("status")
+        status = _RUN_STATUS.get(status, str(status)) if isinstance(status, int) else str(status)
+        inputs = []
+        inputs_dir = run_dir / "inputs"
+        if inputs_dir.is_dir():
+            for d in sorted(inputs_dir.iterdir()):
+                if not (d / "meta.yaml").is_file():
+                    continue
+                im = self._load_meta(d / "meta.yaml")
+                if im.get("source_type") != "DATASET" or im.get("destination_type") != "RUN":
+                    continue
+                ds = datasets.get(str(im.get("source_id")))
+                if ds is None:
+                    continue
+                inputs.append(
+                    DatasetInput(
+                        name=str(ds.get("name")),
+                        digest=str(ds.get("digest")),
+                        source_type=str(ds.get("source_type")),
+                        source=str(ds.get("source")),
+                        schema=ds.get("schema"),
+                        profile=ds.get("profile"),
+                        tags={str(k): str(v) for k, v in (im.get("tags") or {}).items()},
+                    )
+                )
+        inputs.sort(key=lambda i: (i.name, i.digest))
+        run_id = str(meta.get("run_id") or meta.get("run_uuid") or run_dir.name)
+        return Run(
+            run_id=run_id,
+            experiment_id=experiment_id,
+            run_name=meta.get("run_name") or tags.get(RUN_NAME_TAG, ""),
+            user_id=meta.get("user_id") or "",
+            status=status,
+            start_time=meta.get("start_time"),
+            end_time=meta.get("end_time"),
+            lifecycle_stage=meta.get("lifecycle_stage") or ACTIVE,
+            deleted_time=meta.get("deleted_time"),
+            artifact_uri=meta.get("artifact_uri"),
+            params=_read_key_values(run_dir / "params"),
+            tags=tags,
+            inputs=tuple(inputs),
+        )
+
+    def _run_dir(self, run: Run) -> Path:
+        for base in (self.root, self.root / _TRASH):
+            candidate = base / run.experiment_id / run.run_id
+            if (candidate / "meta.yaml").is_file():
+                return candidate
+        raise UnitError(f"run {run.run_id} vanished from {self.root}")
+
+    def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
+        metrics_dir = self._run_dir(run) / "metrics"
+        if not metrics_dir.is_dir():
+            return
+        files = {
+            f.relative_to(metrics_dir).as_posix(): f for f in metrics_dir.rglob("*") if f.is_file()
+        }
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        for key in sorted(files):
+            steps, stamps, values = _parse_metric_file(files[key])
+            table = pa.table(
+                {
+                    "key": pa.array([key] * len(steps), pa.string()),
+                    "step": pa.array(steps, pa.int64()),
+                    "timestamp": pa.array(stamps, pa.int64()),
+                    "value": pa.array(values, pa.float64()),
+                },
+                schema=METRIC_SCHEMA,
+            ).sort_by([("step", "ascending"), ("timestamp", "ascending"), ("value", "ascending")])
+            pending.append(table)
+            pending_rows += table.num_rows
+            if pending_rows >= BATCH_ROWS:
+                yield from pa.concat_tables(pending).to_batches(max_chunksize=BATCH_ROWS)
+                pending, pending_rows = [], 0
+        if pending_rows:
+            yield from pa.concat_tables(pending).to_batches(max_chunksize=BATCH_ROWS)
+
+    def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
+        return walk_artifacts(self._artifact_dir(run))
+
+    def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
+        return open_local_artifact(self._artifact_dir(run), path, run.run_id)
+
+    def _artifact_dir(self, run: Run) -> Path | None:
+        directory = local_artifact_dir(run.artifact_uri, run.run_id)
+        if directory is not None and not directory.exists():
+            # A store moved or copied elsewhere still holds its artifacts beside meta.yaml.
+            beside = self._run_dir(run) / "artifacts"
+            if beside.is_dir():
+                return beside
+        return directory
+
