@@ -122,9 +122,17 @@ def _env(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
-def build_sample_store(directory: Path, kind: str = "sqlite") -> str:
+def build_sample_store(directory: Path, kind: str = "sqlite", tracking_uri: str | None = None) -> str:
     """Build the sample store under directory (which should be empty); return its URI
-    (sqlite:///<dir>/mlflow.db) or, for kind "mlruns", the mlruns directory path."""
+    (sqlite:///<dir>/mlflow.db) or, for kind "mlruns", the mlruns directory path. Kind
+    "server" fills the (empty) tracking server at tracking_uri instead; run ids are then
+    the server's."""
+    if kind == "server":
+        assert tracking_uri, "kind 'server' needs tracking_uri"
+        # The proxied artifact repository finds its server through the tracking URI.
+        with _env("MLFLOW_TRACKING_URI", tracking_uri), tempfile.TemporaryDirectory() as tmp:
+            _populate(tracking_uri, Path(tmp), kind, Path(tmp))
+        return tracking_uri
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     if kind == "sqlite":

@@ -41,3 +41,56 @@ def bundle_copy(sample_bundle, tmp_path) -> Path:
     target = tmp_path / "bundle"
     shutil.copytree(sample_bundle, target, symlinks=True)
     return target
+
+
+# -- real MLflow tracking servers ------------------------------------------------------------
+
+from servers import ADMIN_PASSWORD, ADMIN_USER, MlflowServer, start_all  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def _servers(tmp_path_factory):
+    """The session's shared servers, booted together: a source filled with the sample, an
+    empty target, and a basic-auth server."""
+    root = tmp_path_factory.mktemp("servers")
+    servers = {
+        "source": MlflowServer(root / "source"),
+        "target": MlflowServer(root / "target"),
+        "auth": MlflowServer(root / "auth", basic_auth=True),
+    }
+    start_all(list(servers.values()))
+    build_sample_store(root / "unused", "server", tracking_uri=servers["source"].url)
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def source_server(_servers) -> MlflowServer:
+    """A server holding the sample. Read it; never write into it."""
+    return _servers["source"]
+
+
+@pytest.fixture(scope="session")
+def target_server(_servers) -> MlflowServer:
+    """An initially empty server shared by the session: tests write under their own names."""
+    return _servers["target"]
+
+
+@pytest.fixture(scope="session")
+def auth_server(_servers) -> MlflowServer:
+    return _servers["auth"]
+
+
+@pytest.fixture
+def fresh_server(tmp_path):
+    """A new, empty server of this test's own (costs a server start: about 10 s)."""
+    server = start_all([MlflowServer(tmp_path / "server")])[0]
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def auth_env(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN_USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)

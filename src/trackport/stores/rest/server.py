@@ -1,0 +1,52 @@
+"""Connecting to a tracking server: check, before anything is written, that it is there,
+that it is MLflow, and that it accepts our credentials; learn what it can do."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trackport.errors import BadInputError
+from trackport.stores.rest.auth import resolve_connection
+from trackport.stores.rest.http import NotFoundError, RestClient, RestError
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    mlflow_version: str | None
+    store_type: str | None  # "SqlStore", "FileStore", or None (Databricks, older servers)
+    multipart_uploads: bool
+
+    @property
+    def clamps_infinity(self) -> bool:
+        """SQL-backed servers store ±inf as ±1.7976931348623157e308; FileStore keeps it."""
+        return self.store_type != "FileStore"
+
+
+def connect(uri: str, side: str, *, pool_size: int = 32) -> tuple[RestClient, ServerInfo]:
+    """A client for the server at uri, checked with one quick call. side is "source" or
+    "target" (it picks TRACKPORT_SOURCE_* / TRACKPORT_TARGET_* settings first)."""
+    client = RestClient(resolve_connection(uri, side), pool_size=pool_size)
+    try:
+        answer = client.probe("/api/2.0/mlflow/experiments/search", {"max_results": 1})
+        if not isinstance(answer, dict):
+            raise BadInputError(f"{client.base_url} does not answer like an MLflow tracking server")
+        return client, _server_info(client)
+    except BaseException:
+        client.close()
+        raise
+
+
+def _server_info(client: RestClient) -> ServerInfo:
+    version = None
+    try:
+        version = client.request("GET", "/version").text.strip()[:40] or None
+    except (NotFoundError, RestError, BadInputError):
+        pass  # Databricks and some proxies do not serve /version
+    try:
+        info = client.call("GET", "/api/3.0/mlflow/server-info")
+    except (NotFoundError, RestError, BadInputError):
+        info = {}
+    return ServerInfo(
+        mlflow_version=version,
+        store_type=info.get("store_type"),
+        multipart_uploads=bool(info.get("multipart_uploads_enabled")),
+    )

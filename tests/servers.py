@@ -1,0 +1,119 @@
+"""Real `mlflow server` processes for tests: sqlite backend, proxied artifacts, 127.0.0.1,
+random free ports, stopped (with their children) when the test session ends."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "Trackport-Admin-Pass-1!"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    def __init__(self, workdir: Path, *, basic_auth: bool = False, extra_env: dict | None = None) -> None:
+        self.workdir = workdir
+        self.basic_auth = basic_auth
+        self.extra_env = extra_env or {}
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MlflowServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **self.extra_env,
+        }
+        command = [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
+            "--artifacts-destination", str(self.workdir / "mlartifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]
+        if self.basic_auth:
+            command += ["--app-name", "basic-auth"]
+            env.update(
+                MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+                MLFLOW_FLASK_SERVER_SECRET_KEY="trackport-tests-secret",
+                MLFLOW_AUTH_CONFIG_PATH=str(self._auth_config()),
+            )
+        log = open(self.workdir / "server.log", "ab")
+        self.process = subprocess.Popen(
+            command, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        return self
+
+    def _auth_config(self) -> Path:
+        config = self.workdir / "basic_auth.ini"
+        config.write_text(
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = sqlite:///{self.workdir / 'basic_auth.db'}\n"
+            f"admin_username = {ADMIN_USER}\n"
+            f"admin_password = {ADMIN_PASSWORD}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        return config
+
+    def wait_ready(self, timeout: float = 180) -> "MlflowServer":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited early:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"mlflow server not ready after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = self.workdir / "server.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=10)
+
+
+def start_all(servers: list[MlflowServer]) -> list[MlflowServer]:
+    """Start several servers at once (they boot in parallel) and wait for each."""
+    for server in servers:
+        server.start()
+    try:
+        for server in servers:
+            server.wait_ready()
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
