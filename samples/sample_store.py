@@ -8,6 +8,7 @@ MLflow's clock and are not.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import tempfile
@@ -75,6 +76,8 @@ _ALL_METRICS = (
     + KILLED_METRICS
 )
 _ALL_ARTIFACTS = [PARENT_ARTIFACTS, CHILD_ARTIFACTS, DELETED_ARTIFACTS]
+# The parent's MLmodel also names its run, as MLflow writes it: "run_id: <32 hex>\n".
+_MLMODEL_RUN_ID_LINE_BYTES = len("run_id: \n") + 32
 
 # Everything the store holds: Default (no runs) + 2 experiments; all 6 runs including the
 # deleted one; every metric point and artifact file, the deleted run's included.
@@ -83,7 +86,7 @@ SAMPLE_COUNTS = {
     "runs": 6,
     "metric_points": len(_ALL_METRICS),
     "artifact_files": sum(len(a) for a in _ALL_ARTIFACTS),
-    "artifact_bytes": sum(len(b) for a in _ALL_ARTIFACTS for b in a.values()),
+    "artifact_bytes": sum(len(b) for a in _ALL_ARTIFACTS for b in a.values()) + _MLMODEL_RUN_ID_LINE_BYTES,
 }
 # The same without the deleted run (no experiment is deleted).
 SAMPLE_COUNTS_ACTIVE = {
@@ -242,7 +245,12 @@ def _populate(uri: str, directory: Path, kind: str, tmp: Path) -> None:
     with _seeded_uuid4("inputs"):
         client.log_inputs(parent, datasets=[dataset_input])
     _log_metrics(client, parent, EVAL_METRICS, dataset=("iris", "abc123"))
-    _log_artifacts(client, parent, PARENT_ARTIFACTS, tmp)
+    # As MLflow's client writes it when a model is logged: JSON naming the run itself.
+    history = [{"run_id": parent, "artifact_path": "model", "utc_time_created": "2023-11-14 22:13:20.000000",
+                "flavors": {"python_function": {"loader_module": "mlflow.sklearn"}}}]
+    client.set_tag(parent, "mlflow.log-model.history", json.dumps(history))
+    mlmodel = PARENT_ARTIFACTS["MLmodel"] + f"run_id: {parent}\n".encode()
+    _log_artifacts(client, parent, {**PARENT_ARTIFACTS, "MLmodel": mlmodel}, tmp)
     client.set_terminated(parent, "FINISHED", end_time=BASE_TIME + 60_000)
 
     child = run(exp_a, "child", 1_000, "alice", {"mlflow.parentRunId": parent})
