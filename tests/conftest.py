@@ -12,6 +12,12 @@ from trackport.samples.sample_store import build_sample_store
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # lets MLflow's client read mlruns/ in tests
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _trackport_home(tmp_path_factory):
+    """Id maps of transfers into servers go to a temporary home, not the user's."""
+    os.environ["TRACKPORT_HOME"] = str(tmp_path_factory.mktemp("trackport-home"))
+
+
 @pytest.fixture(scope="session")
 def sample_sqlite(tmp_path_factory) -> str:
     """URI of the sample sqlite store. Read it; never write into it."""

@@ -101,5 +101,7 @@ class Capabilities:
     keeps_users: bool
     keeps_deleted_state: bool
     keeps_infinity: bool
+    keeps_deleted_time: bool = True
+    keeps_experiment_times: bool = True
     max_param_value_length: int | None = None
     max_tag_value_length: int | None = None

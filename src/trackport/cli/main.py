@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import tempfile
 from functools import wraps
@@ -16,9 +18,16 @@ from trackport.stores import open_bundle_sink, open_bundle_source, open_sink, op
 from trackport.stores.base import Selection, SinkStore, SourceStore
 from trackport.transfer import Summary, transfer
 from trackport.transfer.engine import DEFAULT_WORKERS, plan_experiments
+from trackport.transfer.plan import LONG_VALUE_POLICIES, planned_losses
 
 
 def _selection_options(command):
+    command = click.option(
+        "--filter",
+        "filter_string",
+        metavar="SEARCH",
+        help="Only runs matching MLflow's search syntax, e.g. \"metrics.r2 > 0.3\" (server or sqlite source).",
+    )(command)
     command = click.option(
         "--include-deleted", is_flag=True, help="Also move deleted experiments and runs."
     )(command)
@@ -32,6 +41,18 @@ def _selection_options(command):
         metavar="NAME_OR_ID",
         help="Only this experiment (repeatable; default: all).",
     )(command)
+    return command
+
+
+def _sink_options(command):
+    command = click.option(
+        "--on-long-value",
+        type=click.Choice(LONG_VALUE_POLICIES),
+        default="error",
+        show_default=True,
+        help="A param or tag value longer than the target holds: fail its run, or cut it (recorded).",
+    )(command)
+    command = click.option("--artifact-root", metavar="DIR", help="Where a new local store keeps artifacts.")(command)
     return command
 
 
@@ -74,6 +95,9 @@ def _run_transfer(
     # Plan before the sink exists, so that bad input leaves nothing behind in the target.
     planned = plan_experiments(source, selection)
     sink: SinkStore = make_sink()
+    if show_progress:
+        for loss in planned_losses(sink.capabilities, sink.on_long_value):
+            click.echo(f"the target cannot hold: {loss}", err=True)
     progress = render.ProgressLine(enabled=None if show_progress else False)
     try:
         return transfer(source, sink, selection, workers=workers, on_progress=progress, experiments=planned)
@@ -120,8 +144,11 @@ def cli() -> None:
     """Export, import, copy and verify MLflow tracking data.
 
     \b
-    Stores: sqlite:///path/mlflow.db (local MLflow store), an mlruns/ directory
-    (legacy file store, read-only) or a trackport bundle directory.
+    Stores: http(s)://tracking-server, databricks[://PROFILE], sqlite:///path/mlflow.db
+    (local MLflow store), an mlruns/ directory (legacy file store, read-only) or a
+    trackport bundle directory. Server credentials come from MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN or DATABRICKS_HOST / DATABRICKS_TOKEN;
+    prefix any of them with TRACKPORT_SOURCE_ or TRACKPORT_TARGET_ for one side only.
     Exit codes: 0 ok, 1 some units failed, 2 usage, 3 bad input, 4 verify failed,
     5 authentication, 6 unreachable, 70 internal error, 130 interrupted.
     """
@@ -133,10 +160,12 @@ def cli() -> None:
 @_selection_options
 @_transfer_options
 @_fail_cleanly
-def export_command(source, bundle, experiments, run_ids, include_deleted, workers, as_json):
+def export_command(source, bundle, experiments, run_ids, include_deleted, filter_string, workers, as_json):
     """Write SOURCE's experiments and runs into the bundle directory BUNDLE."""
-    selection = Selection(experiments, run_ids, include_deleted)
-    summary = _run_transfer(open_source(source), lambda: open_bundle_sink(bundle), selection, workers, not as_json)
+    selection = Selection(experiments, run_ids, include_deleted, filter_string)
+    summary = _run_transfer(
+        open_source(source, workers=workers), lambda: open_bundle_sink(bundle), selection, workers, not as_json
+    )
     _show(summary, as_json)
 
 
@@ -145,12 +174,13 @@ def export_command(source, bundle, experiments, run_ids, include_deleted, worker
 @click.argument("target")
 @_selection_options
 @_transfer_options
-@click.option("--artifact-root", metavar="DIR", help="Where a new local store keeps artifacts.")
+@_sink_options
 @_fail_cleanly
-def import_command(bundle, target, experiments, run_ids, include_deleted, workers, as_json, artifact_root):
+def import_command(bundle, target, experiments, run_ids, include_deleted, filter_string, workers, as_json,
+                   artifact_root, on_long_value):
     """Replay the bundle BUNDLE into the store TARGET."""
-    selection = Selection(experiments, run_ids, include_deleted)
-    sink = lambda: open_sink(target, artifact_root=artifact_root)  # noqa: E731
+    selection = Selection(experiments, run_ids, include_deleted, filter_string)
+    sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, workers=workers)  # noqa: E731
     _show(_run_transfer(open_bundle_source(bundle), sink, selection, workers, not as_json), as_json)
 
 
@@ -159,13 +189,14 @@ def import_command(bundle, target, experiments, run_ids, include_deleted, worker
 @click.argument("target")
 @_selection_options
 @_transfer_options
-@click.option("--artifact-root", metavar="DIR", help="Where a new local store keeps artifacts.")
+@_sink_options
 @_fail_cleanly
-def copy_command(source, target, experiments, run_ids, include_deleted, workers, as_json, artifact_root):
+def copy_command(source, target, experiments, run_ids, include_deleted, filter_string, workers, as_json,
+                 artifact_root, on_long_value):
     """Copy straight from store SOURCE to store TARGET, without a bundle."""
-    selection = Selection(experiments, run_ids, include_deleted)
-    sink = lambda: open_sink(target, artifact_root=artifact_root)  # noqa: E731
-    _show(_run_transfer(open_source(source), sink, selection, workers, not as_json), as_json)
+    selection = Selection(experiments, run_ids, include_deleted, filter_string)
+    sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, workers=workers)  # noqa: E731
+    _show(_run_transfer(open_source(source, workers=workers), sink, selection, workers, not as_json), as_json)
 
 
 @cli.group("bundle")
@@ -278,6 +309,10 @@ def demo_command(workdir, as_json):
 
 
 def main() -> None:
+    # MLflow's store layer (local stores) logs schema set-up at INFO; trackport reports itself.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         cli.main(prog_name="trackport")
     except SystemExit:

@@ -1,12 +1,22 @@
 """Opening stores from what users type: URIs and paths."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from trackport.errors import BadInputError
 from trackport.stores.base import SinkStore, SourceStore
 
-_KINDS_HELP = "expected sqlite:///path/mlflow.db, an mlruns/ directory or a trackport bundle directory"
+_KINDS_HELP = (
+    "expected http(s)://tracking-server, databricks[://PROFILE], sqlite:///path/mlflow.db,"
+    " an mlruns/ directory or a trackport bundle directory"
+)
+
+
+def state_home() -> Path:
+    """Where trackport keeps what belongs to no store on disk (the id maps and ledgers of
+    transfers into tracking servers): $TRACKPORT_HOME, else ~/.trackport."""
+    return Path(os.environ.get("TRACKPORT_HOME") or Path.home() / ".trackport")
 
 
 def _is_remote(uri: str) -> bool:
@@ -25,10 +35,15 @@ def _local_path(uri: str) -> Path:
     return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
 
 
-def open_source(uri: str) -> SourceStore:
-    """A store to read from: a local sqlite store, a legacy mlruns/ directory or a bundle."""
+def open_source(uri: str, *, workers: int = 8) -> SourceStore:
+    """A store to read from: a tracking server, a local sqlite store, a legacy mlruns/
+    directory or a bundle."""
     if _is_remote(uri):
-        raise BadInputError(f"{uri}: tracking servers are not supported by this version yet; {_KINDS_HELP}")
+        from trackport.stores.rest.server import connect
+        from trackport.stores.rest.source import RestSource
+
+        client, info = connect(uri, "source", pool_size=2 * workers)
+        return RestSource(client, uri, info)
     if sqlite := _sqlite_path(uri):
         from trackport.stores.local_sqlite import SqliteStore
 
@@ -59,10 +74,17 @@ def open_bundle_sink(path: str) -> SinkStore:
     return BundleSink(Path(path))
 
 
-def open_sink(uri: str, *, artifact_root: str | None = None) -> SinkStore:
-    """A store to write into: a local sqlite store (created if missing) or a bundle."""
+def open_sink(
+    uri: str, *, artifact_root: str | None = None, on_long_value: str = "error", workers: int = 8
+) -> SinkStore:
+    """A store to write into: a tracking server, a local sqlite store (created if missing)
+    or a bundle."""
     if _is_remote(uri):
-        raise BadInputError(f"{uri}: tracking servers are not supported by this version yet; {_KINDS_HELP}")
+        from trackport.stores.rest.server import connect
+        from trackport.stores.rest.sink import RestSink
+
+        client, info = connect(uri, "target", pool_size=2 * workers)
+        return RestSink(client, uri, info, on_long_value=on_long_value, state_root=state_home() / "targets")
     if sqlite := _sqlite_path(uri):
         from trackport.stores.local_sqlite import SqliteStore
 

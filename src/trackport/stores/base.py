@@ -30,12 +30,14 @@ class Selection:
     experiments: tuple[str, ...] = ()  # names or ids
     run_ids: tuple[str, ...] = ()
     include_deleted: bool = False
+    filter: str | None = None  # MLflow search syntax, e.g. "metrics.r2 > 0.3"
 
     def to_json(self) -> dict:
         return {
             "experiments": list(self.experiments),
             "run_ids": list(self.run_ids),
             "include_deleted": self.include_deleted,
+            "filter": self.filter,
         }
 
 
@@ -60,6 +62,9 @@ class Unreadable:
 
 
 class SourceStore(ABC):
+    # Whether iter_runs applies Selection.filter (MLflow's search syntax).
+    supports_filter: bool = False
+
     @abstractmethod
     def describe(self) -> StoreDescription: ...
 
@@ -112,6 +117,8 @@ class RunWriteResult:
 
 class SinkStore(ABC):
     capabilities: Capabilities
+    # What the sink does with values over its length limits: "error" or "truncate".
+    on_long_value: str = "error"
 
     @abstractmethod
     def describe(self) -> StoreDescription: ...

@@ -100,6 +100,7 @@ def _looks_like_mlflow_db(path: Path) -> bool:
 
 
 class SqliteStore(SourceStore, SinkStore):
+    supports_filter = True
     capabilities = Capabilities(
         keeps_run_ids=True,
         keeps_experiment_ids=True,
@@ -229,8 +230,32 @@ class SqliteStore(SourceStore, SinkStore):
         q = q.order_by(sa.func.coalesce(r.c.start_time, 0), r.c.run_uuid)
         with self._engine.connect() as conn:
             run_rows = conn.execute(q).all()
+        if selection.filter:
+            matched = self._search_run_ids(experiment.experiment_id, selection)
+            run_rows = [row for row in run_rows if row.run_uuid in matched]
         for chunk in _chunks(run_rows):
             yield from self._runs_from_rows(chunk)
+
+    def _search_run_ids(self, experiment_id: str, selection: Selection) -> set[str]:
+        """Run ids matching the filter, by MLflow's own search (same syntax and meaning
+        as on a tracking server)."""
+        from mlflow.entities import ViewType
+        from mlflow.exceptions import MlflowException
+
+        view = ViewType.ALL if selection.include_deleted else ViewType.ACTIVE_ONLY
+        matched: set[str] = set()
+        token = None
+        while True:
+            try:
+                page = self._store.search_runs(
+                    [experiment_id], selection.filter, view, max_results=50_000, page_token=token
+                )
+            except MlflowException as exc:
+                raise BadInputError(f"--filter {selection.filter!r}: {exc.message.splitlines()[0]}") from None
+            matched.update(run.info.run_id for run in page)
+            token = page.token
+            if not token:
+                return matched
 
     def _runs_from_rows(self, rows: list) -> Iterator[Run]:
         import sqlalchemy as sa

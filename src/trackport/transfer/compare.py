@@ -13,12 +13,16 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 
+import pyarrow.compute as pc
+
 from trackport.domain import METRIC_SCHEMA, PARENT_RUN_ID_TAG, Experiment, Run
 from trackport.stores.base import Selection, SourceStore, Unreadable
+from trackport.transfer.references import is_mlmodel, is_provenance_tag, rewrite_mlmodel, rewrite_tag
 
 LEVELS = ("fast", "full")
 _RUN_FIELDS = ("run_name", "user_id", "status", "start_time", "end_time", "lifecycle_stage")
 _CHUNK = 1 << 20
+_MAX_FLOAT = 1.7976931348623157e308  # what SQL-backed MLflow servers store for ±inf
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,14 @@ def compare_stores(
     *,
     level: str = "full",
     run_id_map: Callable[[str], str | None] = lambda run_id: run_id,
+    clamps_infinity: bool = False,
 ) -> Iterator[Difference]:
     """Every difference between what `expected` holds in the selection and what `actual`
-    holds for it. `fast` compares counts and sizes; `full` every field, point and byte."""
+    holds for it. `fast` compares counts and sizes; `full` every field, point and byte.
+
+    The comparison allows exactly what a transfer changes on purpose: ids through
+    run_id_map (and the run's own id inside its tags and MLmodel files), trackport's
+    provenance tags in the target, and ±inf stored clamped when clamps_infinity."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}")
     actual_experiments = {}
@@ -74,13 +83,17 @@ def compare_stores(
             if other_run is None:
                 yield Difference(run_where, "missing")
                 continue
-            yield from _compare_run(run_where, expected, run, actual, other_run, level, run_id_map)
+            yield from _compare_run(run_where, expected, run, actual, other_run, level, run_id_map, clamps_infinity)
 
 
 def _compare_experiment(where: str, a: Experiment, b: Experiment) -> Iterator[Difference]:
     if a.lifecycle_stage != b.lifecycle_stage:
         yield Difference(where, f"lifecycle_stage {a.lifecycle_stage!r} != {b.lifecycle_stage!r}")
-    yield from _compare_mapping(where, "tag", a.tags, b.tags)
+    yield from _compare_mapping(where, "tag", a.tags, _without_provenance(b.tags))
+
+
+def _without_provenance(tags: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if not is_provenance_tag(k)}
 
 
 def _compare_run(
@@ -91,19 +104,20 @@ def _compare_run(
     b: Run,
     level: str,
     run_id_map: Callable[[str], str | None],
+    clamps_infinity: bool,
 ) -> Iterator[Difference]:
     if level == "full":
         for name in _RUN_FIELDS:
             if getattr(a, name) != getattr(b, name):
                 yield Difference(where, f"{name} {getattr(a, name)!r} != {getattr(b, name)!r}")
         yield from _compare_mapping(where, "param", a.params, b.params)
-        expected_tags = dict(a.tags)
+        expected_tags = {k: rewrite_tag(k, v, a.run_id, b.run_id) for k, v in _without_provenance(a.tags).items()}
         if a.parent_run_id:
             expected_tags[PARENT_RUN_ID_TAG] = run_id_map(a.parent_run_id) or a.parent_run_id
-        yield from _compare_mapping(where, "tag", expected_tags, b.tags)
+        yield from _compare_mapping(where, "tag", expected_tags, _without_provenance(b.tags))
         if sorted(map(_dataset_key, a.inputs)) != sorted(map(_dataset_key, b.inputs)):
             yield Difference(where, "dataset inputs differ")
-    yield from _compare_metrics(where, source, a, target, b, level)
+    yield from _compare_metrics(where, source, a, target, b, level, clamps_infinity)
     yield from _compare_artifacts(where, source, a, target, b, level)
 
 
@@ -121,14 +135,20 @@ def _dataset_key(d) -> tuple:
     return tuple((f.name, repr(getattr(d, f.name))) for f in fields(d))
 
 
-def _metric_table(store: SourceStore, run: Run) -> pa.Table:
-    return pa.Table.from_batches(list(store.iter_metric_batches(run)), schema=METRIC_SCHEMA)
+def _metric_table(store: SourceStore, run: Run, clamp_infinity: bool = False) -> pa.Table:
+    table = pa.Table.from_batches(list(store.iter_metric_batches(run)), schema=METRIC_SCHEMA)
+    if clamp_infinity:
+        value = table.column("value")
+        value = pc.if_else(pc.equal(value, float("inf")), _MAX_FLOAT, value)
+        value = pc.if_else(pc.equal(value, float("-inf")), -_MAX_FLOAT, value)
+        table = table.set_column(3, "value", value)
+    return table
 
 
 def _compare_metrics(
-    where: str, source: SourceStore, a: Run, target: SourceStore, b: Run, level: str
+    where: str, source: SourceStore, a: Run, target: SourceStore, b: Run, level: str, clamps_infinity: bool
 ) -> Iterator[Difference]:
-    ta, tb = _metric_table(source, a), _metric_table(target, b)
+    ta, tb = _metric_table(source, a, clamps_infinity), _metric_table(target, b)
     if ta.num_rows != tb.num_rows:
         yield Difference(where, f"{ta.num_rows} metric points expected, {tb.num_rows} found")
         return
@@ -160,7 +180,7 @@ def _compare_artifacts(
             yield Difference(where, f"artifact {path!r} unexpected")
         elif files_a[path] != files_b[path]:
             yield Difference(where, f"artifact {path!r}: {files_a[path]} bytes expected, {files_b[path]} found")
-        elif level == "full" and _sha256(source, a, path) != _sha256(target, b, path):
+        elif level == "full" and _expected_sha256(source, a, path, b.run_id) != _sha256(target, b, path):
             yield Difference(where, f"artifact {path!r}: content differs (sha256)")
 
 
@@ -170,3 +190,12 @@ def _sha256(store: SourceStore, run: Run, path: str) -> str:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _expected_sha256(store: SourceStore, run: Run, path: str, target_run_id: str) -> str:
+    """The hash the target copy must have: MLmodel files name their run, so they carry
+    the target's run id."""
+    if not is_mlmodel(path) or run.run_id == target_run_id:
+        return _sha256(store, run, path)
+    with store.open_artifact(run, path) as stream:
+        return hashlib.sha256(rewrite_mlmodel(stream.read(), run.run_id, target_run_id)).hexdigest()

@@ -25,6 +25,7 @@ from trackport.errors import BadInputError, FatalError, TrackportError
 from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
 from trackport.transfer.idmap import IdMap
 from trackport.transfer.ledger import Ledger
+from trackport.transfer.plan import planned_losses
 from trackport.transfer.summary import Failure, Summary
 
 DEFAULT_WORKERS = 4
@@ -62,8 +63,12 @@ class _SourceRunContent:
 def plan_experiments(source: SourceStore, selection: Selection) -> list[Experiment | Unreadable]:
     """The experiments to move; refuses (before anything is written) a selection that
     matches nothing, so an empty store or a typo never produces an empty target."""
-    experiments = list(source.list_experiments(selection))
     where = source.describe().uri
+    if selection.filter and not source.supports_filter:
+        raise BadInputError(
+            f"{where}: --filter needs a source that can search runs (a tracking server or sqlite store)"
+        )
+    experiments = list(source.list_experiments(selection))
     if not experiments:
         raise BadInputError(f"{where}: no experiment matches the selection; check --experiment / --run-id")
     if not selection.experiments and not any(
@@ -96,6 +101,7 @@ def transfer(
     sink.begin(source.describe(), selection)
     state_dir = sink.state_dir()
     run = _Transfer(source, sink, selection, IdMap(state_dir), Ledger(state_dir), workers, on_progress)
+    run.summary.planned_losses = planned_losses(sink.capabilities, sink.on_long_value)
     try:
         for experiment in experiments:
             run.move_experiment(experiment)

@@ -23,6 +23,7 @@ class Summary:
     )
     failures: list[Failure] = field(default_factory=list)
     losses: list[str] = field(default_factory=list)
+    planned_losses: list[str] = field(default_factory=list)  # declared before writing
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, measure: str, outcome: str, amount: int = 1) -> None:
@@ -47,4 +48,5 @@ class Summary:
             "counts": self.counts,
             "failures": [vars(f) for f in self.failures],
             "losses": list(self.losses),
+            "planned_losses": list(self.planned_losses),
         }

@@ -1,0 +1,565 @@
+"""Writing into an MLflow tracking server over its REST API (self-hosted or Databricks).
+
+The server assigns run and experiment ids, so every run carries provenance tags naming its
+source, and a completion tag written last: a run without it is the partial copy of an
+interrupted transfer, which the next transfer deletes and writes again. Metrics stream from
+the source in Arrow batches into log-batch calls filled to MLflow's limits; artifacts stream
+through the server's proxied artifact service. mlflow itself is never imported here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+from urllib.parse import quote, urlsplit
+
+import pyarrow as pa
+
+from trackport.domain import (
+    DELETED,
+    PARENT_RUN_ID_TAG,
+    RUN_NAME_TAG,
+    Capabilities,
+    Experiment,
+    Run,
+    TargetExperimentId,
+    TargetRunId,
+)
+from trackport.errors import TransientError, UnitError
+from trackport.stores.base import RunContent, RunWriteResult, SinkStore, StoreDescription
+from trackport.stores.rest.http import NotFoundError, RestClient, RestError
+from trackport.stores.rest.server import ServerInfo
+from trackport.transfer.references import (
+    COMPLETE_TAG,
+    LOSSES_TAG,
+    SOURCE_EXPERIMENT_ID_TAG,
+    SOURCE_RUN_ID_TAG,
+    is_mlmodel,
+    is_provenance_tag,
+    rewrite_mlmodel,
+    rewrite_tag,
+)
+
+API = "/api/2.0/mlflow"
+ARTIFACTS_API = "/api/2.0/mlflow-artifacts"
+
+# log-batch limits (MLflow's utils/validation.py, enforced by the server).
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+SEARCH_PAGE = 1000
+
+MULTIPART_MIN_SIZE = 500 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE
+MULTIPART_CHUNK = 10 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE
+SMALL_FILE = 1024 * 1024  # read whole and sent as bytes (also avoids chunked empty bodies)
+COPY_CHUNK = 1024 * 1024
+
+LONG_VALUE_POLICIES = ("error", "truncate")
+COMPLETE_VALUE = "true"
+
+
+@dataclass
+class _Copy:
+    """A run in the target that names a source run in its provenance tag."""
+
+    target_run_id: str
+    complete: bool
+    lifecycle_stage: str
+
+
+def _sanitize(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "server"
+
+
+def _metric_value(value: float) -> float | str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+class RestSink(SinkStore):
+    def __init__(
+        self,
+        client: RestClient,
+        uri: str,
+        info: ServerInfo,
+        *,
+        on_long_value: str = "error",
+        state_root: Path | None = None,
+    ) -> None:
+        if on_long_value not in LONG_VALUE_POLICIES:
+            raise ValueError(f"on_long_value must be one of {LONG_VALUE_POLICIES}, not {on_long_value!r}")
+        self.client = client
+        self.uri = uri
+        self.info = info
+        self.on_long_value = on_long_value
+        self._state_root = Path(state_root) if state_root is not None else Path.home() / ".trackport" / "targets"
+        self.capabilities = Capabilities(
+            keeps_run_ids=False,
+            keeps_experiment_ids=False,
+            keeps_times=True,
+            keeps_users=not client.connection.is_databricks,
+            keeps_deleted_state=True,
+            keeps_infinity=not info.clamps_infinity,
+            keeps_deleted_time=False,  # the server's clock at runs/delete
+            keeps_experiment_times=False,  # creation/last-update times are the server's
+            max_param_value_length=MAX_PARAM_VALUE,
+            max_tag_value_length=MAX_TAG_VALUE,
+        )
+        self._lock = threading.Lock()
+        # target experiment id -> {source run id -> copies found in the target}
+        self._copies: dict[str, dict[str, list[_Copy]]] = {}
+        self._prefetch_locks: dict[str, threading.Lock] = {}
+        self._restored: set[str] = set()  # target experiments this sink restored
+
+    # ------------------------------------------------------------------ common
+
+    def describe(self) -> StoreDescription:
+        return StoreDescription(kind="rest", uri=self.uri, mlflow_version=self.info.mlflow_version)
+
+    def state_dir(self) -> Path:
+        parts = urlsplit(self.client.base_url)
+        name = _sanitize(f"{parts.hostname or ''}_{parts.port or ''}{parts.path}".replace("__", "_"))
+        path = self._state_root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _post(self, endpoint: str, body: dict, *, idempotent: bool = True) -> dict[str, Any]:
+        return self.client.call("POST", f"{API}/{endpoint}", body=body, idempotent=idempotent)
+
+    # ------------------------------------------------------------------ experiments
+
+    def _get_experiment_by_name(self, name: str) -> dict | None:
+        try:
+            answer = self.client.call("GET", f"{API}/experiments/get-by-name", params={"experiment_name": name})
+        except NotFoundError:
+            return None
+        return answer.get("experiment") or None
+
+    def put_experiment(self, experiment: Experiment) -> TargetExperimentId:
+        wanted = {k: v for k, v in experiment.tags.items() if not is_provenance_tag(k)}
+        existing = self._get_experiment_by_name(experiment.name)
+        if existing is None:
+            tags = [{"key": k, "value": v} for k, v in wanted.items()]
+            tags.append({"key": SOURCE_EXPERIMENT_ID_TAG, "value": experiment.experiment_id})
+            try:
+                answer = self._post(
+                    "experiments/create", {"name": experiment.name, "tags": tags}, idempotent=False
+                )
+                return TargetExperimentId(str(answer["experiment_id"]))
+            except RestError as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise UnitError(f"experiment {experiment.name!r}: the target refused it: {exc}") from None
+            # Created meanwhile (a retry whose first attempt did arrive, or a race).
+            existing = self._get_experiment_by_name(experiment.name)
+            if existing is None:
+                raise UnitError(f"experiment {experiment.name!r} exists in the target but cannot be read back")
+        target_id = str(existing["experiment_id"])
+        have = {t["key"] for t in existing.get("tags", [])}
+        for key, value in wanted.items():
+            if key not in have:
+                self._post("experiments/set-experiment-tag", {"experiment_id": target_id, "key": key, "value": value})
+        if existing.get("lifecycle_stage") == DELETED:
+            # Runs cannot be written into a deleted experiment; finish_experiment deletes it
+            # again if the source experiment is deleted. Restoring also restores its runs.
+            self._post("experiments/restore", {"experiment_id": target_id})
+            with self._lock:
+                self._restored.add(target_id)
+                self._copies.pop(target_id, None)
+        return TargetExperimentId(target_id)
+
+    def finish_experiment(self, experiment: Experiment, target_experiment_id: TargetExperimentId) -> None:
+        if experiment.lifecycle_stage != DELETED:
+            return
+        try:
+            self._post("experiments/delete", {"experiment_id": str(target_experiment_id)})
+        except RestError as exc:
+            raise UnitError(f"experiment {experiment.name!r}: cannot mark it deleted in the target: {exc}") from None
+
+    # ------------------------------------------------------------------ finding earlier copies
+
+    def _index(self, target_experiment_id: str) -> dict[str, list[_Copy]]:
+        """Every run of the experiment that carries our provenance tag, read once."""
+        with self._lock:
+            index = self._copies.get(target_experiment_id)
+            if index is not None:
+                return index
+            prefetch_lock = self._prefetch_locks.setdefault(target_experiment_id, threading.Lock())
+        with prefetch_lock:
+            with self._lock:
+                index = self._copies.get(target_experiment_id)
+            if index is not None:
+                return index
+            index = {}
+            for found in self._search_copies(target_experiment_id):
+                tags = {t["key"]: t.get("value", "") for t in found.get("data", {}).get("tags", [])}
+                source_id = tags.get(SOURCE_RUN_ID_TAG)
+                if not source_id:
+                    continue
+                info = found["info"]
+                index.setdefault(source_id, []).append(
+                    _Copy(
+                        target_run_id=info.get("run_id") or info["run_uuid"],
+                        complete=tags.get(COMPLETE_TAG) == COMPLETE_VALUE,
+                        lifecycle_stage=info.get("lifecycle_stage", "active"),
+                    )
+                )
+            with self._lock:
+                self._copies[target_experiment_id] = index
+            return index
+
+    def _search_copies(self, target_experiment_id: str) -> Iterator[dict]:
+        token = None
+        while True:
+            body: dict[str, Any] = {
+                "experiment_ids": [target_experiment_id],
+                "filter": f"tags.`{SOURCE_RUN_ID_TAG}` != ''",
+                "run_view_type": "ALL",
+                "max_results": SEARCH_PAGE,
+            }
+            if token:
+                body["page_token"] = token
+            answer = self._post("runs/search", body)
+            yield from answer.get("runs", [])
+            token = answer.get("next_page_token")
+            if not token:
+                return
+
+    def find_run(self, run: Run, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
+        index = self._index(str(target_experiment_id))
+        with self._lock:
+            copies = list(index.get(run.run_id, ()))
+        complete = next((c for c in copies if c.complete), None)
+        partial = [c for c in copies if not c.complete]
+        for copy in partial:
+            if copy.lifecycle_stage != DELETED:
+                # Left by an interrupted transfer: never let it pass for an ordinary run.
+                self._delete_run(copy.target_run_id)
+        if complete is not None and str(target_experiment_id) in self._restored:
+            # Restoring the experiment restored all its runs: put back the deleted state.
+            if run.lifecycle_stage == DELETED and complete.lifecycle_stage != DELETED:
+                self._delete_run(complete.target_run_id)
+                complete.lifecycle_stage = DELETED
+        with self._lock:
+            if complete is None:
+                index.pop(run.run_id, None)
+            else:
+                index[run.run_id] = [complete]
+        return TargetRunId(complete.target_run_id) if complete is not None else None
+
+    def _delete_run(self, target_run_id: str) -> None:
+        try:
+            self._post("runs/delete", {"run_id": target_run_id})
+        except NotFoundError:
+            pass
+
+    # ------------------------------------------------------------------ writing runs
+
+    def _check_long_values(self, run: Run, params: dict[str, str], tags: dict[str, str], losses: list[str]) -> tuple[dict, dict]:
+        """Apply the long-value policy before anything is written: the server would
+        silently truncate (MLFLOW_TRUNCATE_LONG_VALUES), so trackport decides instead."""
+        out = []
+        for kind, values, limit in (("param", params, MAX_PARAM_VALUE), ("tag", tags, MAX_TAG_VALUE)):
+            checked = {}
+            for key, value in values.items():
+                if len(value) > limit:
+                    if self.on_long_value == "error":
+                        raise UnitError(
+                            f"{kind} {key!r} of run {run.run_name!r} has a value of {len(value)} characters; "
+                            f"the target keeps at most {limit} (use on_long_value='truncate' to cut it)"
+                        )
+                    losses.append(f"{kind} {key!r} truncated from {len(value)} to {limit} characters")
+                    value = value[:limit]
+                checked[key] = value
+            out.append(checked)
+        return out[0], out[1]
+
+    def put_run(self, run: Run, target_experiment_id: TargetExperimentId, content: RunContent) -> RunWriteResult:
+        exp_id = str(target_experiment_id)
+        losses: list[str] = []
+        params = dict(run.params)
+        tags = {
+            k: v
+            for k, v in run.tags.items()
+            if k not in (RUN_NAME_TAG, PARENT_RUN_ID_TAG) and not is_provenance_tag(k)
+        }
+        params, tags = self._check_long_values(run, params, tags, losses)
+
+        create_tags = [
+            {"key": SOURCE_RUN_ID_TAG, "value": run.run_id},
+            {"key": SOURCE_EXPERIMENT_ID_TAG, "value": run.experiment_id},
+        ]
+        body: dict[str, Any] = {"experiment_id": exp_id, "user_id": run.user_id or ""}
+        if run.run_name:
+            body["run_name"] = run.run_name
+            create_tags.append({"key": RUN_NAME_TAG, "value": run.run_name})
+        if run.parent_run_id:
+            create_tags.append({"key": PARENT_RUN_ID_TAG, "value": run.parent_run_id})
+        if run.start_time is not None:
+            body["start_time"] = run.start_time
+        else:
+            losses.append("start_time unknown in the source; the target stores 0")
+        body["tags"] = create_tags
+
+        answer = self._post("runs/create", body, idempotent=False)
+        info = answer["run"]["info"]
+        target_id = info.get("run_id") or info["run_uuid"]
+        result = RunWriteResult(target_run_id=TargetRunId(target_id))
+        try:
+            tags = {k: rewrite_tag(k, v, run.run_id, target_id) for k, v in tags.items()}
+            if self.on_long_value == "truncate":
+                tags = {k: v[:MAX_TAG_VALUE] for k, v in tags.items()}
+            infinities = self._log_batches(target_id, params, tags, content, result)
+            if infinities and not self.capabilities.keeps_infinity:
+                losses.append(
+                    f"{infinities} ±inf metric points stored as ±1.7976931348623157e308 by the target"
+                )
+            if run.inputs:
+                self._log_inputs(target_id, run)
+            self._upload_artifacts(run, target_id, info.get("artifact_uri") or "", content, result)
+            update: dict[str, Any] = {"run_id": target_id, "status": run.status}
+            if run.end_time is not None:
+                update["end_time"] = run.end_time
+            self._post("runs/update", update)
+            final = []
+            if losses:
+                final.append({"key": LOSSES_TAG, "value": _losses_value(losses)})
+            final.append({"key": COMPLETE_TAG, "value": COMPLETE_VALUE})  # last, always
+            for tag in final:
+                self._post("runs/set-tag", {"run_id": target_id, **tag})
+            if run.lifecycle_stage == DELETED:
+                self._post("runs/delete", {"run_id": target_id})
+        except BaseException:
+            try:
+                self._post("runs/delete", {"run_id": target_id})
+            except Exception:  # noqa: BLE001 - best effort; the original error matters
+                pass
+            raise
+        result.losses = losses
+        with self._lock:
+            index = self._copies.get(exp_id)
+            if index is not None:
+                index[run.run_id] = [_Copy(target_id, True, run.lifecycle_stage)]
+        return result
+
+    # -- params, tags, metrics
+
+    def _log_batches(
+        self, run_id: str, params: dict[str, str], tags: dict[str, str], content: RunContent, result: RunWriteResult
+    ) -> int:
+        """Send everything in log-batch calls filled to the limits; return the ±inf count."""
+        param_items = [{"key": k, "value": v} for k, v in params.items()]
+        tag_items = [{"key": k, "value": v} for k, v in tags.items()]
+        counter = {"inf": 0}
+        points = self._metric_points(content, counter)
+        exhausted = False
+        while True:
+            batch_params = param_items[:MAX_PARAMS_PER_BATCH]
+            del param_items[: len(batch_params)]
+            batch_tags = tag_items[:MAX_TAGS_PER_BATCH]
+            del tag_items[: len(batch_tags)]
+            room = min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - len(batch_params) - len(batch_tags))
+            metrics: list[dict] = []
+            while not exhausted and len(metrics) < room:
+                point = next(points, None)
+                if point is None:
+                    exhausted = True
+                else:
+                    metrics.append(point)
+            if not (batch_params or batch_tags or metrics):
+                break
+            self._post(
+                "runs/log-batch", {"run_id": run_id, "metrics": metrics, "params": batch_params, "tags": batch_tags}
+            )
+            result.metric_points += len(metrics)
+        return counter["inf"]
+
+    @staticmethod
+    def _metric_points(content: RunContent, counter: dict) -> Iterator[dict]:
+        """One dict per point, converted one Arrow batch at a time."""
+        for batch in content.metric_batches():
+            if not isinstance(batch, pa.RecordBatch):
+                batch = pa.record_batch(batch)
+            keys = batch.column("key").to_pylist()
+            steps = batch.column("step").to_pylist()
+            stamps = batch.column("timestamp").to_pylist()
+            values = batch.column("value").to_pylist()
+            for key, step, stamp, value in zip(keys, steps, stamps, values):
+                value = float(value)
+                if math.isinf(value):
+                    counter["inf"] += 1
+                yield {"key": key, "value": _metric_value(value), "timestamp": stamp, "step": step}
+
+    def _log_inputs(self, run_id: str, run: Run) -> None:
+        datasets = []
+        for ds in run.inputs:
+            dataset: dict[str, Any] = {
+                "name": ds.name,
+                "digest": ds.digest,
+                "source_type": ds.source_type,
+                "source": ds.source,
+            }
+            if ds.schema is not None:
+                dataset["schema"] = ds.schema
+            if ds.profile is not None:
+                dataset["profile"] = ds.profile
+            datasets.append({"tags": [{"key": k, "value": v} for k, v in ds.tags.items()], "dataset": dataset})
+        self._post("runs/log-inputs", {"run_id": run_id, "datasets": datasets})
+
+    # -- artifacts
+
+    def _upload_artifacts(
+        self, run: Run, target_id: str, artifact_uri: str, content: RunContent, result: RunWriteResult
+    ) -> None:
+        root: str | None = None
+        for artifact in content.artifact_files():
+            if root is None:
+                root = _artifact_root(artifact_uri)
+            self._upload_one(run, target_id, root, artifact.path, artifact.size, content, result)
+
+    def _upload_one(
+        self, run: Run, target_id: str, root: str, path: str, size: int, content: RunContent, result: RunWriteResult
+    ) -> None:
+        rel = _quote_path(path)
+        url = f"{ARTIFACTS_API}/artifacts/{root}/{rel}"
+        headers = {"Content-Type": "application/octet-stream"}
+        with content.open_artifact(path) as stream:
+            if is_mlmodel(path):
+                data = stream.read()
+                result.artifact_bytes += len(data)
+                self.client.request("PUT", url, data=rewrite_mlmodel(data, run.run_id, target_id), headers=headers)
+            elif size < SMALL_FILE:
+                data = stream.read()
+                result.artifact_bytes += len(data)
+                self.client.request("PUT", url, data=data, headers=headers)
+            else:
+                with _rewindable(stream) as body:
+                    length = _remaining(body)
+                    sent = (
+                        self.info.multipart_uploads
+                        and length >= MULTIPART_MIN_SIZE
+                        and self._multipart_upload(root, path, body, length)
+                    )
+                    if not sent:
+                        headers["Content-Length"] = str(length)
+                        self.client.request("PUT", url, data=body, headers=headers)
+                    result.artifact_bytes += length
+        result.artifact_files += 1
+
+    def _multipart_upload(self, root: str, path: str, body: BinaryIO, length: int) -> bool:
+        """MLflow's proxied multipart upload (S3-like destinations): parts go straight to
+        presigned URLs, without our credentials. False when the artifact destination does
+        not support it (a plain PUT is then used)."""
+        directory, filename = posixpath.split(path)
+        endpoint_dir = root + ("/" + _quote_path(directory) if directory else "")
+        num_parts = max(1, math.ceil(length / MULTIPART_CHUNK))
+        start = body.tell()
+        try:
+            created = self.client.call(
+                "POST",
+                f"{ARTIFACTS_API}/mpu/create/{endpoint_dir}",
+                body={"path": filename, "num_parts": num_parts},
+                idempotent=False,
+            )
+        except (RestError, TransientError) as exc:
+            if "NOT_IMPLEMENTED" in str(exc) or "HTTP 501" in str(exc):
+                return False
+            raise
+        upload_id = created["upload_id"]
+        try:
+            parts = []
+            for credential in sorted(created.get("credentials", []), key=lambda c: int(c["part_number"])):
+                number = int(credential["part_number"])
+                body.seek(start + (number - 1) * MULTIPART_CHUNK)
+                chunk = body.read(MULTIPART_CHUNK)
+                response = self.client.request(
+                    "PUT", credential["url"], data=chunk, headers=credential.get("headers") or {}, authenticated=False
+                )
+                parts.append({"part_number": number, "etag": response.headers.get("ETag", ""), "url": credential["url"]})
+            self.client.call(
+                "POST",
+                f"{ARTIFACTS_API}/mpu/complete/{endpoint_dir}",
+                body={"path": filename, "upload_id": upload_id, "parts": parts},
+            )
+            return True
+        except BaseException:
+            try:
+                self.client.call(
+                    "POST",
+                    f"{ARTIFACTS_API}/mpu/abort/{endpoint_dir}",
+                    body={"path": filename, "upload_id": upload_id},
+                )
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+            raise
+
+
+def _losses_value(losses: list[str]) -> str:
+    """The losses as a JSON list that fits a tag; the tail is cut (the ledger has all)."""
+    value = json.dumps(losses, ensure_ascii=False)
+    kept = list(losses)
+    while len(value) > MAX_TAG_VALUE and kept:
+        kept.pop()
+        value = json.dumps(kept + [f"... {len(losses) - len(kept)} more in the transfer ledger"], ensure_ascii=False)
+    return value[:MAX_TAG_VALUE]
+
+
+def _artifact_root(artifact_uri: str) -> str:
+    """The proxied path P of a run whose artifact URI is mlflow-artifacts:/P."""
+    parts = urlsplit(artifact_uri)
+    if parts.scheme != "mlflow-artifacts":
+        scheme = parts.scheme or artifact_uri or "an unknown location"
+        raise UnitError(
+            f"target stores artifacts at {scheme} which trackport cannot upload to through the server "
+            "(start the server with --serve-artifacts / --artifacts-destination)"
+        )
+    return _quote_path(parts.path.strip("/"))
+
+
+def _quote_path(path: str) -> str:
+    return "/".join(quote(segment, safe="") for segment in path.split("/"))
+
+
+def _remaining(stream: BinaryIO) -> int:
+    position = stream.tell()
+    end = stream.seek(0, os.SEEK_END)
+    stream.seek(position)
+    return end - position
+
+
+class _rewindable:
+    """The stream itself when it can seek (urllib3 rewinds it on a retry), else a spooled
+    temporary copy of it."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._spool: BinaryIO | None = None
+
+    def __enter__(self) -> BinaryIO:
+        try:
+            if self._stream.seekable():
+                self._stream.tell()
+                return self._stream
+        except (AttributeError, OSError, ValueError):
+            pass
+        self._spool = tempfile.TemporaryFile(prefix="trackport-upload-")
+        shutil.copyfileobj(self._stream, self._spool, COPY_CHUNK)
+        self._spool.seek(0)
+        return self._spool
+
+    def __exit__(self, *exc: object) -> None:
+        if self._spool is not None:
+            self._spool.close()

@@ -1,0 +1,443 @@
+"""Reading an MLflow tracking server (self-hosted or Databricks) over its REST API.
+
+Everything goes through RestClient: retries, credentials and error mapping live there.
+MLflow's JSON leaves out fields at their default (an empty file has no file_size, and a
+proto3-style server may drop step 0, timestamp 0, value 0.0 or start_time 0), so every
+numeric field is read with a default. NaN comes back as the string "NaN"; infinities as
+"Infinity"/"-Infinity" (FileStore) or as +/-1.7976931348623157e308 (SQL servers clamp
+them when storing): whatever the server says is kept as it is.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from typing import Any, BinaryIO, Iterator
+from urllib.parse import quote, urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from trackport.domain import (
+    ACTIVE,
+    DELETED,
+    METRIC_SCHEMA,
+    RUN_NAME_TAG,
+    ArtifactFile,
+    DatasetInput,
+    Experiment,
+    Run,
+)
+from trackport.errors import BadInputError, TransientError, UnitError
+from trackport.stores._localfs import local_artifact_dir, open_local_artifact
+from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
+from trackport.stores.rest.http import NotFoundError, RestClient, RestError
+from trackport.stores.rest.server import ServerInfo
+
+API = "/api/2.0/mlflow"
+PROXY_API = "/api/2.0/mlflow-artifacts/artifacts"
+
+# Page sizes (module constants so tests can shrink them to exercise paging).
+EXPERIMENTS_PAGE = 1000
+RUNS_PAGE = 1000
+HISTORY_PAGE = 25_000  # what MLflow's own client asks for
+RUN_IDS_PER_FILTER = 100
+BATCH_ROWS = 65_536  # rows per yielded metric batch (at most)
+# Metric keys remembered from runs/search for runs whose history was not read yet (a run
+# the engine skips is never read); beyond this the oldest are forgotten (runs/get then).
+REMEMBERED_RUNS = 10_000
+
+_INT64_MAX = 2**63 - 1
+_RUN_ID = re.compile(r"^[\w\-]+$")
+
+
+def _tags(items: list[dict] | None) -> dict[str, str]:
+    return {t["key"]: t.get("value", "") for t in items or () if "key" in t}
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _experiment(data: dict) -> Experiment:
+    return Experiment(
+        experiment_id=str(data["experiment_id"]),
+        name=data["name"],
+        lifecycle_stage=data.get("lifecycle_stage") or ACTIVE,
+        artifact_location=data.get("artifact_location") or None,
+        creation_time=_int_or_none(data.get("creation_time")),
+        last_update_time=_int_or_none(data.get("last_update_time")),
+        tags=_tags(data.get("tags")),
+    )
+
+
+def _dataset_input(data: dict) -> DatasetInput:
+    ds = data.get("dataset") or {}
+    return DatasetInput(
+        name=ds.get("name", ""),
+        digest=ds.get("digest", ""),
+        source_type=ds.get("source_type", ""),
+        source=ds.get("source", ""),
+        schema=ds.get("schema"),
+        profile=ds.get("profile"),
+        tags=_tags(data.get("tags")),
+    )
+
+
+def _run(data: dict) -> Run:
+    info = data["info"]
+    body = data.get("data") or {}
+    tags = _tags(body.get("tags"))
+    inputs = [_dataset_input(d) for d in (data.get("inputs") or {}).get("dataset_inputs") or ()]
+    inputs.sort(key=lambda i: (i.name, i.digest))
+    return Run(
+        run_id=info.get("run_id") or info["run_uuid"],
+        experiment_id=str(info["experiment_id"]),
+        run_name=info.get("run_name") or tags.get(RUN_NAME_TAG, ""),
+        user_id=info.get("user_id") or "",
+        status=info.get("status") or "RUNNING",  # RUNNING is the proto's default value
+        start_time=_int_or_none(info.get("start_time")),
+        end_time=_int_or_none(info.get("end_time")),
+        lifecycle_stage=info.get("lifecycle_stage") or ACTIVE,
+        deleted_time=None,  # not exposed over REST
+        artifact_uri=info.get("artifact_uri") or None,
+        params=_tags(body.get("params")),
+        tags=tags,
+        inputs=tuple(inputs),
+    )
+
+
+def _metric_keys(data: dict) -> list[str]:
+    return sorted({m["key"] for m in (data.get("data") or {}).get("metrics") or () if "key" in m})
+
+
+def _id_order(experiment_id: str) -> tuple:
+    return (0, int(experiment_id), "") if experiment_id.isdigit() else (1, 0, experiment_id)
+
+
+def _check_artifact_path(run: Run, path: str) -> str:
+    clean = path.replace("\\", "/")
+    parts = clean.split("/")
+    if (
+        not path
+        or clean.startswith("/")
+        or re.match(r"^[A-Za-z]:", clean)
+        or any(p in ("..", "") for p in parts)
+    ):
+        raise UnitError(f"run {run.run_id}: refusing artifact path {path!r} (absolute, empty or with '..')")
+    return clean
+
+
+class _Stream:
+    """A downloaded artifact as a read-only binary stream; network failures mid-body
+    become TransientError."""
+
+    def __init__(self, response, where: str) -> None:
+        self._response = response
+        self._raw = response.raw
+        self._raw.decode_content = True
+        self._where = where
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._raw.read(None if size is None or size < 0 else size)
+        except Exception as exc:  # noqa: BLE001 - urllib3/requests/socket errors alike
+            raise TransientError(f"download of {self._where} broke off: {type(exc).__name__}") from None
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> "_Stream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RestSource(SourceStore):
+    """A tracking server as a source. It owns the client it is given: close() closes it
+    (the factory hands the client over and keeps no reference)."""
+
+    supports_filter = True  # Selection.filter goes to runs/search as it is
+
+    def __init__(self, client: RestClient, uri: str, info: ServerInfo) -> None:
+        self.client = client
+        self.uri = uri
+        self.info = info
+        # Metric keys of runs yielded by iter_runs, so iter_metric_batches needs no call.
+        self._metric_keys: dict[str, list[str]] = {}
+        self._keys_lock = threading.Lock()  # the engine may read runs from several threads
+
+    def describe(self) -> StoreDescription:
+        return StoreDescription(kind="rest", uri=self.uri, mlflow_version=self.info.mlflow_version)
+
+    def close(self) -> None:
+        self._metric_keys.clear()
+        self.client.close()
+
+    # ---------------------------------------------------------------- experiments
+
+    def _get_experiment(self, ref: str) -> dict | None:
+        if ref.isdigit() and int(ref) <= _INT64_MAX:
+            try:
+                return self.client.call("GET", f"{API}/experiments/get", params={"experiment_id": ref})["experiment"]
+            except NotFoundError:
+                pass
+            except RestError as exc:
+                if exc.status != 400:  # e.g. INVALID_PARAMETER_VALUE for an id of another form
+                    raise
+        try:
+            return self.client.call("GET", f"{API}/experiments/get-by-name", params={"experiment_name": ref})[
+                "experiment"
+            ]
+        except NotFoundError:
+            return None
+
+    def _search_experiments(self, include_deleted: bool) -> Iterator[dict]:
+        body: dict[str, Any] = {
+            "max_results": EXPERIMENTS_PAGE,
+            "view_type": "ALL" if include_deleted else "ACTIVE_ONLY",
+        }
+        seen_tokens: set[str] = set()
+        while True:
+            answer = self.client.call("POST", f"{API}/experiments/search", body=body)
+            yield from answer.get("experiments") or ()
+            token = answer.get("next_page_token")
+            if not token or token in seen_tokens:
+                return
+            seen_tokens.add(token)
+            body["page_token"] = token
+
+    def _get_run(self, run_id: str) -> dict:
+        return self.client.call("GET", f"{API}/runs/get", params={"run_id": run_id})["run"]
+
+    def list_experiments(self, selection: Selection) -> Iterator[Experiment | Unreadable]:
+        found: dict[str, dict] = {}
+        if selection.experiments:
+            for ref in selection.experiments:
+                data = self._get_experiment(ref)
+                if data is None:
+                    raise BadInputError(f"experiment {ref!r} not found on {self.uri}")
+                found[str(data["experiment_id"])] = data
+        if selection.run_ids:
+            run_exps: set[str] = set()
+            missing = []
+            for run_id in dict.fromkeys(selection.run_ids):
+                try:
+                    run_exps.add(str(self._get_run(run_id)["info"]["experiment_id"]))
+                except NotFoundError:
+                    missing.append(run_id)
+            if missing:
+                raise BadInputError(f"run(s) not found on {self.uri}: {', '.join(missing)}")
+            if selection.experiments:
+                found = {k: v for k, v in found.items() if k in run_exps}
+            else:
+                for exp_id in run_exps:
+                    found[exp_id] = self.client.call(
+                        "GET", f"{API}/experiments/get", params={"experiment_id": exp_id}
+                    )["experiment"]
+        elif not selection.experiments:
+            for data in self._search_experiments(selection.include_deleted):
+                found[str(data["experiment_id"])] = data
+        for exp_id in sorted(found, key=_id_order):
+            data = found[exp_id]
+            if not selection.include_deleted and data.get("lifecycle_stage") == DELETED:
+                continue
+            try:
+                yield _experiment(data)
+            except (KeyError, TypeError, ValueError) as exc:
+                yield Unreadable("experiment", exp_id, f"server sent an unusable experiment ({exc!r})")
+
+    # ---------------------------------------------------------------- runs
+
+    def _search_runs(self, experiment_id: str, include_deleted: bool, filter_string: str | None) -> Iterator[dict]:
+        body: dict[str, Any] = {
+            "experiment_ids": [experiment_id],
+            "max_results": RUNS_PAGE,
+            "order_by": ["attributes.start_time ASC"],
+            "run_view_type": "ALL" if include_deleted else "ACTIVE_ONLY",
+        }
+        if filter_string:
+            body["filter"] = filter_string
+        seen_tokens: set[str] = set()
+        while True:
+            answer = self.client.call("POST", f"{API}/runs/search", body=body)
+            yield from answer.get("runs") or ()
+            token = answer.get("next_page_token")
+            if not token or token in seen_tokens:
+                return
+            seen_tokens.add(token)
+            body["page_token"] = token
+
+    def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run | Unreadable]:
+        user_filter = (getattr(selection, "filter", None) or "").strip() or None
+        if selection.run_ids:
+            ids = list(dict.fromkeys(selection.run_ids))
+            bad = [i for i in ids if not _RUN_ID.match(i)]
+            if bad:
+                raise BadInputError(f"not a run id: {bad[0]!r}")
+            collected: dict[str, dict] = {}
+            for i in range(0, len(ids), RUN_IDS_PER_FILTER):
+                chunk = ids[i : i + RUN_IDS_PER_FILTER]
+                clause = "attributes.run_id IN ({})".format(", ".join(f"'{r}'" for r in chunk))
+                where = f"{user_filter} AND {clause}" if user_filter else clause
+                for data in self._search_runs(experiment.experiment_id, selection.include_deleted, where):
+                    info = data.get("info") or {}
+                    collected[info.get("run_id") or info.get("run_uuid") or repr(info)] = data
+            # Chunks each come sorted; the whole selection must be too.
+            pages: Iterator[dict] = iter(
+                sorted(
+                    collected.values(),
+                    key=lambda d: (int((d.get("info") or {}).get("start_time") or 0), str((d.get("info") or {}).get("run_id"))),
+                )
+            )
+        else:
+            pages = self._search_runs(experiment.experiment_id, selection.include_deleted, user_filter)
+        for data in pages:
+            try:
+                run = _run(data)
+            except (KeyError, TypeError, ValueError) as exc:
+                info = data.get("info") if isinstance(data, dict) else None
+                run_id = str((info or {}).get("run_id") or (info or {}).get("run_uuid") or "?")
+                yield Unreadable("run", run_id, f"server sent an unusable run ({exc!r})")
+                continue
+            self._remember_keys(run.run_id, _metric_keys(data))
+            yield run
+
+    def _remember_keys(self, run_id: str, keys: list[str]) -> None:
+        with self._keys_lock:
+            self._metric_keys[run_id] = keys
+            while len(self._metric_keys) > REMEMBERED_RUNS:
+                del self._metric_keys[next(iter(self._metric_keys))]
+
+    # ---------------------------------------------------------------- metrics
+
+    def _history(self, run_id: str, key: str) -> pa.Table:
+        steps: list[int] = []
+        stamps: list[int] = []
+        values: list[float] = []
+        params: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE}
+        seen_tokens: set[str] = set()
+        while True:
+            answer = self.client.call("GET", f"{API}/metrics/get-history", params=params)
+            metrics = answer.get("metrics") or ()
+            # Absent fields are zero (proto JSON drops defaults); float() reads the
+            # "NaN" / "Infinity" / "-Infinity" strings as well as numbers.
+            steps.extend([int(m.get("step", 0)) for m in metrics])
+            stamps.extend([int(m.get("timestamp", 0)) for m in metrics])
+            values.extend([float(m.get("value", 0.0)) for m in metrics])
+            token = answer.get("next_page_token")
+            if not token or token in seen_tokens:
+                break
+            seen_tokens.add(token)
+            params["page_token"] = token
+        n = len(steps)
+        table = pa.Table.from_arrays(
+            [
+                pa.array([key] * n, pa.string()) if n else pa.array([], pa.string()),
+                pa.array(steps, pa.int64()),
+                pa.array(stamps, pa.int64()),
+                pa.array(values, pa.float64()),
+            ],
+            schema=METRIC_SCHEMA,
+        )
+        if n > 1:
+            order = pc.sort_indices(
+                table,
+                sort_keys=[("step", "ascending"), ("timestamp", "ascending"), ("value", "ascending")],
+            )
+            table = table.take(order)
+        return table
+
+    def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
+        with self._keys_lock:
+            keys = self._metric_keys.pop(run.run_id, None)
+        if keys is None:
+            keys = _metric_keys(self._get_run(run.run_id))
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        for key in keys:  # already sorted
+            table = self._history(run.run_id, key)
+            if not table.num_rows:
+                continue
+            pending.append(table)
+            pending_rows += table.num_rows
+            if pending_rows >= BATCH_ROWS:
+                yield from pa.concat_tables(pending).combine_chunks().to_batches(max_chunksize=BATCH_ROWS)
+                pending, pending_rows = [], 0
+        if pending:
+            yield from pa.concat_tables(pending).combine_chunks().to_batches(max_chunksize=BATCH_ROWS)
+
+    # ---------------------------------------------------------------- artifacts
+
+    def _list_dir(self, run_id: str, path: str) -> Iterator[dict]:
+        params: dict[str, Any] = {"run_id": run_id}
+        if path:
+            params["path"] = path
+        seen_tokens: set[str] = set()
+        while True:
+            answer = self.client.call("GET", f"{API}/artifacts/list", params=params)
+            yield from answer.get("files") or ()
+            token = answer.get("next_page_token")
+            if not token or token in seen_tokens:
+                return
+            seen_tokens.add(token)
+            params["page_token"] = token
+
+    def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
+        files: list[ArtifactFile] = []
+        pending = [""]
+        visited: set[str] = set()
+        while pending:
+            directory = pending.pop()
+            if directory in visited:  # a misbehaving server must not loop us forever
+                continue
+            visited.add(directory)
+            for entry in self._list_dir(run.run_id, directory):
+                path = entry.get("path")
+                if not path or path == directory:
+                    continue
+                if entry.get("is_dir"):
+                    pending.append(path)
+                else:
+                    files.append(ArtifactFile(path=path, size=int(entry.get("file_size", 0))))
+        files.sort(key=lambda f: f.path)
+        yield from files
+
+    def _local_root(self, run: Run):
+        uri = run.artifact_uri or ""
+        parsed = urlparse(uri)
+        if not (parsed.scheme == "file" or (uri.startswith("/") and parsed.scheme == "")):
+            return None
+        try:
+            root = local_artifact_dir(uri, run.run_id)
+        except UnitError:
+            return None
+        return root if root is not None and root.is_dir() else None
+
+    @contextlib.contextmanager
+    def open_artifact(self, run: Run, path: str) -> Iterator[BinaryIO]:
+        clean = _check_artifact_path(run, path)
+        uri = run.artifact_uri or ""
+        if uri.startswith("mlflow-artifacts:"):
+            prefix = urlparse(uri).path.strip("/")
+            full = f"{prefix}/{clean}" if prefix else clean
+            endpoint = f"{PROXY_API}/{quote(full, safe='/')}"
+            response = self.client.request("GET", endpoint, stream=True)
+        else:
+            root = self._local_root(run)
+            if root is not None and (root / clean).is_file():
+                with open_local_artifact(root, clean, run.run_id) as handle:
+                    yield handle
+                return
+            response = self.client.request(
+                "GET", "/get-artifact", params={"run_id": run.run_id, "path": clean}, stream=True
+            )
+        stream = _Stream(response, f"artifact {clean!r} of run {run.run_id}")
+        try:
+            yield stream  # type: ignore[misc]
+        finally:
+            stream.close()
