@@ -37,6 +37,7 @@ from trackport.errors import TransientError, UnitError
 from trackport.stores.base import RunContent, RunWriteResult, SinkStore, StoreDescription
 from trackport.stores.rest.http import NotFoundError, RestClient, RestError
 from trackport.stores.rest.server import ServerInfo
+from trackport.transfer.plan import LONG_VALUE_POLICIES
 from trackport.transfer.references import (
     COMPLETE_TAG,
     LOSSES_TAG,
@@ -65,7 +66,6 @@ MULTIPART_CHUNK = 10 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_CH
 SMALL_FILE = 1024 * 1024  # read whole and sent as bytes (also avoids chunked empty bodies)
 COPY_CHUNK = 1024 * 1024
 
-LONG_VALUE_POLICIES = ("error", "truncate")
 COMPLETE_VALUE = "true"
 
 
