@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from trackport.errors import BadInputError
-from trackport.bundle import schemas
 from trackport.bundle.layout import (
     ARTIFACTS_DIR,
     EXPERIMENTS_DIR,
@@ -106,16 +106,33 @@ def write_manifest(root: Path) -> int:
     return n
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_line(line: str) -> tuple[ManifestEntry | None, str | None]:
-    """(entry, None) or (None, problem) for one manifest line."""
+    """(entry, None) or (None, problem) for one manifest line.
+
+    The checks are those of manifest-entry.schema.json, written out by hand: a manifest
+    has a line per file, and the reader checks every line before it imports anything.
+    """
     try:
-        doc = json.loads(line)
-    except ValueError as e:
+        doc = json.loads(line, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as e:
         return None, f"not JSON ({e})"
-    err = schemas.first_error(schemas.MANIFEST_ENTRY, doc)
-    if err:
-        return None, err
-    return ManifestEntry(doc["path"], doc["size"], doc["sha256"]), None
+    if not isinstance(doc, dict):
+        return None, "(top): not a JSON object"
+    path, size, sha = doc.get("path"), doc.get("size"), doc.get("sha256")
+    if not isinstance(path, str) or not path:
+        return None, "path: missing or not a non-empty string"
+    if type(size) is not int or size < 0:
+        return None, "size: missing or not a non-negative integer"
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        return None, "sha256: missing or not 64 lowercase hex digits"
+    return ManifestEntry(path, size, sha), None
 
 
 def read_manifest(root: Path) -> Iterator[ManifestEntry]:

@@ -150,11 +150,65 @@ def write_metrics(
             out.close()
 
 
-def read_metrics(path: Path, *, batch_rows: int = READ_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """The file's points as batches of domain.METRIC_SCHEMA, row group by row group."""
+class MetricsFileError(ValueError):
+    """The Parquet file is readable but is not a metric history of this format/run."""
+
+
+def _is_string(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+_COLUMN_TYPES = {
+    "run_id": ("string", _is_string),
+    "key": ("string", _is_string),
+    "step": ("int64", pa.types.is_int64),
+    "timestamp": ("int64", pa.types.is_int64),
+    "value": ("float64", pa.types.is_float64),
+}
+
+
+def check_columns(schema: pa.Schema) -> None:
+    """MetricsFileError unless the file has the five columns with usable types."""
+    for name, (wanted, ok) in _COLUMN_TYPES.items():
+        index = schema.get_field_index(name)
+        if index < 0:
+            raise MetricsFileError(f"has no column {name!r}")
+        if not ok(schema.field(index).type):
+            raise MetricsFileError(f"column {name!r} is {schema.field(index).type}, not {wanted}")
+
+
+def read_metrics(
+    path: Path,
+    *,
+    batch_rows: int = READ_BATCH_ROWS,
+    run_id: str | None = None,
+    expected_rows: int | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """The file's points as batches of domain.METRIC_SCHEMA, row group by row group.
+
+    Checked as it streams (MetricsFileError): the column types; no nulls; with run_id,
+    that every row belongs to that run; with expected_rows, the row count (against the
+    footer before the first batch, and against what was read after the last).
+    """
     pf = pq.ParquetFile(path)
     try:
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=["key", "step", "timestamp", "value"]):
+        check_columns(pf.schema_arrow)
+        if expected_rows is not None and pf.metadata.num_rows != expected_rows:
+            raise MetricsFileError(f"holds {pf.metadata.num_rows} points but run.json says {expected_rows}")
+        columns = ["key", "step", "timestamp", "value"] + (["run_id"] if run_id is not None else [])
+        rows = 0
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            for name in columns:
+                if batch.column(name).null_count:
+                    raise MetricsFileError(f"column {name!r} holds nulls")
+            if run_id is not None:
+                ids = batch.column("run_id").cast(pa.string())
+                if not pc.all(pc.equal(ids, pa.scalar(run_id, pa.string()))).as_py():
+                    other = pc.filter(ids, pc.not_equal(ids, pa.scalar(run_id, pa.string())))[0].as_py()
+                    raise MetricsFileError(f"holds points of run {other[:100]!r}, not only of run {run_id!r}")
+            rows += batch.num_rows
             yield pa.RecordBatch.from_arrays(
                 [
                     batch.column("key").cast(pa.string()),
@@ -164,6 +218,8 @@ def read_metrics(path: Path, *, batch_rows: int = READ_BATCH_ROWS) -> Iterator[p
                 ],
                 schema=METRIC_SCHEMA,
             )
+        if expected_rows is not None and rows != expected_rows:
+            raise MetricsFileError(f"holds {rows} points but run.json says {expected_rows}")
     finally:
         pf.close()
 
@@ -175,10 +231,10 @@ def check_metrics_file(path: Path) -> tuple[int, list[str]]:
     try:
         pf = pq.ParquetFile(path)
         try:
-            names = pf.schema_arrow.names
-            missing = [c for c in PARQUET_SCHEMA.names if c not in names]
-            if missing:
-                problems.append(f"missing column(s) {', '.join(missing)}")
+            try:
+                check_columns(pf.schema_arrow)
+            except MetricsFileError as e:
+                problems.append(str(e))
             for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS):
                 rows += batch.num_rows
             if rows != pf.metadata.num_rows:
@@ -190,4 +246,11 @@ def check_metrics_file(path: Path) -> tuple[int, list[str]]:
     return rows, problems
 
 
-__all__ = ["PARQUET_SCHEMA", "DEFAULT_ROW_GROUP_ROWS", "write_metrics", "read_metrics", "check_metrics_file"]
+__all__ = [
+    "PARQUET_SCHEMA",
+    "DEFAULT_ROW_GROUP_ROWS",
+    "MetricsFileError",
+    "write_metrics",
+    "read_metrics",
+    "check_metrics_file",
+]

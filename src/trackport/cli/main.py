@@ -199,6 +199,85 @@ def copy_command(source, target, experiments, run_ids, include_deleted, filter_s
     _show(_run_transfer(open_source(source, workers=workers), sink, selection, workers, not as_json), as_json)
 
 
+@cli.command("verify")
+@click.argument("source")
+@click.argument("target")
+@click.option(
+    "--level",
+    type=click.Choice(["fast", "full"]),
+    default="full",
+    show_default=True,
+    help="fast: runs, point counts and artifact sizes; full: every field, point and byte.",
+)
+@_selection_options
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+@_fail_cleanly
+def verify_stores_command(source, target, level, experiments, run_ids, include_deleted, filter_string, as_json):
+    """Prove that TARGET holds what SOURCE holds (a store or a bundle on either side)."""
+    from trackport.stores.rest.source import RestSource
+    from trackport.transfer.compare import compare_stores
+
+    selection = Selection(experiments, run_ids, include_deleted, filter_string)
+    expected, actual = open_source(source), open_source(target)
+    try:
+        clamps = isinstance(actual, RestSource) and actual.info.clamps_infinity
+        differences = [str(d) for d in compare_stores(expected, actual, selection, level=level, clamps_infinity=clamps)]
+    finally:
+        expected.close()
+        actual.close()
+    if as_json:
+        click.echo(json.dumps({"level": level, "differences": differences}, indent=2))
+    else:
+        for difference in differences:
+            click.echo(difference)
+        click.echo(f"verify --level {level}: {len(differences)} differences")
+    if differences:
+        sys.exit(ExitCode.VERIFY_FAILED)
+
+
+@cli.command("status")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_fail_cleanly
+def status_command(target, as_json):
+    """Show what the transfers into TARGET did: units done, skipped and failed, with reasons."""
+    from trackport.stores import state_dir_for
+    from trackport.transfer.status import read_status
+
+    status = read_status(state_dir_for(target))
+    if as_json:
+        click.echo(json.dumps(status.to_json(), indent=2, sort_keys=True))
+        return
+    click.echo(f"ledger      {status.state_dir}")
+    click.echo(f"last entry  {status.last_activity}")
+    click.echo(f"{'':<12}{'done':>10}{'skipped':>10}{'failed':>10}")
+    for kind, outcomes in status.counts.items():
+        click.echo(f"{kind + 's':<12}" + "".join(f"{outcomes[o]:>10,}" for o in ("done", "skipped", "failed")))
+    for line in status.failed:
+        click.echo(f"FAILED {line['kind']} {line['name']!r} ({line['source_id']}): {line['reason']}")
+
+
+@cli.command("idmap")
+@click.argument("target")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="csv", show_default=True)
+@click.option("--kind", type=click.Choice(["run", "experiment", "all"]), default="all", show_default=True)
+@_fail_cleanly
+def idmap_command(target, fmt, kind):
+    """Print the map of source ids to TARGET's ids."""
+    import csv
+
+    from trackport.stores import state_dir_for
+    from trackport.transfer.status import read_idmap
+
+    entries = [e for e in read_idmap(state_dir_for(target)) if kind in ("all", e["kind"])]
+    if fmt == "json":
+        click.echo(json.dumps(entries, indent=2))
+        return
+    writer = csv.DictWriter(click.get_text_stream("stdout"), fieldnames=["kind", "source_id", "target_id"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(entries)
+
+
 @cli.group("bundle")
 def bundle_group() -> None:
     """Check and describe bundles."""

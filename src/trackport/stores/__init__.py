@@ -98,3 +98,20 @@ def open_sink(
         f"{uri}: cannot write here; give sqlite:///path/mlflow.db for a local MLflow store"
         " (the legacy mlruns/ file store is read-only) or a new directory for a bundle"
     )
+
+
+def state_dir_for(uri: str) -> Path:
+    """The directory where transfers into the store at uri keep their id map and ledger,
+    found without opening the store (nothing is created or contacted)."""
+    if _is_remote(uri):
+        from trackport.stores.rest.auth import resolve_connection
+        from trackport.stores.rest.sink import state_dir_for_url
+
+        return state_dir_for_url(state_home() / "targets", resolve_connection(uri, "target").base_url)
+    if sqlite := _sqlite_path(uri):
+        from trackport.stores.local_sqlite import sqlite_path_from_uri
+
+        return Path(str(sqlite_path_from_uri(sqlite)) + ".trackport")
+    from trackport.bundle.layout import TRANSFER_DIR
+
+    return _local_path(uri) / TRANSFER_DIR

@@ -17,7 +17,13 @@ import pyarrow.compute as pc
 
 from trackport.domain import METRIC_SCHEMA, PARENT_RUN_ID_TAG, Experiment, Run
 from trackport.stores.base import Selection, SourceStore, Unreadable
-from trackport.transfer.references import is_mlmodel, is_provenance_tag, rewrite_mlmodel, rewrite_tag
+from trackport.transfer.references import (
+    SOURCE_RUN_ID_TAG,
+    is_mlmodel,
+    is_provenance_tag,
+    rewrite_mlmodel,
+    rewrite_tag,
+)
 
 LEVELS = ("fast", "full")
 _RUN_FIELDS = ("run_name", "user_id", "status", "start_time", "end_time", "lifecycle_stage")
@@ -40,19 +46,22 @@ def compare_stores(
     selection: Selection = Selection(),
     *,
     level: str = "full",
-    run_id_map: Callable[[str], str | None] = lambda run_id: run_id,
+    run_id_map: Callable[[str], str | None] | None = None,
     clamps_infinity: bool = False,
 ) -> Iterator[Difference]:
     """Every difference between what `expected` holds in the selection and what `actual`
     holds for it. `fast` compares counts and sizes; `full` every field, point and byte.
 
-    The comparison allows exactly what a transfer changes on purpose: ids through
-    run_id_map (and the run's own id inside its tags and MLmodel files), trackport's
-    provenance tags in the target, and ±inf stored clamped when clamps_infinity."""
+    Runs are matched through run_id_map, or else by the provenance tag trackport writes
+    into targets that assign new ids, or else by id. The comparison allows exactly what a
+    transfer changes on purpose: ids (also the run's own id inside its tags and MLmodel
+    files), trackport's provenance tags in the target, and ±inf stored clamped when
+    clamps_infinity."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}")
+    everything = Selection(include_deleted=True)
     actual_experiments = {}
-    for e in actual.list_experiments(Selection(include_deleted=True)):
+    for e in actual.list_experiments(everything):
         if isinstance(e, Unreadable):
             yield Difference(f"experiment {e.source_id}", f"unreadable in the target: {e.reason}")
         else:
@@ -68,22 +77,32 @@ def compare_stores(
             continue
         if level == "full":
             yield from _compare_experiment(where, experiment, other)
-        actual_runs = {}
-        for r in actual.iter_runs(other, Selection(include_deleted=True)):
+        copies: dict[str, list[Run]] = {}
+        for r in actual.iter_runs(other, everything):
             if isinstance(r, Unreadable):
                 yield Difference(f"run {r.source_id}", f"unreadable in the target: {r.reason}")
-            else:
-                actual_runs[r.run_id] = r
+                continue
+            source_id = r.run_id if run_id_map else r.tags.get(SOURCE_RUN_ID_TAG, r.run_id)
+            copies.setdefault(source_id, []).append(r)
+        by_target = {r.run_id: r for found in copies.values() for r in found}
+        if run_id_map is None:
+            mapped = {source_id: found[0].run_id for source_id, found in copies.items()}
+            id_map: Callable[[str], str | None] = lambda run_id, m=mapped: m.get(run_id, run_id)  # noqa: E731
+        else:
+            id_map = run_id_map
         for run in expected.iter_runs(experiment, selection):
             if isinstance(run, Unreadable):
                 yield Difference(f"run {run.source_id}", f"unreadable: {run.reason}")
                 continue
             run_where = f"run {run.run_name!r} ({run.run_id})"
-            other_run = actual_runs.get(run_id_map(run.run_id) or "")
+            if run_id_map is None and len(copies.get(run.run_id, ())) > 1:
+                ids = ", ".join(r.run_id for r in copies[run.run_id])
+                yield Difference(run_where, f"{len(copies[run.run_id])} copies in the target ({ids})")
+            other_run = by_target.get(id_map(run.run_id) or "")
             if other_run is None:
                 yield Difference(run_where, "missing")
                 continue
-            yield from _compare_run(run_where, expected, run, actual, other_run, level, run_id_map, clamps_infinity)
+            yield from _compare_run(run_where, expected, run, actual, other_run, level, id_map, clamps_infinity)
 
 
 def _compare_experiment(where: str, a: Experiment, b: Experiment) -> Iterator[Difference]:

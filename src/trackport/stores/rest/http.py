@@ -45,10 +45,10 @@ def _env_number(name: str, default: float) -> float:
         return default
 
 
-def _retry(idempotent: bool, attempts: int) -> Retry:
+def _retry(idempotent: bool, attempts: int, connect: int | None = None) -> Retry:
     return Retry(
         total=attempts,
-        connect=attempts,
+        connect=attempts if connect is None else connect,
         read=attempts if idempotent else 0,
         status=attempts,
         other=0,
@@ -62,9 +62,13 @@ def _retry(idempotent: bool, attempts: int) -> Retry:
     )
 
 
-def _session(connection: Connection, idempotent: bool, pool_size: int, attempts: int) -> requests.Session:
+def _session(
+    connection: Connection, idempotent: bool, pool_size: int, attempts: int, connect: int | None = None
+) -> requests.Session:
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=_retry(idempotent, attempts))
+    adapter = HTTPAdapter(
+        pool_connections=4, pool_maxsize=pool_size, max_retries=_retry(idempotent, attempts, connect)
+    )
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.auth = connection.auth
@@ -90,15 +94,18 @@ class RestClient:
         self._idempotent = _session(connection, True, pool_size, attempts)
         self._once = _session(connection, False, pool_size, attempts)
         # The first call of a transfer tells at once whether the server is there at all:
-        # a mistyped URL should not cost minutes of backoff.
-        self._probe = _session(connection, True, 1, attempts=1)
+        # a mistyped URL (refused connection, unknown host) should not cost minutes of
+        # backoff. A server that answers, even with 429/503 or a dropped connection, is
+        # there: those are retried like any other call.
+        self._probe = _session(connection, True, 1, attempts, connect=1)
 
     def close(self) -> None:
         for session in (self._idempotent, self._once, self._probe):
             session.close()
 
     def probe(self, endpoint: str, params: dict) -> dict[str, Any]:
-        """A quick GET with a single retry, for checking a server before a transfer."""
+        """A GET for checking a server before a transfer: one retry when the connection
+        cannot be made, the usual ones once the server answers."""
         response = self.request("GET", endpoint, params=params, session=self._probe)
         try:
             return response.json()

@@ -33,7 +33,7 @@ from trackport.domain import (
     TargetExperimentId,
     TargetRunId,
 )
-from trackport.errors import TransientError, UnitError
+from trackport.errors import TransientError, UnitError, UnreachableError
 from trackport.stores.base import RunContent, RunWriteResult, SinkStore, StoreDescription
 from trackport.stores.rest.http import NotFoundError, RestClient, RestError
 from trackport.stores.rest.server import ServerInfo
@@ -60,6 +60,10 @@ MAX_ENTITIES_PER_BATCH = 1000
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 SEARCH_PAGE = 1000
+# Asking again for a run or experiment whose creation got no answer (the server may have
+# acted): the creation is checked for, and undone or adopted, before each new attempt.
+CREATE_ATTEMPTS = 5
+_SIMPLE_ID = re.compile(r"^[\w\-]+$")
 
 MULTIPART_MIN_SIZE = 500 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE
 MULTIPART_CHUNK = 10 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE
@@ -80,6 +84,12 @@ class _Copy:
 
 def _sanitize(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "server"
+
+
+def state_dir_for_url(state_root: Path, base_url: str) -> Path:
+    """Where transfers into the server at base_url keep their id map and ledger."""
+    parts = urlsplit(base_url)
+    return state_root / _sanitize(f"{parts.hostname or ''}_{parts.port or ''}{parts.path}".replace("__", "_"))
 
 
 def _metric_value(value: float) -> float | str:
@@ -131,9 +141,7 @@ class RestSink(SinkStore):
         return StoreDescription(kind="rest", uri=self.uri, mlflow_version=self.info.mlflow_version)
 
     def state_dir(self) -> Path:
-        parts = urlsplit(self.client.base_url)
-        name = _sanitize(f"{parts.hostname or ''}_{parts.port or ''}{parts.path}".replace("__", "_"))
-        path = self._state_root / name
+        path = state_dir_for_url(self._state_root, self.client.base_url)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -152,7 +160,9 @@ class RestSink(SinkStore):
     def put_experiment(self, experiment: Experiment) -> TargetExperimentId:
         wanted = {k: v for k, v in experiment.tags.items() if not is_provenance_tag(k)}
         existing = self._get_experiment_by_name(experiment.name)
-        if existing is None:
+        attempt = 0
+        while existing is None:
+            attempt += 1
             tags = [{"key": k, "value": v} for k, v in wanted.items()]
             tags.append({"key": SOURCE_EXPERIMENT_ID_TAG, "value": experiment.experiment_id})
             try:
@@ -163,9 +173,13 @@ class RestSink(SinkStore):
             except RestError as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise UnitError(f"experiment {experiment.name!r}: the target refused it: {exc}") from None
+            except (UnreachableError, TransientError):
+                # No answer: the server may have created it. Look before asking again.
+                if attempt >= CREATE_ATTEMPTS:
+                    raise
             # Created meanwhile (a retry whose first attempt did arrive, or a race).
             existing = self._get_experiment_by_name(experiment.name)
-            if existing is None:
+            if existing is None and attempt >= CREATE_ATTEMPTS:
                 raise UnitError(f"experiment {experiment.name!r} exists in the target but cannot be read back")
         target_id = str(existing["experiment_id"])
         have = {t["key"] for t in existing.get("tags", [])}
@@ -175,7 +189,12 @@ class RestSink(SinkStore):
         if existing.get("lifecycle_stage") == DELETED:
             # Runs cannot be written into a deleted experiment; finish_experiment deletes it
             # again if the source experiment is deleted. Restoring also restores its runs.
-            self._post("experiments/restore", {"experiment_id": target_id})
+            try:
+                self._post("experiments/restore", {"experiment_id": target_id})
+            except RestError:
+                # A retried restore whose first attempt arrived finds it active already.
+                if self._experiment_stage(target_id) == DELETED:
+                    raise
             with self._lock:
                 self._restored.add(target_id)
                 self._copies.pop(target_id, None)
@@ -187,7 +206,16 @@ class RestSink(SinkStore):
         try:
             self._post("experiments/delete", {"experiment_id": str(target_experiment_id)})
         except RestError as exc:
-            raise UnitError(f"experiment {experiment.name!r}: cannot mark it deleted in the target: {exc}") from None
+            # A retried delete whose first attempt arrived finds it deleted already.
+            if self._experiment_stage(str(target_experiment_id)) != DELETED:
+                raise UnitError(f"experiment {experiment.name!r}: cannot mark it deleted in the target: {exc}") from None
+
+    def _experiment_stage(self, target_id: str) -> str | None:
+        try:
+            answer = self.client.call("GET", f"{API}/experiments/get", params={"experiment_id": target_id})
+        except NotFoundError:
+            return None
+        return (answer.get("experiment") or {}).get("lifecycle_stage")
 
     # ------------------------------------------------------------------ finding earlier copies
 
@@ -248,11 +276,11 @@ class RestSink(SinkStore):
             if copy.lifecycle_stage != DELETED:
                 # Left by an interrupted transfer: never let it pass for an ordinary run.
                 self._delete_run(copy.target_run_id)
-        if complete is not None and str(target_experiment_id) in self._restored:
-            # Restoring the experiment restored all its runs: put back the deleted state.
-            if run.lifecycle_stage == DELETED and complete.lifecycle_stage != DELETED:
-                self._delete_run(complete.target_run_id)
-                complete.lifecycle_stage = DELETED
+        if complete is not None and run.lifecycle_stage == DELETED and complete.lifecycle_stage != DELETED:
+            # Restoring the experiment restored all its runs, or an interrupted transfer
+            # stopped between the completion tag and the deletion: put back the deleted state.
+            self._delete_run(complete.target_run_id)
+            complete.lifecycle_stage = DELETED
         with self._lock:
             if complete is None:
                 index.pop(run.run_id, None)
@@ -314,7 +342,7 @@ class RestSink(SinkStore):
             losses.append("start_time unknown in the source; the target stores 0")
         body["tags"] = create_tags
 
-        answer = self._post("runs/create", body, idempotent=False)
+        answer = self._create_run(exp_id, run.run_id, body)
         info = answer["run"]["info"]
         target_id = info.get("run_id") or info["run_uuid"]
         result = RunWriteResult(target_run_id=TargetRunId(target_id))
@@ -354,6 +382,40 @@ class RestSink(SinkStore):
             if index is not None:
                 index[run.run_id] = [_Copy(target_id, True, run.lifecycle_stage)]
         return result
+
+    def _create_run(self, exp_id: str, source_run_id: str, body: dict) -> dict[str, Any]:
+        """runs/create, which is not idempotent. When its answer is lost (connection
+        dropped or timed out after the request went out), the server may have created the
+        run: such an orphan carries the provenance tag and no completion tag; it is deleted
+        before asking again, so it never passes for an ordinary run."""
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                return self._post("runs/create", body, idempotent=False)
+            except (UnreachableError, TransientError):
+                if attempt >= CREATE_ATTEMPTS:
+                    raise
+                for orphan in self._incomplete_copies(exp_id, source_run_id):
+                    self._delete_run(orphan)
+        raise AssertionError("unreachable")
+
+    def _incomplete_copies(self, exp_id: str, source_run_id: str) -> list[str]:
+        """Target ids of active runs in the experiment that name source_run_id and are not complete."""
+        if _SIMPLE_ID.match(source_run_id):
+            body = {
+                "experiment_ids": [exp_id],
+                "filter": f"tags.`{SOURCE_RUN_ID_TAG}` = '{source_run_id}'",
+                "run_view_type": "ACTIVE_ONLY",
+                "max_results": SEARCH_PAGE,
+            }
+            found = self._post("runs/search", body).get("runs", [])
+        else:
+            found = [r for r in self._search_copies(exp_id) if r.get("info", {}).get("lifecycle_stage") != DELETED]
+        orphans = []
+        for r in found:
+            tags = {t["key"]: t.get("value", "") for t in r.get("data", {}).get("tags", [])}
+            if tags.get(SOURCE_RUN_ID_TAG) == source_run_id and tags.get(COMPLETE_TAG) != COMPLETE_VALUE:
+                orphans.append(r["info"].get("run_id") or r["info"]["run_uuid"])
+        return orphans
 
     # -- params, tags, metrics
 

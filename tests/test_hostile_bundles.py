@@ -1,0 +1,632 @@
+"""Hostile bundles: damaged and malicious bundles imported into a local sqlite store.
+
+Each case takes a fresh copy of the sample bundle, damages it with a small function and
+imports it with the real CLI (in process; a few through the console script). Every case
+asserts the exit code, the error naming the problem and the file, the refused units in
+the summary, that no run of a refused unit reached the target while the others did, and
+that nothing outside the target changed (the bundle itself and a canary directory that
+links point into included). See docs/bundle-format.md, "Reading untrusted bundles".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from trackport.bundle import verify_bundle
+from trackport.cli.main import cli
+
+ROOT = "trackport-bundle.json"
+MANIFEST = "manifest.jsonl"
+SECRET = b"secret outside the bundle\n"
+
+
+# ---------------------------------------------------------------- the bundle as a test sees it
+class Sample:
+    """The copied bundle: its runs by name, and helpers to damage it."""
+
+    def __init__(self, bundle: Path, outside: Path) -> None:
+        self.bundle = bundle
+        self.outside = outside  # a canary directory next to the bundle
+        self.runs: dict[str, tuple[str, str]] = {}  # run name -> (experiment id, run id)
+        for run_json in bundle.glob("experiments/*/runs/*/run.json"):
+            info = json.loads(run_json.read_text())["info"]
+            self.runs[info["run_name"]] = (info["experiment_id"], info["run_id"])
+
+    def run_id(self, name: str) -> str:
+        return self.runs[name][1]
+
+    def run_dir(self, name: str) -> Path:
+        exp, run = self.runs[name]
+        return self.bundle / "experiments" / exp / "runs" / run
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.bundle).as_posix()
+
+    def run_ids_of_experiment(self, exp: str) -> set[str]:
+        return {run for e, run in self.runs.values() if e == exp}
+
+    # -- damage
+    def flip(self, path: Path, offset: int | None = None) -> None:
+        data = bytearray(path.read_bytes())
+        i = len(data) // 2 if offset is None else offset
+        data[i] ^= 0x01
+        path.write_bytes(bytes(data))
+
+    def truncate(self, path: Path) -> None:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+    def edit_json(self, path: Path, change: Callable[[dict], object]) -> None:
+        doc = json.loads(path.read_text())
+        change(doc)
+        path.write_text(json.dumps(doc, indent=2))
+
+    def edit_manifest(self, change: Callable[[list[dict]], object]) -> None:
+        lines = [json.loads(line) for line in (self.bundle / MANIFEST).read_text().splitlines()]
+        change(lines)
+        (self.bundle / MANIFEST).write_text(
+            "".join(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in lines)
+        )
+
+    def record(self, run_dir: Path) -> None:
+        """Make run.json's records agree with the files (what a careful attacker does)."""
+
+        def change(doc: dict) -> None:
+            if doc["metrics"] is not None:
+                f = run_dir / doc["metrics"]["file"]
+                doc["metrics"].update(size=f.stat().st_size, sha256=sha256(f))
+            for a in doc["artifacts"]:
+                f = run_dir / "artifacts" / a["path"]
+                if f.is_file() and not f.is_symlink():
+                    a.update(size=f.stat().st_size, sha256=sha256(f))
+
+        self.edit_json(run_dir / "run.json", change)
+
+    def reseal(self) -> None:
+        """Rewrite the manifest to agree with every regular file (links are left out)."""
+        entries = []
+        for dirpath, dirnames, filenames in os.walk(self.bundle):
+            for name in filenames:
+                path = Path(dirpath) / name
+                rel = self.rel(path)
+                if rel == MANIFEST or path.is_symlink():
+                    continue
+                entries.append({"path": rel, "sha256": sha256(path), "size": path.stat().st_size})
+        entries.sort(key=lambda e: e["path"])
+        (self.bundle / MANIFEST).write_text(
+            "".join(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in entries)
+        )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- what a case expects
+@dataclass
+class Expect:
+    code: int  # 0 imported, 1 unit(s) refused, 3 fatal
+    words: tuple[str, ...] = ()  # in the error (fatal) or in every refused unit's reason
+    refused: dict[str, str] = field(default_factory=dict)  # source id -> "run" | "experiment"
+    absent: set[str] = field(default_factory=set)  # run ids that must not be in the target
+    check: Callable[[Path], None] | None = None  # extra checks on the target db
+
+
+def unit(s: Sample, name: str, *words: str) -> Expect:
+    return Expect(1, words, {s.run_id(name): "run"}, {s.run_id(name)})
+
+
+def fatal(*words: str) -> Expect:
+    return Expect(3, words)
+
+
+# ---------------------------------------------------------------- the corpus
+# Damage as it happens: a byte flipped, a file cut or lost; the manifest is left alone.
+
+
+def flipped_run_json(s: Sample) -> Expect:
+    s.flip(s.run_dir("child") / "run.json")
+    return unit(s, "child", "run.json", s.run_id("child"), "sha256")
+
+
+def flipped_experiment_json(s: Sample) -> Expect:
+    s.flip(s.bundle / "experiments/2/experiment.json")
+    return Expect(1, ("experiments/2/experiment.json", "sha256"), {"2": "experiment"}, s.run_ids_of_experiment("2"))
+
+
+def flipped_parquet(s: Sample) -> Expect:
+    s.flip(s.run_dir("parent run") / "metrics.parquet")
+    return unit(s, "parent run", f"{s.run_id('parent run')}/metrics.parquet", "sha256")
+
+
+def flipped_artifact(s: Sample) -> Expect:
+    s.flip(s.run_dir("parent run") / "artifacts/data/blob.bin")
+    return unit(s, "parent run", "artifacts/data/blob.bin", "sha256", "damaged")
+
+
+def flipped_artifact_last_byte(s: Sample) -> Expect:
+    s.flip(s.run_dir("child") / "artifacts/report.json", offset=-1)
+    return unit(s, "child", "artifacts/report.json", "sha256")
+
+
+def flipped_manifest_syntax(s: Sample) -> Expect:
+    s.flip(s.bundle / MANIFEST, offset=0)  # '{' -> 'z'
+    return fatal(MANIFEST, "line 1", "invalid")
+
+
+def flipped_manifest_hash(s: Sample) -> Expect:
+    blob = s.rel(s.run_dir("parent run") / "artifacts/data/blob.bin")
+
+    def change(lines: list[dict]) -> None:
+        entry = next(e for e in lines if e["path"] == blob)
+        entry["sha256"] = ("0" if entry["sha256"][0] != "0" else "1") + entry["sha256"][1:]
+
+    s.edit_manifest(change)
+    return unit(s, "parent run", "blob.bin", MANIFEST, "disagree")
+
+
+def flipped_root_descriptor(s: Sample) -> Expect:
+    text = (s.bundle / ROOT).read_text()
+    offset = text.index('"created_at": "') + len('"created_at": "') + 3  # a digit of the year
+    s.flip(s.bundle / ROOT, offset=offset)
+    return fatal(ROOT, "sha256", MANIFEST)
+
+
+def flipped_root_descriptor_syntax(s: Sample) -> Expect:
+    s.flip(s.bundle / ROOT, offset=0)
+    return fatal(ROOT, "JSON")
+
+
+def truncated_parquet(s: Sample) -> Expect:
+    s.truncate(s.run_dir("parent run") / "metrics.parquet")
+    return unit(s, "parent run", "metrics.parquet", "bytes", MANIFEST)
+
+
+def truncated_parquet_recorded(s: Sample) -> Expect:
+    # run.json and the manifest agree with the cut file: the Parquet reader must refuse it.
+    s.truncate(s.run_dir("parent run") / "metrics.parquet")
+    s.record(s.run_dir("parent run"))
+    s.reseal()
+    return unit(s, "parent run", "metrics.parquet", "cannot be read")
+
+
+def truncated_run_json(s: Sample) -> Expect:
+    s.truncate(s.run_dir("killed run") / "run.json")
+    return unit(s, "killed run", "run.json", "bytes")
+
+
+def truncated_run_json_resealed(s: Sample) -> Expect:
+    s.truncate(s.run_dir("killed run") / "run.json")
+    s.reseal()
+    return unit(s, "killed run", "run.json", "cannot be read as JSON")
+
+
+def truncated_artifact(s: Sample) -> Expect:
+    s.truncate(s.run_dir("parent run") / "artifacts/data/blob.bin")
+    return unit(s, "parent run", "artifacts/data/blob.bin", "bytes")
+
+
+def truncated_artifact_resealed(s: Sample) -> Expect:
+    # The manifest agrees with the cut file, run.json does not: refused, both named.
+    s.truncate(s.run_dir("parent run") / "artifacts/data/blob.bin")
+    s.reseal()
+    return unit(s, "parent run", "artifacts/data/blob.bin", "run.json", "disagree")
+
+
+def missing_run_json(s: Sample) -> Expect:
+    (s.run_dir("killed run") / "run.json").unlink()
+    return unit(s, "killed run", "run.json", "missing")
+
+
+def missing_parquet(s: Sample) -> Expect:
+    (s.run_dir("child") / "metrics.parquet").unlink()
+    return unit(s, "child", "metrics.parquet", "missing")
+
+
+def missing_artifact(s: Sample) -> Expect:
+    (s.run_dir("parent run") / "artifacts/model/sub/deep.txt").unlink()
+    return unit(s, "parent run", "artifacts/model/sub/deep.txt", "missing")
+
+
+def missing_experiment_json(s: Sample) -> Expect:
+    (s.bundle / "experiments/2/experiment.json").unlink()
+    return Expect(1, ("experiments/2/experiment.json", "missing"), {"2": "experiment"}, s.run_ids_of_experiment("2"))
+
+
+def missing_manifest_line(s: Sample) -> Expect:
+    blob = s.rel(s.run_dir("parent run") / "artifacts/data/blob.bin")
+    s.edit_manifest(lambda lines: lines.remove(next(e for e in lines if e["path"] == blob)))
+    return unit(s, "parent run", "artifacts/data/blob.bin", "not listed")
+
+
+def extra_unlisted_files(s: Sample) -> Expect:
+    # Ignored by import (the manifest is the table of contents), reported by verify.
+    (s.run_dir("parent run") / "artifacts/sneaky.txt").write_text("not in the bundle")
+    (s.bundle / "experiments/1/notes.txt").write_text("hello")
+    stray = s.bundle / "experiments/1/runs/0123456789abcdef0123456789abcdef"
+    shutil.copytree(s.run_dir("killed run"), stray)
+    s.edit_json(stray / "run.json", lambda d: d["info"].update(run_id=stray.name, experiment_id="1"))
+    problems = {p.path for p in verify_bundle(s.bundle, "complete").problems}
+    assert s.rel(s.run_dir("parent run") / "artifacts/sneaky.txt") in problems
+    assert "experiments/1/notes.txt" in problems and s.rel(stray / "run.json") in problems
+
+    def check(db: Path) -> None:
+        assert stray.name not in target_runs(db)
+        assert not list(db.parent.rglob("sneaky.txt"))
+
+    return Expect(0, absent={stray.name}, check=check)
+
+
+# Malicious or wrong content, with a manifest that agrees (it is not signed).
+
+
+def run_json_missing_field(s: Sample) -> Expect:
+    s.edit_json(s.run_dir("killed run") / "run.json", lambda d: d["info"].pop("status"))
+    s.reseal()
+    return unit(s, "killed run", "run.json", "schema", "'status' is a required property")
+
+
+def run_json_start_time_a_word(s: Sample) -> Expect:
+    s.edit_json(s.run_dir("killed run") / "run.json", lambda d: d["info"].update(start_time="yesterday"))
+    s.reseal()
+    return unit(s, "killed run", "run.json", "start_time", "'yesterday' is not of type")
+
+
+def run_json_params_a_list(s: Sample) -> Expect:
+    s.edit_json(s.run_dir("child") / "run.json", lambda d: d.update(params=[["depth", "1"]]))
+    s.reseal()
+    return unit(s, "child", "run.json", "params", "is not of type 'object'")
+
+
+def run_json_nan(s: Sample) -> Expect:
+    path = s.run_dir("killed run") / "run.json"
+    text = path.read_text()
+    path.write_text(text.replace('"end_time": null', '"end_time": NaN').replace('"deleted_time": null', '"deleted_time": NaN'))
+    s.reseal()
+    return unit(s, "killed run", "run.json", "NaN")
+
+
+def run_json_repeated_key(s: Sample) -> Expect:
+    path = s.run_dir("child") / "run.json"
+    path.write_text(path.read_text().replace('"depth": "1"', '"depth": "1", "depth": "2"'))
+    s.reseal()
+    return unit(s, "child", "run.json", "'depth' appears twice")
+
+
+def run_json_nested_bomb(s: Sample) -> Expect:
+    path = s.run_dir("killed run") / "run.json"
+    s.edit_json(path, lambda d: d.update(bomb="BOMB"))
+    path.write_text(path.read_text().replace('"BOMB"', "[" * 200_000 + "]" * 200_000))
+    s.reseal()
+    return unit(s, "killed run", "run.json", "nested too deeply")
+
+
+def unknown_major_version(s: Sample) -> Expect:
+    s.edit_json(s.bundle / ROOT, lambda d: d.update(format_version="2.0"))
+    s.reseal()
+    return fatal(ROOT, "2.0", "newer", "upgrade trackport")
+
+
+def newer_minor_with_unknown_fields(s: Sample) -> Expect:
+    # Positive control: 1.x readers read 1.y bundles and ignore fields they do not know.
+    s.edit_json(s.bundle / ROOT, lambda d: d.update(format_version="1.9", future={"x": [1]}))
+    s.edit_json(s.bundle / "experiments/1/experiment.json", lambda d: d.update(future_field=True))
+    for name in s.runs:
+        s.edit_json(s.run_dir(name) / "run.json", lambda d: (d.update(future=1), d["info"].update(future=2)))
+    s.reseal()
+    return Expect(0)
+
+
+def artifact_path(path: str, *words: str) -> Callable[[Sample], Expect]:
+    def case(s: Sample) -> Expect:
+        def change(doc: dict) -> None:
+            doc["artifacts"].append({"path": path, "size": len(SECRET), "sha256": hashlib.sha256(SECRET).hexdigest()})
+
+        s.edit_json(s.run_dir("child") / "run.json", change)
+        s.reseal()
+        return unit(s, "child", "run.json", *words)
+
+    return case
+
+
+def artifact_symlink_out(s: Sample) -> Expect:
+    blob = s.run_dir("parent run") / "artifacts/data/blob.bin"
+    (s.outside / "blob.bin").write_bytes(blob.read_bytes())  # even with the right content
+    blob.unlink()
+    blob.symlink_to(s.outside / "blob.bin")
+    return unit(s, "parent run", "artifacts/data/blob.bin", "symbolic link")
+
+
+def run_dir_symlink(s: Sample) -> Expect:
+    run_dir = s.run_dir("child")
+    shutil.move(run_dir, s.outside / run_dir.name)
+    run_dir.symlink_to(s.outside / run_dir.name, target_is_directory=True)
+    return unit(s, "child", "run.json", "symbolic link")
+
+
+def experiment_dir_symlink(s: Sample) -> Expect:
+    exp_dir = s.bundle / "experiments/2"
+    shutil.move(exp_dir, s.outside / "2")
+    exp_dir.symlink_to(s.outside / "2", target_is_directory=True)
+    return Expect(1, ("experiments/2/experiment.json", "symbolic link"), {"2": "experiment"}, s.run_ids_of_experiment("2"))
+
+
+def duplicate_run_id(s: Sample) -> Expect:
+    # The same run in two experiments: which one is genuine cannot be told; both refused.
+    original = s.run_dir("child")
+    copy = s.bundle / "experiments/2/runs" / original.name
+    shutil.copytree(original, copy)
+    s.edit_json(copy / "run.json", lambda d: d["info"].update(experiment_id="2"))
+    s.reseal()
+    run = s.run_id("child")
+    return Expect(1, ("more than one experiment", f"experiments/1/runs/{run}", f"experiments/2/runs/{run}"),
+                  {run: "run"}, {run})
+
+
+def run_id_not_its_directory(s: Sample) -> Expect:
+    other = s.run_id("parent run")
+    s.edit_json(s.run_dir("killed run") / "run.json", lambda d: d["info"].update(run_id=other))
+    s.reseal()
+    return unit(s, "killed run", "run.json", f"holds run {other!r}")
+
+
+def parent_points_nowhere(s: Sample) -> Expect:
+    # Not damage: a partial export gives the same. Imported with the tag as it stands.
+    nowhere = "f" * 32
+    s.edit_json(s.run_dir("killed run") / "run.json", lambda d: d["tags"].update({"mlflow.parentRunId": nowhere}))
+    s.reseal()
+    run = s.run_id("killed run")
+
+    def check(db: Path) -> None:
+        with sqlite3.connect(db) as conn:
+            (value,) = conn.execute(
+                "SELECT value FROM tags WHERE run_uuid = ? AND key = 'mlflow.parentRunId'", (run,)
+            ).fetchone()
+        assert value == nowhere
+
+    return Expect(0, check=check)
+
+
+def long_value(key: str, value: str) -> Callable[[Sample], Expect]:
+    """The format has no length limit and the local sqlite target holds anything: the run
+    is imported whole (bounded: one 10 MB document, read once)."""
+
+    def case(s: Sample) -> Expect:
+        s.edit_json(s.run_dir("killed run") / "run.json", lambda d: d["params"].update({key: value}))
+        s.reseal()
+        run = s.run_id("killed run")
+
+        def check(db: Path) -> None:
+            with sqlite3.connect(db) as conn:
+                rows = conn.execute(
+                    "SELECT length(key), length(value) FROM params WHERE run_uuid = ? AND length(key) = ?",
+                    (run, len(key)),
+                ).fetchall()
+            assert rows == [(len(key), len(value))]
+
+        return Expect(0, check=check)
+
+    return case
+
+
+def manifest_huge_size(s: Sample) -> Expect:
+    rel = s.rel(s.run_dir("killed run") / "run.json")
+
+    def change(lines: list[dict]) -> None:
+        next(e for e in lines if e["path"] == rel)["size"] = 10**30
+
+    s.edit_manifest(change)
+    return unit(s, "killed run", "run.json", "256 MiB")
+
+
+def manifest_huge_artifact_size(s: Sample) -> Expect:
+    blob = s.rel(s.run_dir("parent run") / "artifacts/data/blob.bin")
+
+    def change(lines: list[dict]) -> None:
+        next(e for e in lines if e["path"] == blob)["size"] = 2**62
+
+    s.edit_manifest(change)
+    return unit(s, "parent run", "artifacts/data/blob.bin", "disagree")
+
+
+def manifest_lists_outside(s: Sample) -> Expect:
+    def change(lines: list[dict]) -> None:
+        lines.insert(0, {"path": "../outside/secret.txt", "size": len(SECRET), "sha256": hashlib.sha256(SECRET).hexdigest()})
+
+    s.edit_manifest(change)
+    return fatal(MANIFEST, "line 1", "unsafe", "../outside")
+
+
+def manifest_out_of_order(s: Sample) -> Expect:
+    s.edit_manifest(lambda lines: lines.insert(0, lines.pop()))
+    return fatal(MANIFEST, "out of path order")
+
+
+def manifest_repeated_line(s: Sample) -> Expect:
+    s.edit_manifest(lambda lines: lines.insert(1, dict(lines[0])))
+    return fatal(MANIFEST, "line 2", "listed twice")
+
+
+def parquet(change: Callable[[pa.Table, str], pa.Table], *words: str) -> Callable[[Sample], Expect]:
+    def case(s: Sample) -> Expect:
+        run_dir = s.run_dir("parent run")
+        table = change(pq.read_table(run_dir / "metrics.parquet"), s.run_id("parent run"))
+        pq.write_table(table, run_dir / "metrics.parquet")
+        s.edit_json(run_dir / "run.json", lambda d: d["metrics"].update(points=table.num_rows))
+        s.record(run_dir)
+        s.reseal()
+        return unit(s, "parent run", "metrics.parquet", *words)
+
+    return case
+
+
+def _step_as_string(t: pa.Table, run: str) -> pa.Table:
+    return t.set_column(t.schema.get_field_index("step"), "step", t.column("step").cast(pa.string()))
+
+
+def _value_as_int(t: pa.Table, run: str) -> pa.Table:
+    return t.set_column(t.schema.get_field_index("value"), "value", pa.array([1] * t.num_rows, pa.int64()))
+
+
+def _rows_of_another_run(t: pa.Table, run: str) -> pa.Table:
+    plain = t.cast(pa.schema([f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in t.schema]))
+    other = plain.slice(0, 5).set_column(0, "run_id", pa.array(["e" * 32] * 5))
+    return pa.concat_tables([plain, other])
+
+
+def _no_key_column(t: pa.Table, run: str) -> pa.Table:
+    return t.drop_columns(["key"])
+
+
+CASES: dict[str, Callable[[Sample], Expect]] = {
+    "flipped-run-json": flipped_run_json,
+    "flipped-experiment-json": flipped_experiment_json,
+    "flipped-parquet": flipped_parquet,
+    "flipped-artifact": flipped_artifact,
+    "flipped-artifact-last-byte": flipped_artifact_last_byte,
+    "flipped-manifest-syntax": flipped_manifest_syntax,
+    "flipped-manifest-hash": flipped_manifest_hash,
+    "flipped-root-descriptor": flipped_root_descriptor,
+    "flipped-root-descriptor-syntax": flipped_root_descriptor_syntax,
+    "truncated-parquet": truncated_parquet,
+    "truncated-parquet-recorded": truncated_parquet_recorded,
+    "truncated-run-json": truncated_run_json,
+    "truncated-run-json-resealed": truncated_run_json_resealed,
+    "truncated-artifact": truncated_artifact,
+    "truncated-artifact-resealed": truncated_artifact_resealed,
+    "missing-run-json": missing_run_json,
+    "missing-parquet": missing_parquet,
+    "missing-artifact": missing_artifact,
+    "missing-experiment-json": missing_experiment_json,
+    "missing-manifest-line": missing_manifest_line,
+    "extra-unlisted-files": extra_unlisted_files,
+    "run-json-missing-field": run_json_missing_field,
+    "run-json-start-time-a-word": run_json_start_time_a_word,
+    "run-json-params-a-list": run_json_params_a_list,
+    "run-json-nan": run_json_nan,
+    "run-json-repeated-key": run_json_repeated_key,
+    "run-json-nested-bomb": run_json_nested_bomb,
+    "unknown-major-version": unknown_major_version,
+    "newer-minor-unknown-fields": newer_minor_with_unknown_fields,
+    "artifact-path-dotdot": artifact_path("../../../../../escaped.txt", "'..' segment"),
+    "artifact-path-absolute": artifact_path("/tmp/trackport-escaped.txt", "is absolute"),
+    "artifact-path-drive": artifact_path("C:/escaped.txt", "is absolute"),
+    "artifact-path-nul": artifact_path("model/a\0b", "NUL"),
+    "artifact-path-backslash": artifact_path("..\\..\\escaped.txt", "backslash"),
+    "artifact-symlink-out": artifact_symlink_out,
+    "run-dir-symlink": run_dir_symlink,
+    "experiment-dir-symlink": experiment_dir_symlink,
+    "duplicate-run-id": duplicate_run_id,
+    "run-id-not-its-directory": run_id_not_its_directory,
+    "parent-points-nowhere": parent_points_nowhere,
+    "long-param-key": long_value("k" * 10_000, "1"),
+    "long-param-value": long_value("big", "v" * 10_000_000),
+    "manifest-huge-size": manifest_huge_size,
+    "manifest-huge-artifact-size": manifest_huge_artifact_size,
+    "manifest-lists-outside": manifest_lists_outside,
+    "manifest-out-of-order": manifest_out_of_order,
+    "manifest-repeated-line": manifest_repeated_line,
+    "parquet-step-as-string": parquet(_step_as_string, "column 'step' is string, not int64"),
+    "parquet-value-as-int": parquet(_value_as_int, "column 'value' is int64, not float64"),
+    "parquet-rows-of-another-run": parquet(_rows_of_another_run, "holds points of run 'eeee"),
+    "parquet-no-key-column": parquet(_no_key_column, "has no column 'key'"),
+}
+# These go through the installed console script, as a user runs it (exit codes, stderr).
+THROUGH_SUBPROCESS = {"flipped-artifact", "unknown-major-version", "manifest-lists-outside", "duplicate-run-id"}
+
+
+# ---------------------------------------------------------------- running and checking
+def snapshot(root: Path, skip: Path) -> dict[str, tuple]:
+    """Every entry under root (not following links) with its kind, size, mtime and, for
+    files, content hash; links with their target."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == skip or skip in Path(dirpath).parents:
+            continue
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path == skip:
+                continue
+            st = path.lstat()
+            if path.is_symlink():
+                out[str(path)] = ("link", os.readlink(path))
+            elif path.is_dir():
+                out[str(path)] = ("dir",)
+            else:
+                out[str(path)] = ("file", st.st_size, st.st_mtime_ns, sha256(path))
+    return out
+
+
+def target_runs(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute("SELECT run_uuid FROM runs")}
+
+
+def import_bundle(bundle: Path, db: Path, subprocess_: bool) -> tuple[int, str, str]:
+    args = ["import", str(bundle), f"sqlite:///{db}", "--include-deleted", "--json"]
+    if subprocess_:
+        result = subprocess.run(["trackport", *args], capture_output=True, text=True, timeout=300)
+        return result.returncode, result.stdout, result.stderr
+    result = CliRunner().invoke(cli, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_bundle(case, bundle_copy, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(SECRET)
+    sample = Sample(bundle_copy, outside)
+    all_runs = {run for _, run in sample.runs.values()}
+    expect = CASES[case](sample)
+
+    target = tmp_path / "target"
+    db = target / "mlflow.db"
+    before = snapshot(tmp_path, skip=target)
+    code, stdout, stderr = import_bundle(bundle_copy, db, case in THROUGH_SUBPROCESS)
+
+    assert code == expect.code, (code, stdout, stderr)
+    # Nothing written outside the target: the bundle, the canary, the links, all as they were.
+    assert snapshot(tmp_path, skip=target) == before
+    assert not Path("/tmp/trackport-escaped.txt").exists()
+
+    if expect.code == 3:
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+        for word in expect.words:
+            assert word in lines[0], (word, lines[0])
+        assert not target.exists(), "a fatal error must leave no target behind"
+        return
+
+    report = json.loads(stdout)
+    refused = {f["source_id"]: f for f in report["failures"]}
+    assert {k: f["kind"] for k, f in refused.items()} == expect.refused, report["failures"]
+    for failure in refused.values():
+        assert "\n" not in failure["reason"]
+        for word in expect.words:
+            assert word in failure["reason"], (word, failure["reason"])
+    present = target_runs(db)
+    assert present == all_runs - expect.absent, (present, expect.absent)
+    assert report["counts"]["runs"]["done"] == len(present)
+    for run in expect.absent:  # nothing of a refused run in the target, artifacts included
+        assert not list(target.rglob(f"mlartifacts/*/{run}")), run
+    if expect.check:
+        expect.check(db)
+
+
+def test_the_corpus_is_large_enough():
+    assert len(CASES) >= 30
