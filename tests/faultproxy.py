@@ -40,6 +40,10 @@ class Faults:
     delay: float = 0.0
     delay_range: tuple[float, float] = (0.05, 0.3)
     retry_after_values: tuple[str, ...] = ("0", "1")
+    # Faults that must happen, whatever the dice say: (path fragment, "429" | "503" |
+    # "drop_before" | "drop_after"); each is given to the first request whose path holds the
+    # fragment, in order (e.g. the first runs/create is answered by the server, then dropped).
+    script: tuple[tuple[str, str], ...] = ()
 
     @property
     def failure_share(self) -> float:
@@ -57,6 +61,7 @@ class FaultProxy:
         self._rng_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self.counts: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self._script = list(faults.script)
         self.requests = 0
         self.enabled = True  # switch faults off (e.g. while a test reads the target directly)
         proxy = self
@@ -74,13 +79,18 @@ class FaultProxy:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     @property
+    def script_left(self) -> list[tuple[str, str]]:
+        """Scripted faults no request has taken yet."""
+        return list(self._script)
+
+    @property
     def injected(self) -> int:
         """Requests answered with a failure (429, 503, dropped), delays not counted."""
         c = self.counts
         return (c["status_429"] + c["status_429_retry_after"] + c["status_503"] + c["status_503_retry_after"]
                 + c["dropped_before"] + c["dropped_after"])
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         return self
 
@@ -89,7 +99,7 @@ class FaultProxy:
         self._server.server_close()
         self._thread.join(timeout=10)
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -101,7 +111,7 @@ class FaultProxy:
         with self._count_lock:
             self.counts[kind] += 1
 
-    def _draw(self) -> tuple[str, float, str | None]:
+    def _draw(self, path: str) -> tuple[str, float, str | None]:
         """(fault, delay seconds, Retry-After value or None) for one request."""
         f = self.faults
         with self._rng_lock:
@@ -109,6 +119,10 @@ class FaultProxy:
                 self.requests += 1
             if not self.enabled:
                 return "forward", 0.0, None
+            for i, (fragment, fault) in enumerate(self._script):
+                if fragment in path:
+                    del self._script[i]
+                    return fault, 0.0, None
             delay = self._rng.uniform(*f.delay_range) if self._rng.random() < f.delay else 0.0
             x = self._rng.random()
             retry_after = self._rng.choice(f.retry_after_values) if self._rng.random() < 0.5 else None
@@ -124,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
     owner: FaultProxy
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -135,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         self.close_connection = True
         proxy = self.owner
-        fault, delay, retry_after = proxy._draw()
+        fault, delay, retry_after = proxy._draw(self.path)
         if delay:
             proxy._count("delayed")
             time.sleep(delay)
@@ -170,7 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             proxy._count("forwarded")
             self._relay(response)
-        except (ConnectionError, BrokenPipeError, socket.timeout, http.client.HTTPException):
+        except (TimeoutError, ConnectionError, BrokenPipeError, http.client.HTTPException):
             self._drop()
         finally:
             upstream.close()

@@ -23,8 +23,11 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    def __init__(self, workdir: Path, *, basic_auth: bool = False, extra_env: dict | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, basic_auth: bool = False, extra_env: dict | None = None, workers: int = 1
+    ) -> None:
         self.workdir = workdir
+        self.workers = workers
         self.basic_auth = basic_auth
         self.extra_env = extra_env or {}
         self.port = 0
@@ -46,7 +49,7 @@ class MlflowServer:
             sys.executable, "-m", "mlflow", "server",
             "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
             "--artifacts-destination", str(self.workdir / "mlartifacts"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
         ]
         if self.basic_auth:
             command += ["--app-name", "basic-auth"]

@@ -384,9 +384,16 @@ def test_same_content_gives_same_manifest(bundle, tmp_path):
     assert paths == sorted(paths) and MANIFEST_FILE not in paths and ROOT_FILE in paths
 
 
-def test_begin_refuses_complete_bundle_and_foreign_dir(bundle, tmp_path):
-    with pytest.raises(BadInputError, match="already holds a complete bundle; export to a new path"):
-        BundleSink(bundle).begin(SOURCE, Selection())
+def test_begin_refuses_another_source_and_foreign_dir(bundle, tmp_path):
+    other = StoreDescription(kind="sqlite", uri="sqlite:///elsewhere.db")
+    before = sorted(p.name for p in bundle.rglob("*"))
+    with pytest.raises(BadInputError, match="export to a new path"):
+        BundleSink(bundle).begin(other, Selection())
+    assert sorted(p.name for p in bundle.rglob("*")) == before
+    # The same source reopens a complete bundle without touching it before finish().
+    manifest = (bundle / MANIFEST_FILE).read_bytes()
+    BundleSink(bundle).begin(SOURCE, Selection())
+    assert (bundle / MANIFEST_FILE).read_bytes() == manifest
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "x").write_text("x")

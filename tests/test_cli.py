@@ -82,10 +82,28 @@ def test_unknown_experiment(sample_sqlite, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_export_refuses_a_complete_bundle(sample_sqlite, sample_bundle):
+def test_export_into_a_complete_bundle_of_the_same_source_adds_what_is_new(sample_sqlite, tmp_path):
+    bundle = tmp_path / "bundle"
+    first = CliRunner().invoke(cli, ["export", sample_sqlite, str(bundle), "--experiment", "trackport sample b"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(cli, ["export", sample_sqlite, str(bundle), "--include-deleted", "--json"])
+    assert again.exit_code == 0, again.output
+    runs = json.loads(again.stdout)["counts"]["runs"]
+    assert runs == {"done": SAMPLE_COUNTS["runs"] - 2, "skipped": 2, "failed": 0}
+    assert verify(bundle, "full").returncode == 0
+    info = json.loads(trackport("bundle", "inspect", str(bundle), "--json").stdout)
+    assert info["counts"]["runs"] == SAMPLE_COUNTS["runs"]
+
+
+def test_export_refuses_a_bundle_of_another_source(sample_bundle, tmp_path):
+    other = tmp_path / "other.db"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{other}")
+    client.create_run(client.create_experiment("x"))
     before = tree(sample_bundle)
-    result = trackport("export", sample_sqlite, str(sample_bundle))
-    assert_one_line_error(result, 3)
+    result = trackport("export", f"sqlite:///{other}", str(sample_bundle))
+    assert_one_line_error(result, 3, "export to a new path")
     assert tree(sample_bundle) == before
 
 

@@ -482,7 +482,7 @@ def _value_as_int(t: pa.Table, run: str) -> pa.Table:
 
 def _rows_of_another_run(t: pa.Table, run: str) -> pa.Table:
     plain = t.cast(pa.schema([f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in t.schema]))
-    other = plain.slice(0, 5).set_column(0, "run_id", pa.array(["e" * 32] * 5))
+    other = plain.slice(0, 5).set_column(0, plain.schema.field(0), pa.array(["e" * 32] * 5, pa.string()))
     return pa.concat_tables([plain, other])
 
 
@@ -544,7 +544,7 @@ CASES: dict[str, Callable[[Sample], Expect]] = {
     "parquet-no-key-column": parquet(_no_key_column, "has no column 'key'"),
 }
 # These go through the installed console script, as a user runs it (exit codes, stderr).
-THROUGH_SUBPROCESS = {"flipped-artifact", "unknown-major-version", "manifest-lists-outside", "duplicate-run-id"}
+THROUGH_SUBPROCESS = {"flipped-artifact", "unknown-major-version", "manifest-lists-outside"}
 
 
 # ---------------------------------------------------------------- running and checking
@@ -585,8 +585,21 @@ def import_bundle(bundle: Path, db: Path, subprocess_: bool) -> tuple[int, str, 
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, made once: creating MLflow's schema takes seconds, so
+    cases whose import is expected to write start from a copy of it (an import into an
+    existing empty store). Cases expected to fail fatally start with no target at all and
+    must not create one."""
+    from trackport.stores.local_sqlite import SqliteStore
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    SqliteStore(f"sqlite:///{path}", create=True).close()
+    return path
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_hostile_bundle(case, bundle_copy, tmp_path):
+def test_hostile_bundle(case, bundle_copy, tmp_path, empty_store):
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_bytes(SECRET)
@@ -596,6 +609,9 @@ def test_hostile_bundle(case, bundle_copy, tmp_path):
 
     target = tmp_path / "target"
     db = target / "mlflow.db"
+    if expect.code != 3:
+        target.mkdir()
+        shutil.copyfile(empty_store, db)
     before = snapshot(tmp_path, skip=target)
     code, stdout, stderr = import_bundle(bundle_copy, db, case in THROUGH_SUBPROCESS)
 
@@ -630,3 +646,53 @@ def test_hostile_bundle(case, bundle_copy, tmp_path):
 
 def test_the_corpus_is_large_enough():
     assert len(CASES) >= 30
+
+
+# ---------------------------------------------------------------- the checked artifact stream
+def _stream(tmp_path: Path, data: bytes, recorded: bytes):
+    from trackport.bundle.reader import _CheckedArtifact
+
+    path = tmp_path / "artifact.bin"
+    path.write_bytes(data)
+    return _CheckedArtifact(open(path, "rb"), path, len(recorded), hashlib.sha256(recorded).hexdigest())
+
+
+def test_artifact_stream_withholds_the_last_bytes_of_damaged_content(tmp_path):
+    from trackport.errors import UnitError
+
+    good = bytes(range(256)) * 40
+    bad = good[:-1] + b"\x00"
+    with _stream(tmp_path, bad, good) as s:
+        got = b""
+        with pytest.raises(UnitError, match="artifact.bin does not match its sha256"):
+            while chunk := s.read(1000):
+                got += chunk
+        assert len(got) < len(good)  # what a sink holds is never the whole file
+        with pytest.raises(UnitError):
+            s.read(1)
+    with _stream(tmp_path, good[:-10], good) as s, pytest.raises(UnitError, match="shorter"):
+        s.read()
+    with _stream(tmp_path, good + b"x", good) as s, pytest.raises(UnitError, match="more than"):
+        s.read()
+
+
+def test_artifact_stream_allows_rewinds_and_seeks(tmp_path):
+    good = bytes(range(256)) * 40
+    with _stream(tmp_path, good, good) as s:  # what an HTTP upload does: size, rewind, read, retry
+        assert s.seekable() and s.seek(0, os.SEEK_END) == len(good)
+        s.seek(0)
+        assert s.read(100) == good[:100]
+        s.seek(0)
+        assert s.read() == good
+        s.seek(5000)  # a multipart upload jumping to a part: the skipped range is hashed too
+        assert s.read(10) == good[5000:5010]
+    with _stream(tmp_path, good, good) as s:
+        s.seek(len(good) - 5)
+        assert s.read() == good[-5:]
+    with _stream(tmp_path, b"", b"") as s:
+        assert s.read(10) == b""
+    from trackport.errors import UnitError
+
+    with _stream(tmp_path, good[:-1] + b"\x00", good) as s, pytest.raises(UnitError):
+        s.seek(len(good) - 5)
+        s.read()

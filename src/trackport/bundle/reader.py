@@ -211,7 +211,8 @@ class _CheckedArtifact:
         end = position + len(data)
         if end > self._hashed:
             self._absorb(data[self._hashed - position :])
-        if not data and n != 0 and self._hashed < self._size:
+        at_end = n is None or n < 0 or len(data) < n  # a buffered file reads short only at its end
+        if at_end and self._f.tell() >= self._hashed and self._hashed < self._size:
             self._fail(f"is shorter than the {self._size} bytes recorded for it")
         if self._hashed == self._size and not self._verified:
             self._absorb(b"")  # an empty file: verified at its first read
@@ -244,7 +245,7 @@ class _CheckedArtifact:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "_CheckedArtifact":
+    def __enter__(self) -> _CheckedArtifact:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -201,6 +201,7 @@ def verify_bundle(path: str | os.PathLike, level: str = "full") -> VerifyReport:
             previous = entry.path
 
     # 3. every listed file present with its size (and hash, for full)
+    real_root = os.path.realpath(root)
     for rel, entry in listed.items():
         p = root / rel
         try:
@@ -213,6 +214,9 @@ def verify_bundle(path: str | os.PathLike, level: str = "full") -> VerifyReport:
             continue
         if not os.path.isfile(p) or os.path.islink(p):
             report.add(rel, "listed in the manifest but is not a regular file")
+            continue
+        if os.path.realpath(p) != os.path.join(real_root, *rel.split("/")):
+            report.add(rel, "reached through a symbolic link (a bundle never holds links)")
             continue
         report.files_checked += 1
         if st.st_size != entry.size:

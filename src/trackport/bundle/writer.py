@@ -124,8 +124,6 @@ class BundleSink(SinkStore):
         if p.exists():
             if not p.is_dir():
                 raise BadInputError(f"{p} exists and is not a directory; export to a new path")
-            if (p / MANIFEST_FILE).exists():
-                raise BadInputError(f"{p} already holds a complete bundle; export to a new path")
             if (p / ROOT_FILE).exists():
                 try:
                     old = descriptor.load_root(p)
@@ -139,6 +137,13 @@ class BundleSink(SinkStore):
                     )
                 created_at = old.get("created_at")
                 self._remove_stale_temps()
+                if (p / MANIFEST_FILE).exists():
+                    # A complete bundle of the same source: add what is new. Its root and
+                    # manifest stay as they are until finish() rewrites both, so a run
+                    # that dies half-way leaves the bundle complete as it was, plus some
+                    # unlisted run directories that readers ignore.
+                    self._root_doc = old
+                    return
             elif any(p.iterdir()):
                 raise BadInputError(f"{p} is not empty and is not a trackport bundle; export to a new or empty directory")
         try:

@@ -399,3 +399,7 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - last resort: one line, never a traceback dump
         render.error(f"internal error: {type(exc).__name__}: {exc} (please report this)")
         sys.exit(ExitCode.INTERNAL)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ from trackport.stores.base import SinkStore, SourceStore
 
 _KINDS_HELP = (
     "expected http(s)://tracking-server, databricks[://PROFILE], sqlite:///path/mlflow.db,"
+    " postgresql://... or mysql://... (a tracking server's database, read-only),"
     " an mlruns/ directory or a trackport bundle directory"
 )
 
@@ -48,6 +49,11 @@ def open_source(uri: str, *, workers: int = 8) -> SourceStore:
         from trackport.stores.local_sqlite import SqliteStore
 
         return SqliteStore(sqlite, create=False)
+    from trackport.stores.sql_reader import ServerDatabaseSource, is_server_db_uri, split_uri_options
+
+    if is_server_db_uri(uri):
+        bare, artifacts_destination = split_uri_options(uri)
+        return ServerDatabaseSource(bare, artifacts_destination=artifacts_destination)
     path = _local_path(uri)
     if not path.exists():
         raise BadInputError(f"{uri}: no such file or directory; {_KINDS_HELP}")
@@ -89,6 +95,13 @@ def open_sink(
         from trackport.stores.local_sqlite import SqliteStore
 
         return SqliteStore(sqlite, create=True, artifact_root=artifact_root)
+    from trackport.stores.sql_reader import is_server_db_uri
+
+    if is_server_db_uri(uri):
+        raise BadInputError(
+            f"{uri.split('://', 1)[0]}://...: a tracking server's database is read here only as a"
+            " source; write through the tracking server (http(s)://...) instead"
+        )
     path = _local_path(uri)
     from trackport.bundle import is_bundle
 

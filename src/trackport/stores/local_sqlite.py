@@ -1,55 +1,45 @@
 """A local MLflow sqlite tracking store, as a source and as a sink.
 
-MLflow's own store layer opens, creates and checks the database (so the schema is always
-one MLflow knows); reads and writes then go through its SQLAlchemy tables directly, which
-is the only way to keep run ids, experiment ids, times and deleted state, and is far
+As a source it is sql_reader.SqliteSource: read-only (sqlite mode=ro), never MLflow's
+store layer. As a sink, MLflow's own store layer opens, creates and checks the database
+once (so the schema is always one MLflow knows); rows then go in through its tables
+directly, metric points in bulk over the raw sqlite3 connection, one transaction per run.
+That is the only way to keep run ids, experiment ids, times and deleted state, and is far
 faster than the store's per-entity API for large metric histories.
+
+No PRAGMA is changed: the journal mode and synchronous setting stay what the database's
+owner chose (WAL is persistent, synchronous=OFF risks the owner's data).
 """
 from __future__ import annotations
 
-import math
+import itertools
 import shutil
+import sqlite3
 import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, ContextManager, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from trackport.domain import (
-    ACTIVE,
-    DELETED,
     METRIC_SCHEMA,
     RUN_NAME_TAG,
-    ArtifactFile,
     Capabilities,
-    DatasetInput,
     Experiment,
     Run,
     TargetExperimentId,
     TargetRunId,
 )
 from trackport.errors import BadInputError, UnitError
-from trackport.stores._localfs import (
-    COPY_CHUNK,
-    local_artifact_dir,
-    open_local_artifact,
-    walk_artifacts,
-)
-from trackport.stores.base import (
-    RunContent,
-    RunWriteResult,
-    Selection,
-    SinkStore,
-    SourceStore,
-    StoreDescription,
-)
+from trackport.stores._localfs import COPY_CHUNK, local_artifact_dir
+from trackport.stores.base import RunContent, RunWriteResult, SinkStore, StoreDescription
+from trackport.stores.sql_reader import SqliteSource, looks_like_mlflow_db, split_uri_options
 
-BATCH_ROWS = 65_536
-_IN_CHUNK = 500  # ids per IN (...) clause, well under sqlite's bound-parameter limit
 _DEFAULT_WORKSPACE = "default"
+_ROWS_PER_INSERT = 1000  # metric rows per INSERT statement (6 bound values each)
 _MISSING_MLFLOW = "reading or writing a local MLflow store needs MLflow: pip install 'trackport[local]'"
 
 
@@ -64,7 +54,9 @@ def _mlflow() -> Any:
 
 
 def sqlite_path_from_uri(uri: str) -> Path:
-    """sqlite:///rel/path.db, sqlite:////abs/path.db, or a plain path ending in .db."""
+    """sqlite:///rel/path.db, sqlite:////abs/path.db, or a plain path ending in .db (a
+    trailing ?artifacts_destination=... is not part of the path)."""
+    uri = split_uri_options(uri)[0]
     if uri.startswith("sqlite:///"):
         raw = uri[len("sqlite:///") :]
     elif uri.startswith("sqlite:"):
@@ -78,29 +70,15 @@ def sqlite_path_from_uri(uri: str) -> Path:
     return Path(raw).expanduser().absolute()
 
 
-def _chunks(items: list, size: int = _IN_CHUNK) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _looks_like_mlflow_db(path: Path) -> bool:  # kept for callers of the old name
+    return looks_like_mlflow_db(path)
 
 
-def _looks_like_mlflow_db(path: Path) -> bool:
-    """Checked with plain sqlite3, read-only, because SqlAlchemyStore would happily
-    create MLflow's tables in any database it is given."""
-    import sqlite3
+class SqliteStore(SqliteSource, SinkStore):
+    """Read through SqliteSource (read-only, never MLflow's store layer); as a sink
+    (create=True), MLflow's SqlAlchemyStore opens or creates the database once, so its
+    schema is always one MLflow knows, and rows are then written in bulk."""
 
-    try:
-        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
-        try:
-            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        finally:
-            con.close()
-    except sqlite3.DatabaseError:
-        return False
-    return {"experiments", "runs", "metrics", "alembic_version"} <= names
-
-
-class SqliteStore(SourceStore, SinkStore):
-    supports_filter = True
     capabilities = Capabilities(
         keeps_run_ids=True,
         keeps_experiment_ids=True,
@@ -111,43 +89,40 @@ class SqliteStore(SourceStore, SinkStore):
     )
 
     def __init__(self, uri: str, *, create: bool, artifact_root: str | None = None) -> None:
-        self.uri = uri
-        self.path = sqlite_path_from_uri(uri)
-        if not create:
-            if not self.path.is_file():
-                raise BadInputError(
-                    f"no MLflow sqlite store at {self.path}: check the path (sqlite:///relative "
-                    "or sqlite:////absolute)"
-                )
-            if not _looks_like_mlflow_db(self.path):
-                raise BadInputError(f"{self.path} is not an MLflow tracking database")
+        bare, artifacts_destination = split_uri_options(uri)
+        path = sqlite_path_from_uri(bare)
+        self._store: Any = None
+        self._mlflow_version: str | None = None
+        self._created_here = False
+        if create:
+            self._open_for_writing(path, artifact_root)
+        SqliteSource.__init__(self, uri, path, artifacts_destination=artifacts_destination)
+
+    def _open_for_writing(self, path: Path, artifact_root: str | None) -> None:
         mlflow = _mlflow()
         from mlflow.exceptions import MlflowException
         from mlflow.store.tracking.dbmodels import models
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        self._mlflow_version: str = mlflow.__version__
+        self._mlflow_version = mlflow.__version__
         # MLflow puts a `Default` experiment into every database it creates; in a database
         # we create, that experiment is ours to make equal to the source's.
-        self._created_here = create and not self.path.exists()
-        if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        root = artifact_root or str(self.path.parent / "mlartifacts")
+        self._created_here = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        root = artifact_root or str(path.parent / "mlartifacts")
         try:
-            self._store = SqlAlchemyStore(f"sqlite:///{self.path}", root)
+            self._store = SqlAlchemyStore(f"sqlite:///{path}", root)
         except MlflowException as exc:
             raise BadInputError(
-                f"cannot open {self.path} with MLflow {mlflow.__version__} ({exc.message.splitlines()[0]}); "
-                f"if its schema is older, back it up and run: mlflow db upgrade sqlite:///{self.path}"
+                f"cannot open {path} with MLflow {mlflow.__version__} ({exc.message.splitlines()[0]}); "
+                f"if its schema is older, back it up and run: mlflow db upgrade sqlite:///{path}"
             ) from exc
-        self._engine = self._store.engine
+        self._wengine = self._store.engine
         self._t_exp = models.SqlExperiment.__table__
         self._t_exp_tag = models.SqlExperimentTag.__table__
         self._t_run = models.SqlRun.__table__
         self._t_tag = models.SqlTag.__table__
         self._t_param = models.SqlParam.__table__
-        self._t_metric = models.SqlMetric.__table__
-        self._t_latest = models.SqlLatestMetric.__table__
         self._t_dataset = models.SqlDataset.__table__
         self._t_input = models.SqlInput.__table__
         self._t_input_tag = models.SqlInputTag.__table__
@@ -161,191 +136,15 @@ class SqliteStore(SourceStore, SinkStore):
         return StoreDescription(kind="sqlite", uri=self.uri, mlflow_version=self._mlflow_version)
 
     def close(self) -> None:
-        # The engine is cached by MLflow per URI and shared; disposing only drops pooled
-        # connections, which is what we want at the end of a transfer.
-        self._engine.dispose()
+        super().close()
+        if self._store is not None:
+            # The engine is cached by MLflow per URI and shared; disposing only drops
+            # pooled connections, which is what we want at the end of a transfer.
+            self._wengine.dispose()
 
-    # ---------------------------------------------------------------- source
-
-    def _experiment_from_row(self, row: Any, tags: dict[str, str]) -> Experiment:
-        return Experiment(
-            experiment_id=str(row.experiment_id),
-            name=row.name,
-            lifecycle_stage=row.lifecycle_stage or ACTIVE,
-            artifact_location=row.artifact_location,
-            creation_time=row.creation_time,
-            last_update_time=row.last_update_time,
-            tags=tags,
-        )
-
-    def list_experiments(self, selection: Selection) -> Iterator[Experiment]:
-        import sqlalchemy as sa
-
-        e = self._t_exp
-        with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(e).order_by(e.c.experiment_id)).all()
-            wanted_ids: set[str] | None = None
-            if selection.experiments:
-                wanted_ids = set()
-                by_id = {str(r.experiment_id): r for r in rows}
-                by_name = {r.name: r for r in rows}
-                for ref in selection.experiments:
-                    row = by_name.get(ref) or by_id.get(ref)
-                    if row is None:
-                        raise BadInputError(f"experiment {ref!r} not found in {self.uri}")
-                    wanted_ids.add(str(row.experiment_id))
-            if selection.run_ids:
-                r = self._t_run
-                found: dict[str, str] = {}
-                for chunk in _chunks(list(selection.run_ids)):
-                    q = sa.select(r.c.run_uuid, r.c.experiment_id).where(r.c.run_uuid.in_(chunk))
-                    found.update({row.run_uuid: str(row.experiment_id) for row in conn.execute(q)})
-                missing = [rid for rid in selection.run_ids if rid not in found]
-                if missing:
-                    raise BadInputError(f"run(s) not found in {self.uri}: {', '.join(missing)}")
-                run_exps = set(found.values())
-                wanted_ids = run_exps if wanted_ids is None else wanted_ids & run_exps
-            selected = [
-                row
-                for row in rows
-                if (wanted_ids is None or str(row.experiment_id) in wanted_ids)
-                and (selection.include_deleted or row.lifecycle_stage != DELETED)
-            ]
-            tags: dict[str, dict[str, str]] = {}
-            t = self._t_exp_tag
-            for row in conn.execute(sa.select(t.c.experiment_id, t.c.key, t.c.value)):
-                tags.setdefault(str(row.experiment_id), {})[row.key] = row.value
-        for row in selected:
-            yield self._experiment_from_row(row, tags.get(str(row.experiment_id), {}))
-
-    def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run]:
-        import sqlalchemy as sa
-
-        r = self._t_run
-        q = sa.select(r).where(r.c.experiment_id == int(experiment.experiment_id))
-        if not selection.include_deleted:
-            q = q.where(r.c.lifecycle_stage != DELETED)
-        if selection.run_ids:
-            q = q.where(r.c.run_uuid.in_(list(selection.run_ids)))
-        q = q.order_by(sa.func.coalesce(r.c.start_time, 0), r.c.run_uuid)
-        with self._engine.connect() as conn:
-            run_rows = conn.execute(q).all()
-        if selection.filter:
-            matched = self._search_run_ids(experiment.experiment_id, selection)
-            run_rows = [row for row in run_rows if row.run_uuid in matched]
-        for chunk in _chunks(run_rows):
-            yield from self._runs_from_rows(chunk)
-
-    def _search_run_ids(self, experiment_id: str, selection: Selection) -> set[str]:
-        """Run ids matching the filter, by MLflow's own search (same syntax and meaning
-        as on a tracking server)."""
-        from mlflow.entities import ViewType
-        from mlflow.exceptions import MlflowException
-
-        view = ViewType.ALL if selection.include_deleted else ViewType.ACTIVE_ONLY
-        matched: set[str] = set()
-        token = None
-        while True:
-            try:
-                page = self._store.search_runs(
-                    [experiment_id], selection.filter, view, max_results=50_000, page_token=token
-                )
-            except MlflowException as exc:
-                raise BadInputError(f"--filter {selection.filter!r}: {exc.message.splitlines()[0]}") from None
-            matched.update(run.info.run_id for run in page)
-            token = page.token
-            if not token:
-                return matched
-
-    def _runs_from_rows(self, rows: list) -> Iterator[Run]:
-        import sqlalchemy as sa
-
-        ids = [row.run_uuid for row in rows]
-        params: dict[str, dict[str, str]] = {i: {} for i in ids}
-        tags: dict[str, dict[str, str]] = {i: {} for i in ids}
-        inputs: dict[str, list[DatasetInput]] = {i: [] for i in ids}
-        p, t = self._t_param, self._t_tag
-        d, inp, it = self._t_dataset, self._t_input, self._t_input_tag
-        with self._engine.connect() as conn:
-            for row in conn.execute(sa.select(p).where(p.c.run_uuid.in_(ids))):
-                params[row.run_uuid][row.key] = row.value
-            for row in conn.execute(sa.select(t).where(t.c.run_uuid.in_(ids))):
-                tags[row.run_uuid][row.key] = row.value
-            q = (
-                sa.select(inp.c.input_uuid, inp.c.destination_id, d)
-                .join(d, d.c.dataset_uuid == inp.c.source_id)
-                .where(
-                    inp.c.source_type == "DATASET",
-                    inp.c.destination_type == "RUN",
-                    inp.c.destination_id.in_(ids),
-                )
-                .order_by(d.c.name, d.c.digest, inp.c.input_uuid)
-            )
-            input_rows = conn.execute(q).all()
-            input_tags: dict[str, dict[str, str]] = {}
-            for chunk in _chunks([row.input_uuid for row in input_rows]):
-                for row in conn.execute(sa.select(it).where(it.c.input_uuid.in_(chunk))):
-                    input_tags.setdefault(row.input_uuid, {})[row.name] = row.value
-        for row in input_rows:
-            inputs[row.destination_id].append(
-                DatasetInput(
-                    name=row.name,
-                    digest=row.digest,
-                    source_type=row.dataset_source_type,
-                    source=row.dataset_source,
-                    schema=row.dataset_schema,
-                    profile=row.dataset_profile,
-                    tags=input_tags.get(row.input_uuid, {}),
-                )
-            )
-        for row in rows:
-            rid = row.run_uuid
-            yield Run(
-                run_id=rid,
-                experiment_id=str(row.experiment_id),
-                run_name=row.name or tags[rid].get(RUN_NAME_TAG, ""),
-                user_id=row.user_id or "",
-                status=row.status,
-                start_time=row.start_time,
-                end_time=row.end_time,
-                lifecycle_stage=row.lifecycle_stage or ACTIVE,
-                deleted_time=row.deleted_time,
-                artifact_uri=row.artifact_uri,
-                params=params[rid],
-                tags=tags[rid],
-                inputs=tuple(inputs[rid]),
-            )
-
-    def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
-        sql = (
-            "SELECT key, step, timestamp, value, is_nan FROM metrics WHERE run_uuid = ? "
-            "ORDER BY key, step, timestamp, value"
-        )
-        with self._engine.connect() as conn:
-            result = conn.exec_driver_sql(sql, (run.run_id,))
-            while True:
-                rows = result.fetchmany(BATCH_ROWS)
-                if not rows:
-                    break
-                keys, steps, stamps, values, nans = zip(*rows)
-                value_arr = pa.array(values, pa.float64())
-                nan_mask = pa.array(nans, pa.int64()).cast(pa.bool_())
-                value_arr = pc.if_else(nan_mask, pa.scalar(math.nan, pa.float64()), value_arr)
-                yield pa.RecordBatch.from_arrays(
-                    [
-                        pa.array(keys, pa.string()),
-                        pa.array(steps, pa.int64()),
-                        pa.array(stamps, pa.int64()),
-                        value_arr,
-                    ],
-                    schema=METRIC_SCHEMA,
-                )
-
-    def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
-        return walk_artifacts(local_artifact_dir(run.artifact_uri, run.run_id))
-
-    def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
-        return open_local_artifact(local_artifact_dir(run.artifact_uri, run.run_id), path, run.run_id)
+    def _writer(self) -> None:
+        if self._store is None:
+            raise BadInputError(f"{self.uri} was opened read-only")
 
     # ---------------------------------------------------------------- sink
 
@@ -357,8 +156,9 @@ class SqliteStore(SourceStore, SinkStore):
     def put_experiment(self, experiment: Experiment) -> TargetExperimentId:
         import sqlalchemy as sa
 
+        self._writer()
         e, et = self._t_exp, self._t_exp_tag
-        with self._write_lock, self._engine.begin() as conn:
+        with self._write_lock, self._wengine.begin() as conn:
             existing = conn.execute(
                 sa.select(e.c.experiment_id).where(
                     e.c.name == experiment.name, e.c.workspace == _DEFAULT_WORKSPACE
@@ -423,7 +223,7 @@ class SqliteStore(SourceStore, SinkStore):
         import sqlalchemy as sa
 
         r = self._t_run
-        with self._engine.connect() as conn:
+        with self._wengine.connect() as conn:
             row = conn.execute(sa.select(r.c.run_uuid).where(r.c.run_uuid == run.run_id)).first()
         return TargetRunId(row.run_uuid) if row is not None else None
 
@@ -433,9 +233,10 @@ class SqliteStore(SourceStore, SinkStore):
         import sqlalchemy as sa
         from mlflow.utils.uri import append_to_uri_path
 
+        self._writer()
         e = self._t_exp
         exp_id = int(target_experiment_id)
-        with self._engine.connect() as conn:
+        with self._wengine.connect() as conn:
             exp_row = conn.execute(
                 sa.select(e.c.artifact_location).where(e.c.experiment_id == exp_id)
             ).first()
@@ -454,13 +255,10 @@ class SqliteStore(SourceStore, SinkStore):
                 self._copy_artifacts(content, artifact_dir, result)
                 spool = Path(spool_dir) / "metrics.arrow"
                 source_points = _spool_metrics(content.metric_batches(), spool)
-                with self._write_lock, self._engine.begin() as conn:
+                with self._write_lock, self._wengine.begin() as conn:
                     self._insert_run(conn, run, exp_id, artifact_uri)
-                    self._insert_metrics(conn, run.run_id, spool)
+                    result.metric_points = self._insert_metrics(conn, run.run_id, spool)
                     self._insert_inputs(conn, run, exp_id)
-                    result.metric_points = conn.exec_driver_sql(
-                        "SELECT COUNT(*) FROM metrics WHERE run_uuid = ?", (run.run_id,)
-                    ).scalar_one()
             except BaseException:
                 if artifact_dir is not None:
                     shutil.rmtree(artifact_dir.parent, ignore_errors=True)
@@ -530,38 +328,62 @@ class SqliteStore(SourceStore, SinkStore):
                 [{"key": k, "value": v, "run_uuid": run.run_id} for k, v in tags.items()],
             )
 
-    def _insert_metrics(self, conn: Any, run_id: str, spool: Path) -> None:
+    def _insert_metrics(self, conn: Any, run_id: str, spool: Path) -> int:
+        """Bulk insert through the raw sqlite3 connection of the run's transaction:
+        multi-row INSERTs with values taken column-wise from Arrow; latest_metrics
+        computed on the way. Returns the number of points stored."""
         # OR IGNORE collapses exact duplicates, which the primary key forbids; MLflow's
-        # SQL store drops them the same way.
-        insert = (
-            "INSERT OR IGNORE INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
-            "VALUES (?, ?, ?, ?, ?, ?)"
-        )
-        with pa.memory_map(str(spool)) as source:
-            reader = pa.ipc.open_stream(source)
-            for batch in reader:
-                values = batch.column("value")
-                is_nan = pc.fill_null(pc.is_nan(values), False)
-                # MLflow stores NaN as 0 with is_nan set; infinities stay real (sqlite REAL).
-                stored = pc.if_else(is_nan, pa.scalar(0.0, pa.float64()), values)
-                rows = zip(
-                    batch.column("key").to_pylist(),
-                    stored.to_pylist(),
-                    batch.column("timestamp").to_pylist(),
-                    [run_id] * batch.num_rows,
-                    batch.column("step").to_pylist(),
-                    pc.cast(is_nan, pa.int8()).to_pylist(),
-                )
-                conn.exec_driver_sql(insert, list(rows))
-        # The latest point per key, chosen by (step, timestamp, value) as MLflow does.
-        conn.exec_driver_sql(
-            "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
-            "SELECT key, value, timestamp, step, is_nan, run_uuid FROM ("
-            "  SELECT *, ROW_NUMBER() OVER (PARTITION BY key "
-            "    ORDER BY step DESC, timestamp DESC, value DESC) AS rn "
-            "  FROM metrics WHERE run_uuid = ?) WHERE rn = 1",
-            (run_id,),
-        )
+        # SQL store drops them the same way. Many rows per statement: a one-row INSERT
+        # re-opens and re-seeks the table and its three indexes for every point, which
+        # costs more than the insert itself.
+        raw = conn.connection.dbapi_connection
+        getlimit = getattr(raw, "getlimit", None)
+        max_vars = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit else 999
+        per_statement = max(1, min(_ROWS_PER_INSERT, max_vars // 6))
+        statements: dict[int, str] = {}
+        before = raw.total_changes
+        latest: dict[str, tuple] = {}
+        cur = raw.cursor()
+        try:
+            with pa.memory_map(str(spool)) as source:
+                for batch in pa.ipc.open_stream(source):
+                    n = batch.num_rows
+                    if not n:
+                        continue
+                    values = batch.column("value")
+                    is_nan = pc.fill_null(pc.is_nan(values), False)
+                    # MLflow stores NaN as 0 with is_nan set; infinities stay real (sqlite REAL).
+                    stored = pc.if_else(is_nan, pa.scalar(0.0, pa.float64()), values)
+                    nan_int = pc.cast(is_nan, pa.int8())
+                    columns = (
+                        batch.column("key").to_pylist(),
+                        stored.to_pylist(),
+                        batch.column("timestamp").to_pylist(),
+                        [run_id] * n,
+                        batch.column("step").to_pylist(),
+                        nan_int.to_pylist(),
+                    )
+                    for start in range(0, n, per_statement):
+                        rows = min(per_statement, n - start)
+                        sql = statements.get(rows)
+                        if sql is None:
+                            sql = statements[rows] = (
+                                "INSERT OR IGNORE INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
+                                "VALUES " + ",".join(["(?,?,?,?,?,?)"] * rows)
+                            )
+                        end = start + rows
+                        cur.execute(sql, list(itertools.chain.from_iterable(zip(*(c[start:end] for c in columns)))))
+                    _update_latest(latest, batch, stored, nan_int)
+            stored_points = raw.total_changes - before
+            # The latest point per key, chosen by (step, timestamp, value) as MLflow does.
+            cur.executemany(
+                "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(k, v, ts, step, nan, run_id) for k, (step, ts, v, nan) in latest.items()],
+            )
+        finally:
+            cur.close()
+        return stored_points
 
     def _insert_inputs(self, conn: Any, run: Run, exp_id: int) -> None:
         import sqlalchemy as sa
@@ -613,6 +435,21 @@ def _int_or_none(value: str) -> int | None:
     except (TypeError, ValueError):
         return None
     return number if 0 <= number < 2**63 else None
+
+
+def _update_latest(latest: dict[str, tuple], batch: pa.RecordBatch, stored: pa.Array, nan_int: pa.Array) -> None:
+    """Fold the batch into latest: key -> (step, timestamp, stored value, is_nan), the
+    maximum by that tuple. Only each key's rows at its highest step in the batch are
+    looked at in Python."""
+    keys, steps = batch.column("key"), batch.column("step")
+    top = pa.table({"key": keys, "step": steps}).group_by("key").aggregate([("step", "max")])
+    at_top = pc.equal(steps, pc.take(top.column("step_max"), pc.index_in(keys, top.column("key"))))
+    for key, step, ts, value, nan in zip(
+        *(pc.filter(col, at_top).to_pylist() for col in (keys, steps, batch.column("timestamp"), stored, nan_int))
+    ):
+        point = (step, ts, value, nan)
+        if key not in latest or point > latest[key]:
+            latest[key] = point
 
 
 def _spool_metrics(batches: Iterator[pa.RecordBatch], path: Path) -> int:

@@ -108,7 +108,7 @@ def compare_stores(
 def _compare_experiment(where: str, a: Experiment, b: Experiment) -> Iterator[Difference]:
     if a.lifecycle_stage != b.lifecycle_stage:
         yield Difference(where, f"lifecycle_stage {a.lifecycle_stage!r} != {b.lifecycle_stage!r}")
-    yield from _compare_mapping(where, "tag", a.tags, _without_provenance(b.tags))
+    yield from _compare_mapping(where, "tag", _without_provenance(a.tags), _without_provenance(b.tags))
 
 
 def _without_provenance(tags: dict[str, str]) -> dict[str, str]:

@@ -1,0 +1,205 @@
+"""The benchmark harness: real servers, a deterministic workload, trackport against the raw
+limit baseline measured in the same run.
+
+    python benchmarks/run.py --preset small [--workers 8] [--server-workers 1] [--only export,import]
+
+Each phase runs as its own process, so its wall time, CPU seconds (user + system) and peak
+RSS are its own. Figures are printed as a table and written to benchmarks/out/<run>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the test suite's server fixture, reused as is
+
+from servers import MlflowServer, start_all  # noqa: E402
+
+from trackport.domain import METRIC_SCHEMA, ArtifactFile, Experiment, Run  # noqa: E402
+from trackport.stores.base import Selection, SourceStore, StoreDescription  # noqa: E402
+from trackport.stores.local_sqlite import SqliteStore  # noqa: E402
+from trackport.transfer import transfer  # noqa: E402
+
+PRESETS = {
+    # runs, metrics per run, steps per metric, params, tags, artifact bytes per run
+    "tiny": (10, 10, 100, 20, 10, 100_000),
+    "small": (100, 10, 1000, 20, 10, 1_000_000),
+    "large": (1000, 10, 1000, 20, 10, 1_000_000),
+}
+BASE_TIME = 1_700_000_000_000
+
+
+@dataclass(frozen=True)
+class Workload:
+    runs: int
+    metrics: int
+    steps: int
+    params: int
+    tags: int
+    artifact_bytes: int
+
+    @property
+    def points(self) -> int:
+        return self.runs * self.metrics * self.steps
+
+
+class WorkloadSource(SourceStore):
+    """The workload, generated deterministically (numpy, seeded per run)."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.w = workload
+        self.experiment = Experiment("1", "benchmark", creation_time=BASE_TIME, last_update_time=BASE_TIME)
+
+    def describe(self) -> StoreDescription:
+        return StoreDescription("benchmark", "benchmark://workload")
+
+    def list_experiments(self, selection: Selection) -> Iterator[Experiment]:
+        yield self.experiment
+
+    def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run]:
+        for i in range(self.w.runs):
+            yield Run(
+                run_id=f"{i:032x}", experiment_id="1", run_name=f"run-{i}", user_id="bench", status="FINISHED",
+                start_time=BASE_TIME + i * 1000, end_time=BASE_TIME + i * 1000 + 500,
+                params={f"param_{p}": f"value-{i}-{p}" for p in range(self.w.params)},
+                tags={f"tag_{t}": f"tag-value-{i}-{t}" for t in range(self.w.tags)},
+            )
+
+    def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
+        rng = np.random.default_rng(int(run.run_id, 16))
+        steps = np.arange(self.w.steps, dtype=np.int64)
+        for k in range(self.w.metrics):
+            yield pa.RecordBatch.from_arrays(
+                [pa.array([f"metric_{k:02d}"] * self.w.steps), pa.array(steps),
+                 pa.array(BASE_TIME + steps * 100), pa.array(rng.random(self.w.steps))],
+                schema=METRIC_SCHEMA,
+            )
+
+    def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
+        yield ArtifactFile("model/weights.bin", self.w.artifact_bytes)
+
+    def open_artifact(self, run: Run, path: str):
+        import io
+
+        return io.BytesIO(np.random.default_rng(int(run.run_id, 16)).bytes(self.w.artifact_bytes))
+
+
+def build_source_db(workload: Workload, directory: Path) -> Path:
+    """The workload written into a sqlite store laid out as a server with proxied
+    artifacts keeps it (artifact URIs mlflow-artifacts:/...), ready to be served."""
+    db = directory / "mlflow.db"
+    store = SqliteStore(f"sqlite:///{db}", create=True, artifact_root=str(directory / "mlartifacts"))
+    summary = transfer(WorkloadSource(workload), store, Selection(), workers=2)
+    store.close()
+    assert summary.failed == 0, summary.failures
+    with sqlite3.connect(db) as con:
+        con.execute("update experiments set artifact_location = 'mlflow-artifacts:/' || experiment_id")
+        con.execute("update runs set artifact_uri = 'mlflow-artifacts:/' || experiment_id || '/' || run_uuid || '/artifacts'")
+    shutil.rmtree(Path(str(db) + ".trackport"), ignore_errors=True)
+    return db
+
+
+@dataclass
+class Measure:
+    phase: str
+    wall: float
+    cpu: float
+    rss_mb: float
+    returncode: int
+
+
+def measure(phase: str, command: list[str], env: dict | None = None) -> Measure:
+    """Wall time, CPU seconds and peak RSS of one command, measured by a small process."""
+    answer = subprocess.run([sys.executable, str(HERE / "measure.py"), "--", *command],
+                            env={**os.environ, **(env or {})}, capture_output=True, text=True, check=True)
+    figures = json.loads(answer.stdout)
+    if figures["returncode"] != 0:
+        print(f"{phase} failed ({figures['returncode']}): {figures['stderr_tail']}", file=sys.stderr)
+    return Measure(phase, figures["wall"], figures["cpu"], figures["rss_mb"], figures["returncode"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=PRESETS, default="small")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--server-workers", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    workload = Workload(*PRESETS[args.preset])
+    work = Path(tempfile.mkdtemp(prefix=f"trackport-bench-{args.preset}-"))
+    print(f"workload {args.preset}: {workload.runs} runs, {workload.points:,} metric points, "
+          f"{workload.runs * workload.artifact_bytes / 1e6:,.0f} MB artifacts; work dir {work}", flush=True)
+
+    t0 = time.perf_counter()
+    build_source_db(workload, work / "source")
+    print(f"source store built in {time.perf_counter() - t0:.1f}s", flush=True)
+    servers = [MlflowServer(work / name, workers=args.server_workers) for name in ("source", "target-1", "target-2")]
+    start_all(servers)
+    source, target1, target2 = servers
+    trackport = [sys.executable, "-m", "trackport.cli.main"]
+    workers = ["--workers", str(args.workers)]
+    env = {"TRACKPORT_HOME": str(work / "trackport-home")}
+    results: list[Measure] = []
+    try:
+        def run(phase, command, **kw):
+            result = measure(phase, command, **kw)
+            results.append(result)
+            print(f"  {phase:<24}{result.wall:>9.1f}s wall {result.cpu:>8.1f}s cpu {result.rss_mb:>8.0f} MB",
+                  flush=True)
+
+        baseline = [sys.executable, str(HERE / "raw_baseline.py")]
+        run("baseline read", [*baseline, "read", source.url, str(work / "raw"), *workers])
+        run("baseline write", [*baseline, "write", str(work / "raw"), target1.url, *workers])
+        run("trackport export", [*trackport, "export", source.url, str(work / "bundle"), *workers], env=env)
+        run("trackport import", [*trackport, "import", str(work / "bundle"), target1.url, *workers], env=env)
+        run("trackport copy", [*trackport, "copy", source.url, target2.url, *workers], env=env)
+        direct = f"sqlite:///{work / 'source' / 'mlflow.db'}?artifacts_destination={work / 'source' / 'mlartifacts'}"
+        run("export from sqlite file", [*trackport, "export", direct, str(work / "bundle-direct"), *workers], env=env)
+        run("import to local sqlite", [*trackport, "import", str(work / "bundle"),
+                                       f"sqlite:///{work / 'local' / 'mlflow.db'}", *workers], env=env)
+    finally:
+        for server in servers:
+            server.stop()
+
+    by = {r.phase: r for r in results}
+    read, write = by["baseline read"], by["baseline write"]
+    print(f"\n{'phase':<26}{'wall s':>9}{'× base':>8}{'cpu s':>8}{'× base':>8}{'RSS MB':>8}")
+    for r in results:
+        base = write if r.phase in ("trackport import", "trackport copy", "baseline write") else read
+        print(f"{r.phase:<26}{r.wall:>9.1f}{r.wall / base.wall:>8.2f}{r.cpu:>8.1f}{r.cpu / base.cpu:>8.2f}"
+              f"{r.rss_mb:>8.0f}")
+    rates = {
+        "REST export points/s": workload.points / by["trackport export"].wall,
+        "sqlite-file export points/s": workload.points / by["export from sqlite file"].wall,
+        "sqlite-file export speed-up over REST export": by["trackport export"].wall / by["export from sqlite file"].wall,
+        "local sqlite import points/s": workload.points / by["import to local sqlite"].wall,
+    }
+    for name, value in rates.items():
+        print(f"{name:<46}{value:>14,.1f}")
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    report = {"preset": args.preset, "workload": vars(workload), "workers": args.workers,
+              "server_workers": args.server_workers, "phases": [vars(r) for r in results], "rates": rates}
+    path = out / f"{args.preset}-w{args.workers}-s{args.server_workers}-{int(time.time())}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten to {path}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
