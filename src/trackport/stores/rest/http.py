@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 from urllib.parse import urlsplit
 
 import requests
@@ -138,6 +138,23 @@ class RestClient:
             return response.json()
         except ValueError:
             raise self._not_mlflow(response) from None
+
+    def pages(self, method: str, endpoint: str, request: dict, *, in_body: bool = True) -> Iterator[dict]:
+        """Every page of a paged MLflow call, following next_page_token (a token seen
+        twice ends the loop: a server bug must not become an endless transfer)."""
+        request = dict(request)
+        seen: set[str] = set()
+        while True:
+            if in_body:
+                answer = self.call(method, endpoint, body=request)
+            else:
+                answer = self.call(method, endpoint, params=request)
+            yield answer
+            token = answer.get("next_page_token")
+            if not token or token in seen:
+                return
+            seen.add(token)
+            request["page_token"] = token
 
     def request(
         self,

@@ -250,21 +250,14 @@ class RestSink(SinkStore):
             return index
 
     def _search_copies(self, target_experiment_id: str) -> Iterator[dict]:
-        token = None
-        while True:
-            body: dict[str, Any] = {
-                "experiment_ids": [target_experiment_id],
-                "filter": f"tags.`{SOURCE_RUN_ID_TAG}` != ''",
-                "run_view_type": "ALL",
-                "max_results": SEARCH_PAGE,
-            }
-            if token:
-                body["page_token"] = token
-            answer = self._post("runs/search", body)
+        body = {
+            "experiment_ids": [target_experiment_id],
+            "filter": f"tags.`{SOURCE_RUN_ID_TAG}` != ''",
+            "run_view_type": "ALL",
+            "max_results": SEARCH_PAGE,
+        }
+        for answer in self.client.pages("POST", f"{API}/runs/search", body):
             yield from answer.get("runs", [])
-            token = answer.get("next_page_token")
-            if not token:
-                return
 
     def find_run(self, run: Run, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
         index = self._index(str(target_experiment_id))

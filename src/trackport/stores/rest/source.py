@@ -201,15 +201,8 @@ class RestSource(SourceStore):
             "max_results": EXPERIMENTS_PAGE,
             "view_type": "ALL" if include_deleted else "ACTIVE_ONLY",
         }
-        seen_tokens: set[str] = set()
-        while True:
-            answer = self.client.call("POST", f"{API}/experiments/search", body=body)
+        for answer in self.client.pages("POST", f"{API}/experiments/search", body):
             yield from answer.get("experiments") or ()
-            token = answer.get("next_page_token")
-            if not token or token in seen_tokens:
-                return
-            seen_tokens.add(token)
-            body["page_token"] = token
 
     def _get_run(self, run_id: str) -> dict:
         return self.client.call("GET", f"{API}/runs/get", params={"run_id": run_id})["run"]
@@ -262,15 +255,8 @@ class RestSource(SourceStore):
         }
         if filter_string:
             body["filter"] = filter_string
-        seen_tokens: set[str] = set()
-        while True:
-            answer = self.client.call("POST", f"{API}/runs/search", body=body)
+        for answer in self.client.pages("POST", f"{API}/runs/search", body):
             yield from answer.get("runs") or ()
-            token = answer.get("next_page_token")
-            if not token or token in seen_tokens:
-                return
-            seen_tokens.add(token)
-            body["page_token"] = token
 
     def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run | Unreadable]:
         user_filter = (getattr(selection, "filter", None) or "").strip() or None
@@ -320,20 +306,13 @@ class RestSource(SourceStore):
         stamps: list[int] = []
         values: list[float] = []
         params: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE}
-        seen_tokens: set[str] = set()
-        while True:
-            answer = self.client.call("GET", f"{API}/metrics/get-history", params=params)
+        for answer in self.client.pages("GET", f"{API}/metrics/get-history", params, in_body=False):
             metrics = answer.get("metrics") or ()
             # Absent fields are zero (proto JSON drops defaults); float() reads the
             # "NaN" / "Infinity" / "-Infinity" strings as well as numbers.
             steps.extend([int(m.get("step", 0)) for m in metrics])
             stamps.extend([int(m.get("timestamp", 0)) for m in metrics])
             values.extend([float(m.get("value", 0.0)) for m in metrics])
-            token = answer.get("next_page_token")
-            if not token or token in seen_tokens:
-                break
-            seen_tokens.add(token)
-            params["page_token"] = token
         n = len(steps)
         table = pa.Table.from_arrays(
             [
@@ -377,15 +356,8 @@ class RestSource(SourceStore):
         params: dict[str, Any] = {"run_id": run_id}
         if path:
             params["path"] = path
-        seen_tokens: set[str] = set()
-        while True:
-            answer = self.client.call("GET", f"{API}/artifacts/list", params=params)
+        for answer in self.client.pages("GET", f"{API}/artifacts/list", params, in_body=False):
             yield from answer.get("files") or ()
-            token = answer.get("next_page_token")
-            if not token or token in seen_tokens:
-                return
-            seen_tokens.add(token)
-            params["page_token"] = token
 
     def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
         files: list[ArtifactFile] = []
