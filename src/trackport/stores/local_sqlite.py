@@ -13,6 +13,7 @@ owner chose (WAL is persistent, synchronous=OFF risks the owner's data).
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -111,6 +112,8 @@ class SqliteStore(SqliteSource, SinkStore):
         path.parent.mkdir(parents=True, exist_ok=True)
         root = artifact_root or str(path.parent / "mlartifacts")
         try:
+            if self._created_here:
+                _create_database(path, root)
             self._store = SqlAlchemyStore(f"sqlite:///{path}", root)
         except MlflowException as exc:
             raise BadInputError(
@@ -427,6 +430,19 @@ class SqliteStore(SqliteSource, SinkStore):
                     sa.insert(self._t_input_tag),
                     [{"input_uuid": input_uuid, "name": k, "value": v} for k, v in ds.tags.items()],
                 )
+
+
+def _create_database(path: Path, artifact_root: str) -> None:
+    """A new MLflow database, made under a temporary name and renamed into place once
+    MLflow has built its whole schema: a transfer killed meanwhile leaves no half-made
+    database for the next run to choke on."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for stale in path.parent.glob(f".{path.name}.creating-*"):
+        stale.unlink(missing_ok=True)
+    temp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    SqlAlchemyStore(f"sqlite:///{temp}", artifact_root).engine.dispose()
+    os.replace(temp, path)
 
 
 def _int_or_none(value: str) -> int | None:
