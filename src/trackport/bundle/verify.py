@@ -220,7 +220,7 @@ def verify_bundle(path: str | os.PathLike, level: str = "full") -> VerifyReport:
             continue
         report.files_checked += 1
         if st.st_size != entry.size:
-            report.add(rel, f"size is {st.st_size} bytes, the manifest says {entry.size}")
+            report.add(rel, f"size is {st.st_size} bytes, {MANIFEST_FILE} says {entry.size} (one of the two is damaged)")
             continue
         if level == "full":
             try:
@@ -230,7 +230,7 @@ def verify_bundle(path: str | os.PathLike, level: str = "full") -> VerifyReport:
                 continue
             report.bytes_checked += size
             if sha != entry.sha256:
-                report.add(rel, "content changed: sha256 differs from the manifest")
+                report.add(rel, f"content changed: sha256 differs from {MANIFEST_FILE} (one of the two is damaged)")
             _check_documents(root, rel, report)
         else:
             report.bytes_checked += st.st_size
