@@ -90,7 +90,7 @@ def open_sink(
         from trackport.stores.rest.sink import RestSink
 
         client, info = connect(uri, "target", pool_size=2 * workers)
-        return RestSink(client, uri, info, on_long_value=on_long_value, state_root=state_home() / "targets")
+        return RestSink(client, uri, info, on_long_value=on_long_value)
     if sqlite := _sqlite_path(uri):
         from trackport.stores.local_sqlite import SqliteStore
 
@@ -122,9 +122,9 @@ def state_dir_for(uri: str) -> Path:
 
         return state_dir_for_url(state_home() / "targets", resolve_connection(uri, "target").base_url)
     if sqlite := _sqlite_path(uri):
-        from trackport.stores.local_sqlite import sqlite_path_from_uri
+        from trackport.stores.local_sqlite import sqlite_path_from_uri, sqlite_state_dir
 
-        return Path(str(sqlite_path_from_uri(sqlite)) + ".trackport")
+        return sqlite_state_dir(sqlite_path_from_uri(sqlite))
     from trackport.bundle.layout import TRANSFER_DIR
 
     return _local_path(uri) / TRANSFER_DIR

@@ -152,7 +152,7 @@ class SqliteStore(SqliteSource, SinkStore):
     # ---------------------------------------------------------------- sink
 
     def state_dir(self) -> Path:
-        path = Path(str(self.path) + ".trackport")
+        path = sqlite_state_dir(self.path)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -430,6 +430,11 @@ class SqliteStore(SqliteSource, SinkStore):
                     sa.insert(self._t_input_tag),
                     [{"input_uuid": input_uuid, "name": k, "value": v} for k, v in ds.tags.items()],
                 )
+
+
+def sqlite_state_dir(db_path: Path) -> Path:
+    """Where transfers into the database at db_path keep their id map and ledger."""
+    return Path(str(db_path) + ".trackport")
 
 
 def _create_database(path: Path, artifact_root: str) -> None:

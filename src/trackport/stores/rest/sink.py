@@ -34,6 +34,7 @@ from trackport.domain import (
     TargetRunId,
 )
 from trackport.errors import TransientError, UnitError, UnreachableError
+from trackport.stores import state_home
 from trackport.stores.base import RunContent, RunWriteResult, SinkStore, StoreDescription
 from trackport.stores.rest.http import NotFoundError, RestClient, RestError
 from trackport.stores.rest.server import ServerInfo
@@ -116,7 +117,7 @@ class RestSink(SinkStore):
         self.uri = uri
         self.info = info
         self.on_long_value = on_long_value
-        self._state_root = Path(state_root) if state_root is not None else Path.home() / ".trackport" / "targets"
+        self._state_root = Path(state_root) if state_root is not None else state_home() / "targets"
         self.capabilities = Capabilities(
             keeps_run_ids=False,
             keeps_experiment_ids=False,
