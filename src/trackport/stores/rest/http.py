@@ -120,16 +120,17 @@ class RestClient:
         endpoint: str,
         *,
         params: dict | None = None,
-        body: dict | None = None,
+        body: dict | bytes | None = None,
         idempotent: bool = True,
     ) -> dict[str, Any]:
-        """One MLflow API call; the parsed JSON answer. endpoint starts with /api/..."""
+        """One MLflow API call; the parsed JSON answer. endpoint starts with /api/...; body
+        is a dict or JSON already encoded."""
         data = None
         headers = {}
         if body is not None:
             # allow_nan=False: a bare NaN token is silently stored as 0 by MLflow's server;
             # callers must send "NaN" / "Infinity" strings.
-            data = json.dumps(body, allow_nan=False).encode()
+            data = body if isinstance(body, bytes) else json.dumps(body, allow_nan=False).encode()
             headers["Content-Type"] = "application/json"
         response = self.request(method, endpoint, params=params, data=data, headers=headers, idempotent=idempotent)
         if not response.content:

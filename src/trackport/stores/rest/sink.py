@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 from urllib.parse import quote, urlsplit
 
-import pyarrow as pa
 
 from trackport.domain import (
     DELETED,
@@ -37,6 +36,7 @@ from trackport.errors import TransientError, UnitError, UnreachableError
 from trackport.stores import state_home
 from trackport.stores.base import RunContent, RunWriteResult, SinkStore, StoreDescription
 from trackport.stores.rest.http import NotFoundError, RestClient, RestError
+from trackport.stores.rest.metric_json import MetricTexts
 from trackport.stores.rest.server import ServerInfo
 from trackport.transfer.plan import LONG_VALUE_POLICIES
 from trackport.transfer.references import (
@@ -91,14 +91,6 @@ def state_dir_for_url(state_root: Path, base_url: str) -> Path:
     """Where transfers into the server at base_url keep their id map and ledger."""
     parts = urlsplit(base_url)
     return state_root / _sanitize(f"{parts.hostname or ''}_{parts.port or ''}{parts.path}".replace("__", "_"))
-
-
-def _metric_value(value: float) -> float | str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
 
 
 class RestSink(SinkStore):
@@ -419,45 +411,23 @@ class RestSink(SinkStore):
         """Send everything in log-batch calls filled to the limits; return the ±inf count."""
         param_items = [{"key": k, "value": v} for k, v in params.items()]
         tag_items = [{"key": k, "value": v} for k, v in tags.items()]
-        counter = {"inf": 0}
-        points = self._metric_points(content, counter)
-        exhausted = False
+        points = MetricTexts(content.metric_batches())
         while True:
             batch_params = param_items[:MAX_PARAMS_PER_BATCH]
             del param_items[: len(batch_params)]
             batch_tags = tag_items[:MAX_TAGS_PER_BATCH]
             del tag_items[: len(batch_tags)]
             room = min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - len(batch_params) - len(batch_tags))
-            metrics: list[dict] = []
-            while not exhausted and len(metrics) < room:
-                point = next(points, None)
-                if point is None:
-                    exhausted = True
-                else:
-                    metrics.append(point)
-            if not (batch_params or batch_tags or metrics):
+            metrics, count = points.take(room)
+            if not (batch_params or batch_tags or count):
                 break
-            self._post(
-                "runs/log-batch", {"run_id": run_id, "metrics": metrics, "params": batch_params, "tags": batch_tags}
+            body = (
+                f'{{"run_id":{json.dumps(run_id)},"metrics":[{metrics}],'
+                f'"params":{json.dumps(batch_params)},"tags":{json.dumps(batch_tags)}}}'
             )
-            result.metric_points += len(metrics)
-        return counter["inf"]
-
-    @staticmethod
-    def _metric_points(content: RunContent, counter: dict) -> Iterator[dict]:
-        """One dict per point, converted one Arrow batch at a time."""
-        for batch in content.metric_batches():
-            if not isinstance(batch, pa.RecordBatch):
-                batch = pa.record_batch(batch)
-            keys = batch.column("key").to_pylist()
-            steps = batch.column("step").to_pylist()
-            stamps = batch.column("timestamp").to_pylist()
-            values = batch.column("value").to_pylist()
-            for key, step, stamp, value in zip(keys, steps, stamps, values):
-                value = float(value)
-                if math.isinf(value):
-                    counter["inf"] += 1
-                yield {"key": key, "value": _metric_value(value), "timestamp": stamp, "step": step}
+            self.client.call("POST", f"{API}/runs/log-batch", body=body.encode())
+            result.metric_points += count
+        return points.infinities
 
     def _log_inputs(self, run_id: str, run: Run) -> None:
         datasets = []

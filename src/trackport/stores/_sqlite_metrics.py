@@ -1,0 +1,174 @@
+"""Metric points into MLflow's sqlite `metrics` and `latest_metrics` tables, in bulk.
+
+The work is split in two so that the single sqlite writer does as little as possible:
+`prepare_points` runs on the caller's thread, outside the writer, reading the source and
+computing MLflow's stored form (NaN as 0 with is_nan set) and each key's latest point;
+`insert_points` runs inside the writer's transaction and only binds values.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from trackport.domain import METRIC_SCHEMA
+
+ROWS_PER_INSERT = 1000  # larger VALUES lists measured slower, smaller ones re-seek more
+# Runs up to this many points stay in memory between prepare and insert (about 8 MB per
+# waiting run); larger ones go through an Arrow file, so memory stays flat however long a
+# history is.
+IN_MEMORY_POINTS = 250_000
+
+STORED_SCHEMA = pa.schema([
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("value", pa.float64(), nullable=False),
+    pa.field("timestamp", pa.int64(), nullable=False),
+    pa.field("step", pa.int64(), nullable=False),
+    pa.field("is_nan", pa.int8(), nullable=False),
+])
+
+
+class PreparedPoints:
+    """A run's points in stored form, in memory or spooled, and each key's latest point
+    (key -> (step, timestamp, stored value, is_nan))."""
+
+    def __init__(self) -> None:
+        self.source_points = 0
+        self.latest: dict[str, tuple] = {}
+        self._batches: list[pa.RecordBatch] = []
+        self._spool: Path | None = None
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        if self._spool is None:
+            yield from self._batches
+            return
+        with pa.memory_map(str(self._spool)) as source:
+            yield from pa.ipc.open_stream(source)
+
+
+@contextmanager
+def prepare_points(batches: Iterator[pa.RecordBatch], spool_dir: Path) -> Iterator[PreparedPoints]:
+    """Read the source's metric batches into PreparedPoints; a spool file, if one was
+    needed, is removed on exit."""
+    points = PreparedPoints()
+    spool_file = writer = None
+    try:
+        for batch in batches:
+            stored = _stored(batch)
+            _update_latest(points.latest, stored)
+            points.source_points += stored.num_rows
+            if writer is None and points.source_points <= IN_MEMORY_POINTS:
+                points._batches.append(stored)
+                continue
+            if writer is None:  # too many for memory: all of it goes to a spool file
+                handle, name = tempfile.mkstemp(dir=spool_dir, prefix="spool-", suffix=".arrow")
+                os.close(handle)
+                points._spool = Path(name)
+                spool_file = pa.OSFile(name, "wb")
+                writer = pa.ipc.new_stream(spool_file, STORED_SCHEMA)
+                for held in points._batches:
+                    writer.write_batch(held)
+                points._batches = []
+            writer.write_batch(stored)
+        if writer is not None:
+            writer.close()
+            spool_file.close()
+            writer = None
+        yield points
+    finally:
+        if writer is not None:
+            writer.close()
+            spool_file.close()
+        if points._spool is not None:
+            points._spool.unlink(missing_ok=True)
+
+
+def insert_points(cursor: sqlite3.Cursor, run_id: str, points: PreparedPoints) -> int:
+    """Insert the prepared points and the latest ones; return the number of points stored."""
+    # OR IGNORE collapses exact duplicates, which the primary key forbids; MLflow's SQL
+    # store drops them the same way. Many rows per statement: a one-row INSERT re-opens and
+    # re-seeks the table and its three indexes for every point.
+    con = cursor.connection
+    per_statement = max(1, min(ROWS_PER_INSERT, (con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 2) // 5))
+    statements: dict[tuple[int, bool, bool], str] = {}
+    before = con.total_changes
+    for batch in points.batches():
+        keys = batch.column("key").to_pylist()
+        nans = batch.column("is_nan")
+        nans = nans.to_pylist() if pc.max(nans).as_py() else None
+        per_row = [batch.column(name).to_pylist() for name in ("value", "timestamp", "step")]
+        for start in range(0, batch.num_rows, per_statement):
+            end = min(batch.num_rows, start + per_statement)
+            chunk_keys = keys[start:end]
+            one_key = chunk_keys.count(chunk_keys[0]) == len(chunk_keys)
+            with_nan = nans is not None and any(nans[start:end])
+            shape = (end - start, one_key, with_nan)
+            sql = statements.get(shape) or statements.setdefault(shape, metric_insert_sql(*shape))
+            columns = [*([] if one_key else [chunk_keys]), *(c[start:end] for c in per_row),
+                       *([nans[start:end]] if with_nan else [])]
+            head = [run_id, chunk_keys[0]] if one_key else [run_id]
+            # Row-major values after the shared ones, interleaved by slice assignment.
+            values: list[Any] = head + [None] * (len(columns) * (end - start))
+            for i, column in enumerate(columns):
+                values[len(head) + i :: len(columns)] = column
+            cursor.execute(sql, values)
+    stored_points = con.total_changes - before
+    cursor.executemany(
+        "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?)",
+        [(k, v, ts, step, nan, run_id) for k, (step, ts, v, nan) in points.latest.items()],
+    )
+    return stored_points
+
+
+def metric_insert_sql(rows: int, one_key: bool, with_nan: bool) -> str:
+    """An INSERT of `rows` metric points with numbered parameters: ?1 the run id, ?2 the
+    key when all rows share it, is_nan the constant 0 when no row is NaN. Binding fewer
+    values per point is most of what a faster insert can save."""
+    number = 3 if one_key else 2
+    rows_sql = []
+    for _ in range(rows):
+        fields = []
+        for column in ("key", "value", "timestamp", "step", "is_nan"):
+            if column == "key" and one_key:
+                fields.append("?2")
+            elif column == "is_nan" and not with_nan:
+                fields.append("0")
+            else:
+                fields.append(f"?{number}")
+                number += 1
+        key, value, timestamp, step, is_nan = fields
+        rows_sql.append(f"({key},{value},{timestamp},?1,{step},{is_nan})")
+    return "INSERT OR IGNORE INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES " + ",".join(rows_sql)
+
+
+def _stored(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A source batch in MLflow's stored form: NaN as 0 with is_nan set; infinities stay
+    real (sqlite REAL holds them)."""
+    columns = {f.name: batch.column(f.name).cast(f.type) for f in METRIC_SCHEMA}
+    is_nan = pc.fill_null(pc.is_nan(columns["value"]), False)
+    return pa.RecordBatch.from_arrays(
+        [columns["key"], pc.if_else(is_nan, pa.scalar(0.0, pa.float64()), columns["value"]),
+         columns["timestamp"], columns["step"], pc.cast(is_nan, pa.int8())],
+        schema=STORED_SCHEMA,
+    )
+
+
+def _update_latest(latest: dict[str, tuple], batch: pa.RecordBatch) -> None:
+    """Fold a stored batch into latest: key -> (step, timestamp, stored value, is_nan), the
+    maximum by that tuple, as MLflow chooses it. Only each key's rows at its highest step
+    in the batch are looked at in Python."""
+    keys, steps = batch.column("key"), batch.column("step")
+    top = pa.table({"key": keys, "step": steps}).group_by("key").aggregate([("step", "max")])
+    at_top = pc.equal(steps, pc.take(top.column("step_max"), pc.index_in(keys, top.column("key"))))
+    for key, step, ts, value, nan in zip(
+        *(pc.filter(batch.column(name), at_top).to_pylist() for name in ("key", "step", "timestamp", "value", "is_nan"))
+    ):
+        point = (step, ts, value, nan)
+        if key not in latest or point > latest[key]:
+            latest[key] = point
