@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--interleaved", action="store_true",
                         help="all runs log at the same milliseconds (worst case for MLflow's metric index)")
     parser.add_argument("--only", default=",".join(PHASES), help=f"comma-separated phases of {', '.join(PHASES)}")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each local phase (the median is kept)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     phases = [p for p in args.only.split(",") if p]
@@ -212,9 +213,9 @@ def main() -> None:
             if phase not in phases:
                 continue
             # Against the servers: once, with the workers given. Local phases take seconds,
-            # and one stray disk flush moves a single figure by a third, so they run three
-            # times (the median is kept), with trackport's default workers.
-            repeats, extra = (1, workers) if phase in REST_PHASES else (3, [])
+            # and one stray disk flush moves a single figure by a third, so they run
+            # --repeat times (the median is kept), with trackport's default workers.
+            repeats, extra = (1, workers) if phase in REST_PHASES else (args.repeat, [])
             for name, command, output in commands[phase]:
                 runs = []
                 for _ in range(repeats):

@@ -387,11 +387,22 @@ def demo_command(workdir, as_json):
         raise VerifyError(f"the demo found {len(report.problems) + len(differences)} problems (listed above)")
 
 
+def _use_system_allocator() -> None:
+    """Arrow's default allocator (mimalloc) keeps a heap per thread: with 8 workers it held
+    about 100 MB more at peak than the C library's allocator, at no measurable speed-up.
+    ARROW_DEFAULT_MEMORY_POOL, when set, still decides."""
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        import pyarrow
+
+        pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+
+
 def main() -> None:
     # MLflow's store layer (local stores) logs schema set-up at INFO; trackport reports itself.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    _use_system_allocator()
     try:
         cli.main(prog_name="trackport")
     except SystemExit:
