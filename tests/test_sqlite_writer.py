@@ -183,3 +183,24 @@ def test_metric_points_arrive_exactly(tmp_path, monkeypatch, in_memory_points):
 def test_metric_insert_sql_numbers_parameters():
     assert _sqlite_metrics.metric_insert_sql(2, True, False).endswith("VALUES (?2,?3,?4,?1,?5,0),(?2,?6,?7,?1,?8,0)")
     assert _sqlite_metrics.metric_insert_sql(1, False, True).endswith("VALUES (?2,?3,?4,?1,?5,?6)")
+
+
+def test_spools_of_killed_transfers_are_removed_on_open(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "db" / "mlflow.db"
+    SqliteStore(f"sqlite:///{db}", create=True).close()
+    state = db.parent / "mlflow.db.trackport"
+    state.mkdir(exist_ok=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = state / f"spool-{gone.stdout.strip()}-abc.arrow"
+    alive = state / f"spool-{__import__('os').getpid()}-def.arrow"
+    old_style = state / "spool-k2j3h4l1"
+    for path in (dead, alive):
+        path.write_bytes(b"x")
+    old_style.mkdir()
+    (old_style / "metrics.arrow").write_bytes(b"x")
+    SqliteStore(f"sqlite:///{db}", create=True).close()
+    assert not dead.exists() and not old_style.exists()
+    assert alive.exists()  # a transfer still running keeps its spool

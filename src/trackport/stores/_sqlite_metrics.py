@@ -8,6 +8,7 @@ computing MLflow's stored form (NaN as 0 with is_nan set) and each key's latest 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import tempfile
 from contextlib import contextmanager
@@ -67,7 +68,7 @@ def prepare_points(batches: Iterator[pa.RecordBatch], spool_dir: Path) -> Iterat
                 points._batches.append(stored)
                 continue
             if writer is None:  # too many for memory: all of it goes to a spool file
-                handle, name = tempfile.mkstemp(dir=spool_dir, prefix="spool-", suffix=".arrow")
+                handle, name = tempfile.mkstemp(dir=spool_dir, prefix=f"spool-{os.getpid()}-", suffix=".arrow")
                 os.close(handle)
                 points._spool = Path(name)
                 spool_file = pa.OSFile(name, "wb")
@@ -87,6 +88,28 @@ def prepare_points(batches: Iterator[pa.RecordBatch], spool_dir: Path) -> Iterat
             spool_file.close()
         if points._spool is not None:
             points._spool.unlink(missing_ok=True)
+
+
+def remove_stale_spools(spool_dir: Path) -> None:
+    """Remove the spool files of transfers that were killed: those whose process is gone."""
+    for path in spool_dir.glob("spool-*") if spool_dir.is_dir() else ():
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        if path.is_dir():  # spools of trackport 0.1 were directories
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def insert_points(cursor: sqlite3.Cursor, run_id: str, points: PreparedPoints) -> int:

@@ -33,7 +33,7 @@ from trackport.domain import (
 from trackport.errors import BadInputError, UnitError
 from trackport.stores._group_commit import CommitError, GroupCommitWriter
 from trackport.stores._localfs import COPY_CHUNK, local_artifact_dir
-from trackport.stores._sqlite_metrics import insert_points, prepare_points
+from trackport.stores._sqlite_metrics import insert_points, prepare_points, remove_stale_spools
 from trackport.stores.base import (
     RunContent,
     RunWriteResult,
@@ -137,6 +137,7 @@ class SqliteStore(SqliteSource, SinkStore):
         self._t_input = models.SqlInput.__table__
         self._t_input_tag = models.SqlInputTag.__table__
         self._writer = GroupCommitWriter(path)
+        remove_stale_spools(sqlite_state_dir(path))
 
     # ---------------------------------------------------------------- common
 
