@@ -134,6 +134,7 @@ class Measure:
     cpu: float
     rss_mb: float
     returncode: int
+    transfer_s: float | None = None
 
 
 def measure(phase: str, command: list[str], env: dict | None = None) -> Measure:
@@ -143,7 +144,16 @@ def measure(phase: str, command: list[str], env: dict | None = None) -> Measure:
     figures = json.loads(answer.stdout)
     if figures["returncode"] != 0:
         print(f"{phase} failed ({figures['returncode']}): {figures['stderr_tail']}", file=sys.stderr)
-    return Measure(phase, figures["wall"], figures["cpu"], figures["rss_mb"], figures["returncode"])
+    return Measure(phase, figures["wall"], figures["cpu"], figures["rss_mb"], figures["returncode"],
+                   _transfer_seconds(figures["stdout_tail"]))
+
+
+def _transfer_seconds(stdout: str) -> float | None:
+    """The transfer's own time from a `--json` summary (stores already open), if printed."""
+    try:
+        return json.loads(stdout)["elapsed_seconds"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 PHASES = ("baseline-read", "baseline-write", "export", "import", "copy", "sqlite-export", "sqlite-import")
@@ -203,7 +213,7 @@ def main() -> None:
             ("import 1 run to sqlite", [*trackport, "import", str(work / "bundle-direct"),
                                         f"sqlite:///{local_1 / 'mlflow.db'}", "--run-id", first_run], local_1),
             ("import to local sqlite", [*trackport, "import", str(work / "bundle-direct"),
-                                        f"sqlite:///{local / 'mlflow.db'}"], local),
+                                        f"sqlite:///{local / 'mlflow.db'}", "--json"], local),
         ],
     }
     env = {"TRACKPORT_HOME": str(work / "trackport-home")}
@@ -253,6 +263,8 @@ def main() -> None:
         rates["local sqlite import points/s, end to end"] = workload.points / whole.wall
         rates["local sqlite import points/s, after start-up"] = (
             (workload.points - workload.metrics * workload.steps) / (whole.wall - one.wall))
+        if whole.transfer_s:
+            rates["local sqlite import points/s, transfer alone"] = workload.points / whole.transfer_s
     for name, value in rates.items():
         print(f"{name:<50}{value:>14,.1f}")
     out = HERE / "out"

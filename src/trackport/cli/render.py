@@ -32,6 +32,7 @@ def summary_table(summary: Summary) -> str:
         lines.append(f"FAILED {failure.kind} {failure.name!r} ({failure.source_id}): {failure.reason}")
     for loss in summary.losses:
         lines.append(f"LOSS {loss}")
+    lines.append(f"in {summary.elapsed_seconds:,.1f} s")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ worker pool → id map persisted at the sink → a ledger line per unit → the 
 from __future__ import annotations
 
 import dataclasses
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ def transfer(
     summary and the ledger, and the rest goes on. Re-running the same transfer skips what
     the sink already holds complete.
     """
+    started = time.monotonic()
     if experiments is None:
         experiments = plan_experiments(source, selection)
     sink.begin(source.describe(), selection)
@@ -109,6 +111,7 @@ def transfer(
         sink.finish(run.summary.counts)
     finally:
         run.close()
+        run.summary.elapsed_seconds = time.monotonic() - started
     return run.summary
 
 

@@ -24,6 +24,7 @@ class Summary:
     failures: list[Failure] = field(default_factory=list)
     losses: list[str] = field(default_factory=list)
     planned_losses: list[str] = field(default_factory=list)  # declared before writing
+    elapsed_seconds: float = 0.0  # the transfer itself, after both stores were opened
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, measure: str, outcome: str, amount: int = 1) -> None:
@@ -49,4 +50,5 @@ class Summary:
             "failures": [vars(f) for f in self.failures],
             "losses": list(self.losses),
             "planned_losses": list(self.planned_losses),
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
         }
