@@ -7,7 +7,7 @@ as Arrow record batches (see METRIC_SCHEMA) because runs can hold millions of po
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NewType
+from typing import Iterable, Iterator, NewType
 
 import pyarrow as pa
 
@@ -36,6 +36,25 @@ METRIC_SCHEMA = pa.schema(
         pa.field("value", pa.float64(), nullable=False),
     ]
 )
+METRIC_BATCH_ROWS = 65_536  # the most rows in a metric batch a source yields
+
+
+def rebatch(parts: Iterable[pa.Table | pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The rows of parts (tables or batches, read in whatever pieces), in order, as batches
+    of up to `rows` rows: sources yield their histories in one shape, so the bundles they
+    write are alike."""
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    for part in parts:
+        if not part.num_rows:
+            continue
+        pending.append(part if isinstance(part, pa.Table) else pa.Table.from_batches([part]))
+        pending_rows += part.num_rows
+        if pending_rows >= rows:
+            yield from pa.concat_tables(pending).combine_chunks().to_batches(max_chunksize=rows)
+            pending, pending_rows = [], 0
+    if pending:
+        yield from pa.concat_tables(pending).combine_chunks().to_batches(max_chunksize=rows)
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,19 @@ import pyarrow as pa
 from trackport.domain import (
     ACTIVE,
     DELETED,
+    METRIC_BATCH_ROWS as BATCH_ROWS,
     METRIC_SCHEMA,
     RUN_NAME_TAG,
     ArtifactFile,
     DatasetInput,
     Experiment,
     Run,
+    rebatch,
 )
 from trackport.errors import BadInputError, UnitError
 from trackport.stores._localfs import local_artifact_dir, open_local_artifact, walk_artifacts
 from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
 
-BATCH_ROWS = 65_536
 _TRASH = ".trash"
 _RUN_STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
 # Folders of an experiment directory that are not runs.
@@ -279,26 +280,20 @@ class MlrunsStore(SourceStore):
         files = {
             f.relative_to(metrics_dir).as_posix(): f for f in metrics_dir.rglob("*") if f.is_file()
         }
-        pending: list[pa.Table] = []
-        pending_rows = 0
-        for key in sorted(files):
-            steps, stamps, values = _parse_metric_file(files[key])
-            table = pa.table(
-                {
-                    "key": pa.array([key] * len(steps), pa.string()),
-                    "step": pa.array(steps, pa.int64()),
-                    "timestamp": pa.array(stamps, pa.int64()),
-                    "value": pa.array(values, pa.float64()),
-                },
-                schema=METRIC_SCHEMA,
-            ).sort_by([("step", "ascending"), ("timestamp", "ascending"), ("value", "ascending")])
-            pending.append(table)
-            pending_rows += table.num_rows
-            if pending_rows >= BATCH_ROWS:
-                yield from pa.concat_tables(pending).to_batches(max_chunksize=BATCH_ROWS)
-                pending, pending_rows = [], 0
-        if pending_rows:
-            yield from pa.concat_tables(pending).to_batches(max_chunksize=BATCH_ROWS)
+        yield from rebatch((self._history_table(key, files[key]) for key in sorted(files)), BATCH_ROWS)
+
+    @staticmethod
+    def _history_table(key: str, path: Path) -> pa.Table:
+        steps, stamps, values = _parse_metric_file(path)
+        return pa.table(
+            {
+                "key": pa.array([key] * len(steps), pa.string()),
+                "step": pa.array(steps, pa.int64()),
+                "timestamp": pa.array(stamps, pa.int64()),
+                "value": pa.array(values, pa.float64()),
+            },
+            schema=METRIC_SCHEMA,
+        ).sort_by([("step", "ascending"), ("timestamp", "ascending"), ("value", "ascending")])
 
     def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
         return walk_artifacts(self._artifact_dir(run))

@@ -31,18 +31,19 @@ import pyarrow.compute as pc
 from trackport.domain import (
     ACTIVE,
     DELETED,
+    METRIC_BATCH_ROWS as BATCH_ROWS,
     METRIC_SCHEMA,
     RUN_NAME_TAG,
     ArtifactFile,
     DatasetInput,
     Experiment,
     Run,
+    rebatch,
 )
 from trackport.errors import BadInputError, UnitError
 from trackport.stores._localfs import local_artifact_dir, open_local_artifact, walk_artifacts
 from trackport.stores.base import Selection, SourceStore, StoreDescription
 
-BATCH_ROWS = 65_536
 _IN_CHUNK = 500  # ids per IN (...) clause, well under every dialect's bound-parameter limit
 ARTIFACTS_PARAM = "artifacts_destination"
 SERVER_SCHEMES = ("postgresql", "postgres", "mysql", "mariadb", "mssql")
@@ -178,12 +179,15 @@ def _ordered(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     Ordering by (key, step) is what MLflow's index on (run_uuid, key, step) gives for free;
     the rare points that share a step are put in order here, by the stored value (a NaN
     is stored as 0) as MLflow's ORDER BY would. The last (key, step) group of each batch
-    is held back until the next batch, which may continue it. Output is coalesced into
-    batches of BATCH_ROWS (the last one shorter), as the REST source yields them, so both
-    give byte-identical bundles for runs of up to BATCH_ROWS points."""
+    is held back until the next batch, which may continue it. Output comes in batches of
+    BATCH_ROWS (rebatch), as the REST source yields them, so both give byte-identical
+    bundles for runs of up to BATCH_ROWS points."""
+    for batch in rebatch(_in_order(batches), BATCH_ROWS):
+        yield _to_batch(*(batch.column(i) for i in range(5)))
+
+
+def _in_order(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
     pending: pa.Table | None = None
-    out: list[pa.Table] = []
-    out_rows = 0
     for batch in batches:
         if not batch.num_rows:
             continue
@@ -196,21 +200,9 @@ def _ordered(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         cut = pc.index(tail, True).as_py()
         pending = table.slice(cut)
         if cut:
-            out.append(_sorted(table.slice(0, cut)))
-            out_rows += cut
-            if out_rows >= BATCH_ROWS:
-                yield from _metric_batches(out)
-                out, out_rows = [], 0
+            yield _sorted(table.slice(0, cut))
     if pending is not None and pending.num_rows:
-        out.append(_sorted(pending))
-    if out:
-        yield from _metric_batches(out)
-
-
-def _metric_batches(tables: list[pa.Table]) -> Iterator[pa.RecordBatch]:
-    table = pa.concat_tables(tables).combine_chunks()
-    for batch in table.to_batches(max_chunksize=BATCH_ROWS):
-        yield _to_batch(*(batch.column(i) for i in range(5)))
+        yield _sorted(pending)
 
 
 def _sorted(table: pa.Table) -> pa.Table:
@@ -464,25 +456,21 @@ class MlflowDatabaseSource(SourceStore):
             keys = sorted(
                 row[0] for row in conn.execute(sa.select(m.c.key).where(m.c.run_uuid == run.run_id).distinct())
             )
-        pending: list[pa.RecordBatch] = []
-        pending_rows = 0
+        yield from rebatch(self._key_batches(run.run_id, keys), BATCH_ROWS)
+
+    def _key_batches(self, run_id: str, keys: list[str]) -> Iterator[pa.RecordBatch]:
+        sa = self._sa
+        m = self._t["metrics"]
         for key in keys:
             q = (
                 sa.select(m.c.step, m.c.timestamp, m.c.value, m.c.is_nan)
-                .where(m.c.run_uuid == run.run_id, m.c.key == key)
+                .where(m.c.run_uuid == run_id, m.c.key == key)
                 .order_by(m.c.step, m.c.timestamp, m.c.value)
             )
             with self._connect() as conn:
                 result = conn.execution_options(stream_results=True, max_row_buffer=BATCH_ROWS).execute(q)
                 while rows := result.fetchmany(BATCH_ROWS):
-                    batch = _rows_to_batch(rows, key)
-                    pending.append(batch)
-                    pending_rows += batch.num_rows
-                    if pending_rows >= BATCH_ROWS:
-                        yield from pa.Table.from_batches(pending).combine_chunks().to_batches(BATCH_ROWS)
-                        pending, pending_rows = [], 0
-        if pending:
-            yield from pa.Table.from_batches(pending).combine_chunks().to_batches(BATCH_ROWS)
+                    yield _rows_to_batch(rows, key)
 
     # ---------------------------------------------------------------- artifacts
 
@@ -574,9 +562,7 @@ class SqliteSource(MlflowDatabaseSource):
             try:
                 cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(BATCH_ROWS)})
                 cur.execute(sql, (run_id,))
-                reader = cur.fetch_record_batch()
-                for batch in reader:
-                    yield batch
+                yield from cur.fetch_record_batch()
             finally:
                 cur.close()
         finally:

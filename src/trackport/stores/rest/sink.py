@@ -138,7 +138,7 @@ class RestSink(SinkStore):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _post(self, endpoint: str, body: dict, *, idempotent: bool = True) -> dict[str, Any]:
+    def _post(self, endpoint: str, body: dict | bytes, *, idempotent: bool = True) -> dict[str, Any]:
         return self.client.call("POST", f"{API}/{endpoint}", body=body, idempotent=idempotent)
 
     # ------------------------------------------------------------------ experiments
@@ -425,7 +425,7 @@ class RestSink(SinkStore):
                 f'{{"run_id":{json.dumps(run_id)},"metrics":[{metrics}],'
                 f'"params":{json.dumps(batch_params)},"tags":{json.dumps(batch_tags)}}}'
             )
-            self.client.call("POST", f"{API}/runs/log-batch", body=body.encode())
+            self._post("runs/log-batch", body.encode())
             result.metric_points += count
         return points.infinities
 

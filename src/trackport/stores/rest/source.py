@@ -21,12 +21,14 @@ import pyarrow.compute as pc
 from trackport.domain import (
     ACTIVE,
     DELETED,
+    METRIC_BATCH_ROWS as BATCH_ROWS,
     METRIC_SCHEMA,
     RUN_NAME_TAG,
     ArtifactFile,
     DatasetInput,
     Experiment,
     Run,
+    rebatch,
 )
 from trackport.errors import BadInputError, TransientError, UnitError
 from trackport.stores._localfs import local_artifact_dir, open_local_artifact
@@ -42,7 +44,6 @@ EXPERIMENTS_PAGE = 1000
 RUNS_PAGE = 1000
 HISTORY_PAGE = 25_000  # what MLflow's own client asks for
 RUN_IDS_PER_FILTER = 100
-BATCH_ROWS = 65_536  # rows per yielded metric batch (at most)
 # Metric keys remembered from runs/search for runs whose history was not read yet (a run
 # the engine skips is never read); beyond this the oldest are forgotten (runs/get then).
 REMEMBERED_RUNS = 10_000
@@ -336,19 +337,7 @@ class RestSource(SourceStore):
             keys = self._metric_keys.pop(run.run_id, None)
         if keys is None:
             keys = _metric_keys(self._get_run(run.run_id))
-        pending: list[pa.Table] = []
-        pending_rows = 0
-        for key in keys:  # already sorted
-            table = self._history(run.run_id, key)
-            if not table.num_rows:
-                continue
-            pending.append(table)
-            pending_rows += table.num_rows
-            if pending_rows >= BATCH_ROWS:
-                yield from pa.concat_tables(pending).combine_chunks().to_batches(max_chunksize=BATCH_ROWS)
-                pending, pending_rows = [], 0
-        if pending:
-            yield from pa.concat_tables(pending).combine_chunks().to_batches(max_chunksize=BATCH_ROWS)
+        yield from rebatch((self._history(run.run_id, key) for key in keys), BATCH_ROWS)  # keys already sorted
 
     # ---------------------------------------------------------------- artifacts
 
