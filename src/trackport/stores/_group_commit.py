@@ -14,9 +14,10 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 BUSY_TIMEOUT_S = 120.0
+T = TypeVar("T")
 
 
 class CommitError(Exception):
@@ -41,9 +42,9 @@ class GroupCommitWriter:
         self._ended = 0  # transactions 0 .. _ended - 1 are over
         self._failed: dict[int, str] = {}  # generation -> why its commit failed
 
-    def write(self, unit: Callable[[sqlite3.Cursor], int]) -> int:
-        """Run unit(cursor) in its own savepoint; return what it returns (its row count)
-        once the transaction holding it is committed."""
+    def write(self, unit: Callable[[sqlite3.Cursor], T]) -> T:
+        """Run unit(cursor) in its own savepoint; return what it returns once the
+        transaction holding it is committed."""
         with self._state:
             self._waiting += 1
         with self._lock:
@@ -55,11 +56,12 @@ class GroupCommitWriter:
             generation = self._generation
             cursor = self._con.cursor()
             cursor.execute("SAVEPOINT unit")
+            changes_before = self._con.total_changes
             try:
-                rows = unit(cursor)
+                result = unit(cursor)
                 cursor.execute("RELEASE unit")
                 self._units += 1
-                self._rows += rows
+                self._rows += self._con.total_changes - changes_before
                 failure: BaseException | None = None
             except BaseException as exc:
                 cursor.execute("ROLLBACK TO unit")
@@ -79,7 +81,7 @@ class GroupCommitWriter:
             why = self._failed.get(generation)
         if why is not None:
             raise CommitError(why)
-        return rows
+        return result
 
     @contextmanager
     def idle(self) -> Iterator[None]:

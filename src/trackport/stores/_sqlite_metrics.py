@@ -7,6 +7,7 @@ computing MLflow's stored form (NaN as 0 with is_nan set) and each key's latest 
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sqlite3
@@ -119,7 +120,6 @@ def insert_points(cursor: sqlite3.Cursor, run_id: str, points: PreparedPoints) -
     # re-seeks the table and its three indexes for every point.
     con = cursor.connection
     per_statement = max(1, min(ROWS_PER_INSERT, (con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 2) // 5))
-    statements: dict[tuple[int, bool, bool], str] = {}
     before = con.total_changes
     for batch in points.batches():
         keys = batch.column("key").to_pylist()
@@ -131,8 +131,7 @@ def insert_points(cursor: sqlite3.Cursor, run_id: str, points: PreparedPoints) -
             chunk_keys = keys[start:end]
             one_key = chunk_keys.count(chunk_keys[0]) == len(chunk_keys)
             with_nan = nans is not None and any(nans[start:end])
-            shape = (end - start, one_key, with_nan)
-            sql = statements.get(shape) or statements.setdefault(shape, metric_insert_sql(*shape))
+            sql = metric_insert_sql(end - start, one_key, with_nan)
             columns = [*([] if one_key else [chunk_keys]), *(c[start:end] for c in per_row),
                        *([nans[start:end]] if with_nan else [])]
             head = [run_id, chunk_keys[0]] if one_key else [run_id]
@@ -149,6 +148,7 @@ def insert_points(cursor: sqlite3.Cursor, run_id: str, points: PreparedPoints) -
     return stored_points
 
 
+@functools.lru_cache(maxsize=64)  # a few shapes recur in every run; making one takes ms
 def metric_insert_sql(rows: int, one_key: bool, with_nan: bool) -> str:
     """An INSERT of `rows` metric points with numbered parameters: ?1 the run id, ?2 the
     key when all rows share it, is_nan the constant 0 when no row is NaN. Binding fewer

@@ -1,12 +1,13 @@
 """A local MLflow sqlite tracking store, as a source and as a sink.
 
 As a source it is sql_reader.SqliteSource: read-only (sqlite mode=ro), never MLflow's
-store layer. As a sink, MLflow's own store layer opens, creates and checks the database
-once (so the schema is always one MLflow knows); runs then go into its tables over one
-raw sqlite3 connection, each run in a savepoint of a transaction shared with the runs
-written at the same time (_group_commit), metric points in bulk (_sqlite_metrics). That is
-the only way to keep run ids, experiment ids, times and deleted state, and is far faster
-than the store's per-entity API for large metric histories.
+store layer. As a sink, MLflow is not imported either: a new database is a copy of a
+schema MLflow built once for the installed version (_sqlite_schema), an existing one is
+written only when its schema revision is that version's, and runs go into MLflow's tables
+over one raw sqlite3 connection, each run in a savepoint of a transaction shared with the
+runs written at the same time (_group_commit), metric points in bulk (_sqlite_metrics).
+That is the only way to keep run ids, experiment ids, times and deleted state, and is far
+faster than the store's per-entity API for large metric histories.
 
 The journal mode and synchronous setting stay what the database's owner chose (WAL is
 persistent, synchronous=OFF risks the owner's data); only a database made here gets a
@@ -14,9 +15,9 @@ page size of our choosing.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
+import threading
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -31,9 +32,18 @@ from trackport.domain import (
     TargetRunId,
 )
 from trackport.errors import BadInputError, UnitError
-from trackport.stores._group_commit import CommitError, GroupCommitWriter
+from trackport.stores._group_commit import BUSY_TIMEOUT_S, CommitError, GroupCommitWriter
 from trackport.stores._localfs import COPY_CHUNK, local_artifact_dir
 from trackport.stores._sqlite_metrics import insert_points, prepare_points, remove_stale_spools
+from trackport.stores._sqlite_schema import (
+    append_to_uri_path,
+    artifact_root_uri,
+    check_revision,
+    create_database,
+    experiment_artifact_location,
+    installed_mlflow_version,
+    schema_template,
+)
 from trackport.stores.base import (
     RunContent,
     RunWriteResult,
@@ -47,18 +57,7 @@ from trackport.stores.sql_reader import (
 )
 
 _DEFAULT_WORKSPACE = "default"
-_NEW_DATABASE_PAGE_SIZE = 16384
-_MISSING_MLFLOW = "reading or writing a local MLflow store needs MLflow: pip install 'trackport[local]'"
-
-
-def _mlflow() -> Any:
-    try:
-        import mlflow
-        import mlflow.store.tracking.dbmodels.models  # noqa: F401
-        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-    except ImportError as exc:
-        raise BadInputError(_MISSING_MLFLOW) from exc
-    return mlflow
+_WRITTEN_TABLES = ("experiments", "experiment_tags", "runs", "tags", "params", "datasets", "inputs", "input_tags")
 
 
 def sqlite_path_from_uri(uri: str) -> Path:
@@ -78,14 +77,10 @@ def sqlite_path_from_uri(uri: str) -> Path:
     return Path(raw).expanduser().absolute()
 
 
-def _looks_like_mlflow_db(path: Path) -> bool:  # kept for callers of the old name
-    return looks_like_mlflow_db(path)
-
-
 class SqliteStore(SqliteSource, SinkStore):
     """Read through SqliteSource (read-only, never MLflow's store layer); as a sink
-    (create=True), MLflow's SqlAlchemyStore opens or creates the database once, so its
-    schema is always one MLflow knows, and rows are then written in bulk."""
+    (create=True), a database of the installed MLflow's schema, made from its template if
+    missing, written in bulk."""
 
     capabilities = Capabilities(
         keeps_run_ids=True,
@@ -99,43 +94,32 @@ class SqliteStore(SqliteSource, SinkStore):
     def __init__(self, uri: str, *, create: bool, artifact_root: str | None = None) -> None:
         bare, artifacts_destination = split_uri_options(uri)
         path = sqlite_path_from_uri(bare)
-        self._store: Any = None
+        self._writer: GroupCommitWriter | None = None
         self._mlflow_version: str | None = None
-        self._created_here = False
         if create:
             self._open_for_writing(path, artifact_root)
         SqliteSource.__init__(self, uri, path, artifacts_destination=artifacts_destination)
 
     def _open_for_writing(self, path: Path, artifact_root: str | None) -> None:
-        mlflow = _mlflow()
-        from mlflow.exceptions import MlflowException
-        from mlflow.store.tracking.dbmodels import models
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from trackport.stores import state_home
 
-        self._mlflow_version = mlflow.__version__
+        self._mlflow_version = installed_mlflow_version()
+        template = schema_template(state_home(), self._mlflow_version)
+        self._artifact_root = artifact_root_uri(artifact_root or str(path.parent / "mlartifacts"))
         # MLflow puts a `Default` experiment into every database it creates; in a database
         # we create, that experiment is ours to make equal to the source's.
         self._created_here = not path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        root = artifact_root or str(path.parent / "mlartifacts")
-        try:
-            if self._created_here:
-                _create_database(path, root)
-            self._store = SqlAlchemyStore(f"sqlite:///{path}", root)
-        except MlflowException as exc:
-            raise BadInputError(
-                f"cannot open {path} with MLflow {mlflow.__version__} ({exc.message.splitlines()[0]}); "
-                f"if its schema is older, back it up and run: mlflow db upgrade sqlite:///{path}"
-            ) from exc
-        self._wengine = self._store.engine
-        self._t_exp = models.SqlExperiment.__table__
-        self._t_exp_tag = models.SqlExperimentTag.__table__
-        self._t_run = models.SqlRun.__table__
-        self._t_tag = models.SqlTag.__table__
-        self._t_param = models.SqlParam.__table__
-        self._t_dataset = models.SqlDataset.__table__
-        self._t_input = models.SqlInput.__table__
-        self._t_input_tag = models.SqlInputTag.__table__
+        if self._created_here:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            create_database(path, template, self._artifact_root)
+        elif not looks_like_mlflow_db(path):
+            raise BadInputError(f"{path} is not an MLflow tracking database")
+        else:
+            check_revision(path, template)
+        self._columns = _table_columns(path, _WRITTEN_TABLES)
+        self._readers = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._artifact_locations: dict[int, str] = {}
         self._writer = GroupCommitWriter(path)
         remove_stale_spools(sqlite_state_dir(path))
 
@@ -146,15 +130,24 @@ class SqliteStore(SqliteSource, SinkStore):
 
     def close(self) -> None:
         super().close()
-        if self._store is not None:
+        if self._writer is not None:
             self._writer.close()
-            # The engine is cached by MLflow per URI and shared; disposing only drops
-            # pooled connections, which is what we want at the end of a transfer.
-            self._wengine.dispose()
+            for con in self._reader_connections:
+                con.close()
 
     def _check_writable(self) -> None:
-        if self._store is None:
+        if self._writer is None:
             raise BadInputError(f"{self.uri} was opened read-only")
+
+    def _read(self, sql: str, params: tuple) -> list[tuple]:
+        """A query on this thread's read connection: it sees committed rows only, and never
+        waits for the writer's transaction."""
+        con = getattr(self._readers, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+            self._readers.con = con
+            self._reader_connections.append(con)
+        return con.execute(sql, params).fetchall()
 
     # ---------------------------------------------------------------- sink
 
@@ -164,97 +157,74 @@ class SqliteStore(SqliteSource, SinkStore):
         return path
 
     def put_experiment(self, experiment: Experiment) -> TargetExperimentId:
-        import sqlalchemy as sa
-
         self._check_writable()
-        e, et = self._t_exp, self._t_exp_tag
-        with self._writer.idle(), self._wengine.begin() as conn:
-            existing = conn.execute(
-                sa.select(e.c.experiment_id).where(
-                    e.c.name == experiment.name, e.c.workspace == _DEFAULT_WORKSPACE
-                )
-            ).first()
-            if existing is not None:
-                exp_id = existing.experiment_id
-                if self._created_here and not self._has_runs(conn, exp_id):
-                    conn.execute(
-                        sa.update(e)
-                        .where(e.c.experiment_id == exp_id)
-                        .values(
-                            lifecycle_stage=experiment.lifecycle_stage,
-                            creation_time=experiment.creation_time,
-                            last_update_time=experiment.last_update_time,
-                        )
-                    )
-            else:
-                values: dict[str, Any] = {
-                    "name": experiment.name,
-                    "lifecycle_stage": experiment.lifecycle_stage,
-                    "workspace": _DEFAULT_WORKSPACE,
-                }
-                # Omitted times take MLflow's column default (now) rather than NULL.
-                if experiment.creation_time is not None:
-                    values["creation_time"] = experiment.creation_time
-                if experiment.last_update_time is not None:
-                    values["last_update_time"] = experiment.last_update_time
-                wanted = _int_or_none(experiment.experiment_id)
-                if wanted is not None:
-                    taken = conn.execute(
-                        sa.select(e.c.experiment_id).where(e.c.experiment_id == wanted)
-                    ).first()
-                    if taken is None:
-                        values["experiment_id"] = wanted
-                exp_id = conn.execute(sa.insert(e).values(**values)).inserted_primary_key[0]
-                conn.execute(
-                    sa.update(e)
-                    .where(e.c.experiment_id == exp_id)
-                    .values(artifact_location=self._store._get_artifact_location(exp_id))
-                )
-            have = {
-                row.key
-                for row in conn.execute(sa.select(et.c.key).where(et.c.experiment_id == exp_id))
-            }
-            new_tags = [
-                {"key": k, "value": v, "experiment_id": exp_id}
-                for k, v in experiment.tags.items()
-                if k not in have
-            ]
-            if new_tags:
-                conn.execute(sa.insert(et), new_tags)
+        exp_id = self._writer.write(lambda cursor: self._put_experiment(cursor, experiment))
         return TargetExperimentId(str(exp_id))
 
-    def _has_runs(self, conn: Any, experiment_id: int) -> bool:
-        import sqlalchemy as sa
-
-        r = self._t_run
-        return conn.execute(sa.select(r.c.run_uuid).where(r.c.experiment_id == experiment_id).limit(1)).first() is not None
+    def _put_experiment(self, cursor: sqlite3.Cursor, experiment: Experiment) -> int:
+        in_workspace = "workspace" in self._columns["experiments"]
+        where, args = ("name = ? AND workspace = ?", (experiment.name, _DEFAULT_WORKSPACE)) if in_workspace else (
+            "name = ?", (experiment.name,))
+        existing = cursor.execute(f"SELECT experiment_id FROM experiments WHERE {where}", args).fetchone()
+        if existing is not None:
+            exp_id = existing[0]
+            has_runs = cursor.execute("SELECT 1 FROM runs WHERE experiment_id = ? LIMIT 1", (exp_id,)).fetchone()
+            if self._created_here and has_runs is None:
+                cursor.execute(
+                    "UPDATE experiments SET lifecycle_stage = ?, creation_time = ?, last_update_time = ? "
+                    "WHERE experiment_id = ?",
+                    (experiment.lifecycle_stage, experiment.creation_time, experiment.last_update_time, exp_id),
+                )
+        else:
+            values: dict[str, Any] = {"name": experiment.name, "lifecycle_stage": experiment.lifecycle_stage}
+            if in_workspace:
+                values["workspace"] = _DEFAULT_WORKSPACE
+            # Omitted times take MLflow's column default (now) rather than NULL.
+            if experiment.creation_time is not None:
+                values["creation_time"] = experiment.creation_time
+            if experiment.last_update_time is not None:
+                values["last_update_time"] = experiment.last_update_time
+            wanted = _int_or_none(experiment.experiment_id)
+            if wanted is not None:
+                taken = cursor.execute("SELECT 1 FROM experiments WHERE experiment_id = ?", (wanted,)).fetchone()
+                if taken is None:
+                    values["experiment_id"] = wanted
+            self._insert(cursor, "experiments", [values])
+            exp_id = cursor.execute(f"SELECT experiment_id FROM experiments WHERE {where}", args).fetchone()[0]
+            cursor.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                (experiment_artifact_location(self._artifact_root, exp_id), exp_id),
+            )
+        have = {key for (key,) in cursor.execute("SELECT key FROM experiment_tags WHERE experiment_id = ?", (exp_id,))}
+        self._insert(cursor, "experiment_tags", [
+            {"key": k, "value": v, "experiment_id": exp_id} for k, v in experiment.tags.items() if k not in have
+        ])
+        return exp_id
 
     def find_run(self, run: Run, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
-        import sqlalchemy as sa
+        rows = self._read("SELECT run_uuid FROM runs WHERE run_uuid = ?", (run.run_id,))
+        return TargetRunId(rows[0][0]) if rows else None
 
-        r = self._t_run
-        with self._wengine.connect() as conn:
-            row = conn.execute(sa.select(r.c.run_uuid).where(r.c.run_uuid == run.run_id)).first()
-        return TargetRunId(row.run_uuid) if row is not None else None
+    def _experiment_artifact_location(self, exp_id: int) -> str | None:
+        location = self._artifact_locations.get(exp_id)
+        if location is None:
+            rows = self._read("SELECT artifact_location FROM experiments WHERE experiment_id = ?", (exp_id,))
+            if not rows:
+                return None
+            location = self._artifact_locations[exp_id] = rows[0][0]
+        return location
 
     def put_run(
         self, run: Run, target_experiment_id: TargetExperimentId, content: RunContent
     ) -> RunWriteResult:
-        import sqlalchemy as sa
-        from mlflow.utils.uri import append_to_uri_path
-
         self._check_writable()
-        e = self._t_exp
         exp_id = int(target_experiment_id)
-        with self._wengine.connect() as conn:
-            exp_row = conn.execute(
-                sa.select(e.c.artifact_location).where(e.c.experiment_id == exp_id)
-            ).first()
-        if exp_row is None:
+        location = self._experiment_artifact_location(exp_id)
+        if location is None:
             raise UnitError(f"run {run.run_id}: target experiment {exp_id} does not exist")
         if self.find_run(run, target_experiment_id) is not None:
             raise UnitError(f"run {run.run_id} already exists in {self.uri}")
-        artifact_uri = append_to_uri_path(exp_row.artifact_location, run.run_id, "artifacts")
+        artifact_uri = append_to_uri_path(location, run.run_id, "artifacts")
         artifact_dir = local_artifact_dir(artifact_uri, run.run_id)
         result = RunWriteResult(target_run_id=TargetRunId(run.run_id))
 
@@ -284,6 +254,19 @@ class SqliteStore(SqliteSource, SinkStore):
             )
         return result
 
+    def _insert(self, cursor: sqlite3.Cursor, table: str, rows: list[dict[str, Any]]) -> None:
+        """INSERT rows (dicts with the same keys) into one of MLflow's tables."""
+        if not rows:
+            return
+        columns = list(rows[0])
+        unknown = [c for c in columns if c not in self._columns[table]]
+        if unknown:  # a column this schema does not have: a bug here, not bad input
+            raise RuntimeError(f"{table} has no column {unknown[0]!r}")
+        cursor.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [tuple(row[c] for c in columns) for row in rows],
+        )
+
     def _copy_artifacts(
         self, content: RunContent, artifact_dir: Path | None, result: RunWriteResult
     ) -> None:
@@ -311,7 +294,7 @@ class SqliteStore(SqliteSource, SinkStore):
         name = run.run_name or tags.get(RUN_NAME_TAG, "")
         if name:
             tags[RUN_NAME_TAG] = name  # MLflow keeps runs.name and this tag equal
-        _insert(cursor, self._t_run, [{
+        self._insert(cursor, "runs", [{
             "run_uuid": run.run_id,
             "name": name,
             "source_type": "UNKNOWN",
@@ -327,20 +310,20 @@ class SqliteStore(SqliteSource, SinkStore):
             "artifact_uri": artifact_uri,
             "experiment_id": exp_id,
         }])
-        _insert(cursor, self._t_param, [{"key": k, "value": v, "run_uuid": run.run_id} for k, v in run.params.items()])
-        _insert(cursor, self._t_tag, [{"key": k, "value": v, "run_uuid": run.run_id} for k, v in tags.items()])
+        self._insert(cursor, "params", [{"key": k, "value": v, "run_uuid": run.run_id} for k, v in run.params.items()])
+        self._insert(cursor, "tags", [{"key": k, "value": v, "run_uuid": run.run_id} for k, v in tags.items()])
 
     def _insert_inputs(self, cursor: sqlite3.Cursor, run: Run, exp_id: int) -> None:
         for ds in run.inputs:
             row = cursor.execute(
-                f"SELECT dataset_uuid FROM {self._t_dataset.name} WHERE experiment_id = ? AND name = ? AND digest = ?",
+                f"SELECT dataset_uuid FROM datasets WHERE experiment_id = ? AND name = ? AND digest = ?",
                 (exp_id, ds.name, ds.digest),
             ).fetchone()
             if row is not None:
                 dataset_uuid = row[0]
             else:
                 dataset_uuid = uuid.uuid4().hex
-                _insert(cursor, self._t_dataset, [{
+                self._insert(cursor, "datasets", [{
                     "dataset_uuid": dataset_uuid,
                     "experiment_id": exp_id,
                     "name": ds.name,
@@ -351,7 +334,7 @@ class SqliteStore(SqliteSource, SinkStore):
                     "dataset_profile": ds.profile,
                 }])
             input_uuid = uuid.uuid4().hex
-            _insert(cursor, self._t_input, [{
+            self._insert(cursor, "inputs", [{
                 "input_uuid": input_uuid,
                 "source_type": "DATASET",
                 "source_id": dataset_uuid,
@@ -359,46 +342,18 @@ class SqliteStore(SqliteSource, SinkStore):
                 "destination_id": run.run_id,
                 "step": 0,
             }])
-            _insert(cursor, self._t_input_tag,
-                    [{"input_uuid": input_uuid, "name": k, "value": v} for k, v in ds.tags.items()])
+            self._insert(cursor, "input_tags",
+                         [{"input_uuid": input_uuid, "name": k, "value": v} for k, v in ds.tags.items()])
 
 
-def _insert(cursor: sqlite3.Cursor, table: Any, rows: list[dict[str, Any]]) -> None:
-    """INSERT rows (dicts with the same keys) into one of MLflow's tables."""
-    if not rows:
-        return
-    columns = list(rows[0])
-    unknown = [c for c in columns if c not in table.c]
-    if unknown:  # a column MLflow's table does not have: a bug here, not bad input
-        raise RuntimeError(f"{table.name} has no column {unknown[0]!r}")
-    cursor.executemany(
-        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-        [tuple(row[c] for c in columns) for row in rows],
-    )
+def _table_columns(path: Path, tables: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as con:
+        return {t: frozenset(row[1] for row in con.execute(f"PRAGMA table_info({t})")) for t in tables}
 
 
 def sqlite_state_dir(db_path: Path) -> Path:
     """Where transfers into the database at db_path keep their id map and ledger."""
     return Path(str(db_path) + ".trackport")
-
-
-def _create_database(path: Path, artifact_root: str) -> None:
-    """A new MLflow database, made under a temporary name and renamed into place once
-    MLflow has built its whole schema: a transfer killed meanwhile leaves no half-made
-    database for the next run to choke on."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    for stale in path.parent.glob(f".{path.name}.creating-*"):
-        stale.unlink(missing_ok=True)
-    temp = path.with_name(f".{path.name}.creating-{os.getpid()}")
-    # A page size is fixed when a database is made. sqlite's default (4 KiB) splits pages
-    # four times as often while the metrics table and its three indexes grow; 16 KiB
-    # pages write metric points about a third faster, and MLflow reads them the same.
-    with closing(sqlite3.connect(temp)) as con:
-        con.execute(f"PRAGMA page_size = {_NEW_DATABASE_PAGE_SIZE}")
-        con.execute("VACUUM")
-    SqlAlchemyStore(f"sqlite:///{temp}", artifact_root).engine.dispose()
-    os.replace(temp, path)
 
 
 def _int_or_none(value: str) -> int | None:

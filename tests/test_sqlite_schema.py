@@ -1,0 +1,128 @@
+"""New local sqlite stores are copies of a schema template MLflow built once; the sink
+never imports MLflow once the template exists."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mlflow")
+
+from trackport.errors import BadInputError  # noqa: E402
+from trackport.stores import _sqlite_schema  # noqa: E402
+from trackport.stores.local_sqlite import SqliteStore  # noqa: E402
+
+
+def _clauses(sql: str | None) -> list[str]:
+    # MLflow's own migrations write a table's constraints in no fixed order (two databases
+    # it makes can differ in that alone), so a statement is compared as its set of lines.
+    return sorted(line.strip().rstrip(",").strip() for line in (sql or "").splitlines())
+
+
+def _dump(path: Path) -> dict:
+    """Schema SQL and every row of every table."""
+    with sqlite3.connect(path) as con:
+        schema = sorted(((kind, name, table, _clauses(sql)) for kind, name, table, sql in
+                         con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")), key=str)
+        rows = {
+            name: sorted(con.execute(f'SELECT * FROM "{name}"').fetchall(), key=str)
+            for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    return {"schema": schema, "rows": rows, "page_size": page_size}
+
+
+def test_a_new_store_is_what_mlflow_itself_creates(tmp_path):
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    root = tmp_path / "artifacts"
+    theirs = tmp_path / "mlflow-made.db"
+    store = SqlAlchemyStore(f"sqlite:///{theirs}", str(root))
+    expected_default_location = store._get_artifact_location(0)
+    store.engine.dispose()
+    ours = tmp_path / "ours" / "mlflow.db"
+    SqliteStore(f"sqlite:///{ours}", create=True, artifact_root=str(root)).close()
+
+    mine, reference = _dump(ours), _dump(theirs)
+    assert mine["schema"] == reference["schema"]
+    assert mine["page_size"] == _sqlite_schema.PAGE_SIZE
+    for table, rows in reference["rows"].items():
+        if table != "experiments":
+            assert mine["rows"][table] == rows, table
+    (default,) = mine["rows"]["experiments"]
+    (their_default,) = reference["rows"]["experiments"]
+    with sqlite3.connect(ours) as con:
+        columns = [row[1] for row in con.execute("PRAGMA table_info(experiments)")]
+    got, want = dict(zip(columns, default)), dict(zip(columns, their_default))
+    assert got["artifact_location"] == expected_default_location
+    for column in ("creation_time", "last_update_time"):
+        assert abs(got.pop(column) - want.pop(column)) < 600_000  # made "now", not the template's time
+    got.pop("artifact_location"), want.pop("artifact_location")
+    assert got == want
+
+
+@pytest.mark.parametrize("root", ["relative/artifacts", "/abs/artifacts", "file:///abs/artifacts",
+                                  "s3://bucket/prefix", "file:relative/artifacts"])
+def test_artifact_locations_are_mlflows(root, tmp_path, monkeypatch):
+    from mlflow.utils.uri import append_to_uri_path, resolve_uri_if_local
+
+    monkeypatch.chdir(tmp_path)
+    theirs = resolve_uri_if_local(root)
+    ours = _sqlite_schema.artifact_root_uri(root)
+    assert ours == theirs
+    experiment = _sqlite_schema.experiment_artifact_location(ours, 7)
+    assert experiment == append_to_uri_path(theirs, "7")
+    assert _sqlite_schema.append_to_uri_path(experiment, "ab" * 16, "artifacts") == append_to_uri_path(
+        experiment, "ab" * 16, "artifacts")
+
+
+def test_a_store_of_another_schema_revision_is_refused_untouched(tmp_path):
+    db = tmp_path / "mlflow.db"
+    SqliteStore(f"sqlite:///{db}", create=True).close()
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    with pytest.raises(BadInputError, match=r"revision f00dfeedbeef.*mlflow db upgrade"):
+        SqliteStore(f"sqlite:///{db}", create=True)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert not (tmp_path / "mlflow.db.trackport").exists()
+
+
+def test_a_damaged_template_is_built_again(tmp_path):
+    home = tmp_path / "home"
+    version = _sqlite_schema.installed_mlflow_version()
+    first = _sqlite_schema.schema_template(home, version)
+    first.path.write_bytes(b"not a database")
+    again = _sqlite_schema.schema_template(home, version)
+    assert again.path == first.path
+    assert again.revision == first.revision
+    assert _sqlite_schema.schema_revision(again.path) == first.revision
+    assert [p.name for p in again.path.parent.iterdir()] == [again.path.name]  # no leftovers
+
+
+def test_importing_into_sqlite_does_not_import_mlflow(tmp_path, sample_bundle):
+    """Once the template exists (the session's home has it), the whole import runs
+    without MLflow: its import alone costs seconds and ~200 MB."""
+    SqliteStore(f"sqlite:///{tmp_path / 'warm.db'}", create=True).close()  # the template exists
+    code = (
+        "import json, sys\n"
+        "from trackport.stores import open_bundle_source, open_sink\n"
+        "from trackport.stores.base import Selection\n"
+        "from trackport.transfer import transfer\n"
+        f"summary = transfer(open_bundle_source({str(sample_bundle)!r}), open_sink(sys.argv[1]), "
+        "Selection(include_deleted=True))\n"
+        "print(json.dumps({'failed': summary.failed, 'runs': summary.counts['runs']['done'],"
+        " 'mlflow': sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.'))}))\n"
+    )
+    target = tmp_path / "imported" / "mlflow.db"
+    answer = subprocess.run([sys.executable, "-c", code, f"sqlite:///{target}"], capture_output=True, text=True,
+                            env={**os.environ}, check=True)
+    report = json.loads(answer.stdout.strip().splitlines()[-1])
+    assert report["failed"] == 0 and report["runs"] > 0
+    assert report["mlflow"] == []
