@@ -387,11 +387,11 @@ def test_plain_path_sink_and_describe(tmp_path):
     assert path.is_file()
     assert sink.describe().kind == "sqlite" and sink.describe().mlflow_version == mlflow.__version__
     assert sink.capabilities.keeps_infinity and sink.capabilities.keeps_run_ids
+    assert os.path.isfile(str(path) + ".trackport/filling")  # a new database, filled without fsyncs
     with contextlib.suppress(Exception):
         sink.close()
-    assert os.path.isdir(str(path) + ".trackport") is False
-    sink.state_dir()
-    assert os.path.isdir(str(path) + ".trackport")
+    assert not os.path.exists(str(path) + ".trackport/filling")  # fsynced at close
+    assert sink.state_dir() == Path(str(path) + ".trackport")
 
 
 def test_mlruns_damaged_run_is_unreadable(tmp_path):

@@ -88,10 +88,11 @@ def test_a_store_of_another_schema_revision_is_refused_untouched(tmp_path):
     with sqlite3.connect(db) as con:
         con.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
     before = hashlib.sha256(db.read_bytes()).hexdigest()
+    files_before = sorted(tmp_path.rglob("*"))
     with pytest.raises(BadInputError, match=r"revision f00dfeedbeef.*mlflow db upgrade"):
         SqliteStore(f"sqlite:///{db}", create=True)
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
-    assert not (tmp_path / "mlflow.db.trackport").exists()
+    assert sorted(tmp_path.rglob("*")) == files_before
 
 
 def test_a_damaged_template_is_built_again(tmp_path):
@@ -126,3 +127,59 @@ def test_importing_into_sqlite_does_not_import_mlflow(tmp_path, sample_bundle):
     report = json.loads(answer.stdout.strip().splitlines()[-1])
     assert report["failed"] == 0 and report["runs"] > 0
     assert report["mlflow"] == []
+
+
+def _filled_store(db: Path) -> None:
+    from test_sqlite_writer import _Content, _history
+
+    from trackport.domain import Experiment, Run
+
+    sink = SqliteStore(f"sqlite:///{db}", create=True)
+    exp = sink.put_experiment(Experiment(experiment_id="1", name="e"))
+    run = Run(run_id="c" * 32, experiment_id="1", run_name="r", user_id="u", status="FINISHED",
+              start_time=1, end_time=2)
+    assert sink.put_run(run, exp, _Content(_history(20_000, seed=3))).metric_points > 0
+    sink.close()
+
+
+def _writer_synchronous(sink: SqliteStore) -> int:
+    return sink._writer._con.execute("PRAGMA synchronous").fetchone()[0]
+
+
+def test_only_a_database_made_here_is_filled_without_fsyncs(tmp_path):
+    db = tmp_path / "made" / "mlflow.db"
+    marker = tmp_path / "made" / "mlflow.db.trackport" / "filling"
+    sink = SqliteStore(f"sqlite:///{db}", create=True)
+    assert marker.is_file() and _writer_synchronous(sink) == 0  # OFF
+    sink.close()
+    assert not marker.exists()
+    again = SqliteStore(f"sqlite:///{db}", create=True)  # now an existing database: its owner's setting
+    assert _writer_synchronous(again) == 2  # FULL, sqlite's default
+    again.close()
+
+
+def test_an_unfinished_fill_is_checked_then_continued(tmp_path):
+    db = tmp_path / "mlflow.db"
+    _filled_store(db)
+    marker = tmp_path / "mlflow.db.trackport" / "filling"
+    marker.write_text("999999999\n")  # as a killed transfer leaves it
+    sink = SqliteStore(f"sqlite:///{db}", create=True)
+    assert _writer_synchronous(sink) == 0
+    sink.close()
+    assert not marker.exists()
+
+
+def test_an_unfinished_fill_that_was_damaged_is_refused(tmp_path):
+    db = tmp_path / "mlflow.db"
+    _filled_store(db)
+    (tmp_path / "mlflow.db.trackport" / "filling").write_text("999999999\n")
+    data = bytearray(db.read_bytes())
+    page = _sqlite_schema.PAGE_SIZE
+    for start in range(len(data) - 3 * page, len(data), page):  # torn pages, as a power cut leaves them
+        data[start + 100 : start + page] = os.urandom(page - 100)
+    db.write_bytes(bytes(data))
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    with pytest.raises(BadInputError, match=r"did not finish, and is damaged \(On tree page .*delete it") as error:
+        SqliteStore(f"sqlite:///{db}", create=True)
+    assert "\n" not in str(error.value)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before

@@ -94,7 +94,7 @@ def open_sink(
     if sqlite := _sqlite_path(uri):
         from trackport.stores.local_sqlite import SqliteStore
 
-        return SqliteStore(sqlite, create=True, artifact_root=artifact_root)
+        return SqliteStore(sqlite, create=True, artifact_root=artifact_root, workers=workers)
     from trackport.stores.sql_reader import is_server_db_uri
 
     if is_server_db_uri(uri):

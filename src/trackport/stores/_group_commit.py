@@ -26,10 +26,18 @@ class CommitError(Exception):
 
 class GroupCommitWriter:
     def __init__(
-        self, path: Path, *, max_units: int = 32, max_rows: int = 400_000, busy_timeout_s: float = BUSY_TIMEOUT_S
+        self,
+        path: Path,
+        *,
+        max_units: int = 32,
+        max_rows: int = 400_000,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+        synchronous_off: bool = False,
     ) -> None:
         # isolation_level=None: the transaction is ours (BEGIN/SAVEPOINT/COMMIT below).
         self._con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
+        if synchronous_off:  # for the caller's database alone: see local_sqlite
+            self._con.execute("PRAGMA synchronous = OFF")
         self._max_units = max_units
         self._max_rows = max_rows
         self._lock = threading.Lock()  # held while writing or committing

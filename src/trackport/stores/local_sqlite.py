@@ -9,12 +9,18 @@ runs written at the same time (_group_commit), metric points in bulk (_sqlite_me
 That is the only way to keep run ids, experiment ids, times and deleted state, and is far
 faster than the store's per-entity API for large metric histories.
 
-The journal mode and synchronous setting stay what the database's owner chose (WAL is
-persistent, synchronous=OFF risks the owner's data); only a database made here gets a
-page size of our choosing.
+The journal mode and synchronous setting of a database someone else made stay what its
+owner chose (WAL is persistent, synchronous=OFF risks the owner's data). A database made
+here gets a page size of our choosing and, while the transfer that made it fills it,
+synchronous=OFF: each commit then costs no fsync, so every run is committed as soon as it
+is written. A marker beside the database (`<db>.trackport/filling`) says so until the
+last commit is fsynced at close; a database whose marker outlived its transfer (killed,
+or the machine lost power) is checked with PRAGMA quick_check before anything is written
+into it again.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import threading
@@ -57,6 +63,8 @@ from trackport.stores.sql_reader import (
 )
 
 _DEFAULT_WORKSPACE = "default"
+DEFAULT_WRITERS = 4
+FILLING_MARKER = "filling"
 _WRITTEN_TABLES = ("experiments", "experiment_tags", "runs", "tags", "params", "datasets", "inputs", "input_tags")
 
 
@@ -91,36 +99,47 @@ class SqliteStore(SqliteSource, SinkStore):
         keeps_infinity=True,
     )
 
-    def __init__(self, uri: str, *, create: bool, artifact_root: str | None = None) -> None:
+    def __init__(
+        self, uri: str, *, create: bool, artifact_root: str | None = None, workers: int = DEFAULT_WRITERS
+    ) -> None:
         bare, artifacts_destination = split_uri_options(uri)
         path = sqlite_path_from_uri(bare)
         self._writer: GroupCommitWriter | None = None
         self._mlflow_version: str | None = None
         if create:
-            self._open_for_writing(path, artifact_root)
+            self._open_for_writing(path, artifact_root, workers)
         SqliteSource.__init__(self, uri, path, artifacts_destination=artifacts_destination)
 
-    def _open_for_writing(self, path: Path, artifact_root: str | None) -> None:
+    def _open_for_writing(self, path: Path, artifact_root: str | None, workers: int) -> None:
         from trackport.stores import state_home
 
         self._mlflow_version = installed_mlflow_version()
         template = schema_template(state_home(), self._mlflow_version)
         self._artifact_root = artifact_root_uri(artifact_root or str(path.parent / "mlartifacts"))
+        self._filling_marker = sqlite_state_dir(path) / FILLING_MARKER
         # MLflow puts a `Default` experiment into every database it creates; in a database
         # we create, that experiment is ours to make equal to the source's.
         self._created_here = not path.exists()
         if self._created_here:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._filling_marker.parent.mkdir(parents=True, exist_ok=True)
+            self._filling_marker.write_text(f"{os.getpid()}\n")  # before the database exists
             create_database(path, template, self._artifact_root)
         elif not looks_like_mlflow_db(path):
             raise BadInputError(f"{path} is not an MLflow tracking database")
         else:
             check_revision(path, template)
+            if self._filling_marker.exists():
+                _check_unfinished_fill(path)
+        self._filling = self._filling_marker.exists()
         self._columns = _table_columns(path, _WRITTEN_TABLES)
         self._readers = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
         self._artifact_locations: dict[int, str] = {}
-        self._writer = GroupCommitWriter(path)
+        if self._filling:  # commits are cheap: no run waits for another's
+            self._writer = GroupCommitWriter(path, max_units=1, synchronous_off=True)
+        else:  # half the workers may wait for a commit while the others prepare their runs
+            self._writer = GroupCommitWriter(path, max_units=max(1, workers // 2))
         remove_stale_spools(sqlite_state_dir(path))
 
     # ---------------------------------------------------------------- common
@@ -134,6 +153,9 @@ class SqliteStore(SqliteSource, SinkStore):
             self._writer.close()
             for con in self._reader_connections:
                 con.close()
+            if self._filling:
+                _fsync(self.path)
+                self._filling_marker.unlink(missing_ok=True)
 
     def _check_writable(self) -> None:
         if self._writer is None:
@@ -349,6 +371,31 @@ class SqliteStore(SqliteSource, SinkStore):
 def _table_columns(path: Path, tables: tuple[str, ...]) -> dict[str, frozenset[str]]:
     with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as con:
         return {t: frozenset(row[1] for row in con.execute(f"PRAGMA table_info({t})")) for t in tables}
+
+
+def _check_unfinished_fill(path: Path) -> None:
+    """A database this tool was filling with synchronous=OFF when its transfer ended
+    without the final fsync: a killed process loses nothing committed, but a power cut
+    may have torn pages, so it is checked before anything more is written."""
+    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)) as con:
+        try:
+            problem = con.execute("PRAGMA quick_check(1)").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            problem = str(exc)
+    if problem != "ok":
+        first = " ".join(problem.replace("*** in database main ***", "").split())[:200]
+        raise BadInputError(
+            f"{path} was being created by a transfer that did not finish, and is damaged ({first}): "
+            f"delete it and {sqlite_state_dir(path)}, then run the transfer again"
+        )
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sqlite_state_dir(db_path: Path) -> Path:
