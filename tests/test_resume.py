@@ -251,17 +251,21 @@ def test_import_into_sqlite_killed_at_random_moments_converges(big_bundle, tmp_p
     command = _trackport_command() + ["import", str(big_bundle), uri, "--include-deleted"]
     log = tmp_path / "attempts.log"
     rng = random.Random(SEED + 2)
-    # The first kill lands while the new database is being created (MLflow's schema);
-    # the others once the transfer writes runs (MLflow's import alone takes seconds).
+    # The first kill lands while the new database is being created; the others once the
+    # transfer writes runs.
     outcomes = kill_and_rerun(command, rng, kills=1, window=(0.0, 0.6), log=log, started=db.exists)
     outcomes += kill_and_rerun(
         command, rng, kills=2, window=(0.1, 1.5), log=log,
         started=lambda: _lines(state / "ledger.jsonl") > 0,
     )
     assert outcomes.count("killed") >= 2, (outcomes, log.read_text())
+    # Killed while filling the database it made: the marker stays, so the next run checks
+    # the database before writing into it; a clean end fsyncs and removes it.
+    assert (state / "filling").exists() == (outcomes[-1] == "killed")
 
     result = final_run(command, log)
     assert result.returncode == 0, log.read_text()
+    assert not (state / "filling").exists()
     assert json.loads(result.stdout)["counts"]["runs"]["failed"] == 0
     differences = list(compare_stores(open_source(str(big_bundle)), open_source(uri), EVERYTHING))
     assert differences == [], differences[:10]

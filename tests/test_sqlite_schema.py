@@ -107,6 +107,17 @@ def test_a_damaged_template_is_built_again(tmp_path):
     assert [p.name for p in again.path.parent.iterdir()] == [again.path.name]  # no leftovers
 
 
+def test_a_template_build_killed_long_ago_leaves_nothing(tmp_path):
+    home = tmp_path / "home"
+    version = _sqlite_schema.installed_mlflow_version()
+    killed = home / "sqlite-templates" / ".building-k1ll3d"
+    killed.mkdir(parents=True)
+    (killed / "half.db").write_bytes(b"x")
+    os.utime(killed, (0, 0))
+    template = _sqlite_schema.schema_template(home, version)
+    assert [p.name for p in template.path.parent.iterdir()] == [template.path.name]
+
+
 def test_importing_into_sqlite_does_not_import_mlflow(tmp_path, sample_bundle):
     """Once the template exists (the session's home has it), the whole import runs
     without MLflow: its import alone costs seconds and ~200 MB."""
@@ -183,3 +194,44 @@ def test_an_unfinished_fill_that_was_damaged_is_refused(tmp_path):
         SqliteStore(f"sqlite:///{db}", create=True)
     assert "\n" not in str(error.value)
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+def test_an_experiment_without_times_gets_now_as_mlflow_gives_it(tmp_path):
+    import time
+
+    from trackport.domain import Experiment
+
+    db = tmp_path / "mlflow.db"
+    sink = SqliteStore(f"sqlite:///{db}", create=True)
+    before = int(time.time() * 1000)
+    exp = sink.put_experiment(Experiment(experiment_id="5", name="no times"))
+    sink.close()
+    with sqlite3.connect(db) as con:
+        created, updated = con.execute(
+            "SELECT creation_time, last_update_time FROM experiments WHERE experiment_id = ?", (int(exp),)).fetchone()
+    assert before <= created <= int(time.time() * 1000) and updated == created
+
+
+def test_a_store_left_with_a_hot_journal_is_recovered_before_writing(tmp_path):
+    """A writer killed inside a transaction leaves a journal that only a read-write
+    connection can roll back; read-only checks alone would call the store foreign."""
+    from trackport.stores.sql_reader import looks_like_mlflow_db
+
+    db = tmp_path / "mlflow.db"
+    SqliteStore(f"sqlite:///{db}", create=True).close()
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sqlite3, sys\n"
+        "con = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "con.execute('PRAGMA cache_size = 2')\n"  # so the transaction spills into the file
+        "con.execute('BEGIN IMMEDIATE')\n"
+        "con.execute(\"UPDATE experiments SET name = 'half-written'\")\n"
+        "con.executemany('INSERT INTO experiment_tags VALUES (?, ?, 0)',"
+        " ((f'k{i}', 'v' * 1000) for i in range(5000)))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"), str(db)])
+    assert killed.returncode == -9
+    assert (tmp_path / "mlflow.db-journal").exists()
+    assert not looks_like_mlflow_db(db)  # the read-only view, before recovery
+    sink = SqliteStore(f"sqlite:///{db}", create=True)
+    sink.close()
+    with sqlite3.connect(db) as con:
+        assert [r[0] for r in con.execute("SELECT name FROM experiments")] == ["Default"]

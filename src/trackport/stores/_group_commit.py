@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 BUSY_TIMEOUT_S = 120.0
 T = TypeVar("T")
@@ -90,14 +89,6 @@ class GroupCommitWriter:
         if why is not None:
             raise CommitError(why)
         return result
-
-    @contextmanager
-    def idle(self) -> Iterator[None]:
-        """Hold the writer with nothing pending, so another connection may write."""
-        with self._lock:
-            if self._open:
-                self._commit()
-            yield
 
     def close(self) -> None:
         with self._lock:

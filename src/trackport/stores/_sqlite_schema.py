@@ -13,6 +13,7 @@ import os
 import posixpath
 import shutil
 import sqlite3
+import tempfile
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -140,15 +141,19 @@ def _build_template(path: Path) -> None:
     except ImportError as exc:
         raise BadInputError(MISSING_MLFLOW) from exc
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.building-{os.getpid()}")
-    temp.unlink(missing_ok=True)
-    with closing(sqlite3.connect(temp)) as con:
-        con.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-        con.execute("VACUUM")
-    artifacts = path.parent / f".artifacts-{os.getpid()}"  # the Default experiment's, rewritten per copy
+    # Builds killed midway leave their directory; a build takes seconds, so one an hour
+    # old is nobody's.
+    for stale in path.parent.glob(".building-*"):
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=".building-", dir=path.parent))
     try:
-        SqlAlchemyStore(f"sqlite:///{temp}", str(artifacts)).engine.dispose()
+        temp = work / path.name
+        with closing(sqlite3.connect(temp)) as con:
+            con.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+            con.execute("VACUUM")
+        # The Default experiment's artifact location is rewritten in every copy.
+        SqlAlchemyStore(f"sqlite:///{temp}", str(work / "artifacts")).engine.dispose()
         os.replace(temp, path)
     finally:
-        temp.unlink(missing_ok=True)
-        shutil.rmtree(artifacts, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)

@@ -24,6 +24,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -63,7 +64,7 @@ from trackport.stores.sql_reader import (
 )
 
 _DEFAULT_WORKSPACE = "default"
-DEFAULT_WRITERS = 4
+_DEFAULT_WORKERS = 4
 FILLING_MARKER = "filling"
 _WRITTEN_TABLES = ("experiments", "experiment_tags", "runs", "tags", "params", "datasets", "inputs", "input_tags")
 
@@ -100,7 +101,7 @@ class SqliteStore(SqliteSource, SinkStore):
     )
 
     def __init__(
-        self, uri: str, *, create: bool, artifact_root: str | None = None, workers: int = DEFAULT_WRITERS
+        self, uri: str, *, create: bool, artifact_root: str | None = None, workers: int = _DEFAULT_WORKERS
     ) -> None:
         bare, artifacts_destination = split_uri_options(uri)
         path = sqlite_path_from_uri(bare)
@@ -125,7 +126,7 @@ class SqliteStore(SqliteSource, SinkStore):
             self._filling_marker.parent.mkdir(parents=True, exist_ok=True)
             self._filling_marker.write_text(f"{os.getpid()}\n")  # before the database exists
             create_database(path, template, self._artifact_root)
-        elif not looks_like_mlflow_db(path):
+        elif not (_recover(path) and looks_like_mlflow_db(path)):
             raise BadInputError(f"{path} is not an MLflow tracking database")
         else:
             check_revision(path, template)
@@ -201,11 +202,10 @@ class SqliteStore(SqliteSource, SinkStore):
             values: dict[str, Any] = {"name": experiment.name, "lifecycle_stage": experiment.lifecycle_stage}
             if in_workspace:
                 values["workspace"] = _DEFAULT_WORKSPACE
-            # Omitted times take MLflow's column default (now) rather than NULL.
-            if experiment.creation_time is not None:
-                values["creation_time"] = experiment.creation_time
-            if experiment.last_update_time is not None:
-                values["last_update_time"] = experiment.last_update_time
+            # Omitted times are now, as MLflow's models make them (the columns have no default).
+            now = int(time.time() * 1000)
+            values["creation_time"] = now if experiment.creation_time is None else experiment.creation_time
+            values["last_update_time"] = now if experiment.last_update_time is None else experiment.last_update_time
             wanted = _int_or_none(experiment.experiment_id)
             if wanted is not None:
                 taken = cursor.execute("SELECT 1 FROM experiments WHERE experiment_id = ?", (wanted,)).fetchone()
@@ -371,6 +371,18 @@ class SqliteStore(SqliteSource, SinkStore):
 def _table_columns(path: Path, tables: tuple[str, ...]) -> dict[str, frozenset[str]]:
     with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as con:
         return {t: frozenset(row[1] for row in con.execute(f"PRAGMA table_info({t})")) for t in tables}
+
+
+def _recover(path: Path) -> bool:
+    """Open the database for writing once, so that sqlite rolls back the journal a killed
+    writer left (a read-only connection cannot, and would find no tables); False if it is
+    no sqlite database."""
+    try:
+        with closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)) as con:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError:
+        return False
+    return True
 
 
 def _check_unfinished_fill(path: Path) -> None:
