@@ -148,6 +148,13 @@ def measure(phase: str, command: list[str], env: dict | None = None) -> Measure:
                    _transfer_seconds(figures["stdout_tail"]))
 
 
+def _template(home: Path) -> Path:
+    """The schema template the source store's build left in home (MLflow made it)."""
+    from trackport.stores._sqlite_schema import installed_mlflow_version, schema_template
+
+    return schema_template(home, installed_mlflow_version()).path
+
+
 def _transfer_seconds(stdout: str) -> float | None:
     """The transfer's own time from a `--json` summary (stores already open), if printed."""
     try:
@@ -158,6 +165,7 @@ def _transfer_seconds(stdout: str) -> float | None:
 
 PHASES = ("baseline-read", "baseline-write", "export", "import", "copy", "sqlite-export", "sqlite-import")
 NEEDS = {"baseline-write": ("baseline-read",), "import": ("export",), "sqlite-import": ("sqlite-export",)}
+SQLITE_TEMPLATE = "sqlite-templates"
 REST_PHASES = {"baseline-read", "baseline-write", "export", "import", "copy"}
 
 
@@ -223,6 +231,10 @@ def main() -> None:
                                         f"sqlite:///{local_1 / 'mlflow.db'}", "--run-id", first_run], local_1),
             ("import to local sqlite", [*trackport, "import", str(work / "bundle-direct"),
                                         f"sqlite:///{local / 'mlflow.db'}", "--json"], local),
+            # The limit in the same run: the same rows and files written by a minimal script.
+            ("raw sqlite write", [sys.executable, str(HERE / "raw_sqlite_baseline.py"), str(work / "bundle-direct"),
+                                  str(_template(work / "trackport-home")), str(work / "raw-sqlite")],
+             work / "raw-sqlite"),
         ],
     }
     results: list[Measure] = []
@@ -273,6 +285,9 @@ def main() -> None:
             (workload.points - workload.metrics * workload.steps) / (whole.wall - one.wall))
         if whole.transfer_s:
             rates["local sqlite import points/s, transfer alone"] = workload.points / whole.transfer_s
+            raw = by["raw sqlite write"]
+            rates["raw sqlite write points/s, after start-up"] = workload.points / raw.transfer_s
+            rates["local sqlite import transfer alone x raw sqlite write"] = whole.transfer_s / raw.transfer_s
     for name, value in rates.items():
         print(f"{name:<50}{value:>14,.1f}")
     out = HERE / "out"
