@@ -1,7 +1,7 @@
 """MLflow's sqlite schema, without importing MLflow on every transfer.
 
 Importing MLflow's store layer and letting it build a schema through its migrations took
-4-6 s and 220 MB here: longer than writing a million metric points. So MLflow builds an
+4-6 s and about 105 MB here: longer than writing a million metric points. So MLflow builds an
 empty database once per installed MLflow version, kept as a template in trackport's home;
 a new store is a copy of it, and an existing store is written only when its schema
 revision is the template's (the one the installed MLflow expects). MLflow stays the only
