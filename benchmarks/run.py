@@ -165,7 +165,6 @@ def _transfer_seconds(stdout: str) -> float | None:
 
 PHASES = ("baseline-read", "baseline-write", "export", "import", "copy", "sqlite-export", "sqlite-import")
 NEEDS = {"baseline-write": ("baseline-read",), "import": ("export",), "sqlite-import": ("sqlite-export",)}
-SQLITE_TEMPLATE = "sqlite-templates"
 REST_PHASES = {"baseline-read", "baseline-write", "export", "import", "copy"}
 
 

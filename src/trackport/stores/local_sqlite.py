@@ -163,8 +163,8 @@ class SqliteStore(SqliteSource, SinkStore):
             raise BadInputError(f"{self.uri} was opened read-only")
 
     def _read(self, sql: str, params: tuple) -> list[tuple]:
-        """A query on this thread's read connection: it sees committed rows only, and never
-        waits for the writer's transaction."""
+        """A query on this thread's read connection: it sees committed rows only, so not
+        the runs of the writer's open transaction (it may wait out a commit)."""
         con = getattr(self._readers, "con", None)
         if con is None:
             con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
