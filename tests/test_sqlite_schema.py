@@ -173,7 +173,7 @@ def test_an_unfinished_fill_is_checked_then_continued(tmp_path):
     db = tmp_path / "mlflow.db"
     _filled_store(db)
     marker = tmp_path / "mlflow.db.trackport" / "filling"
-    marker.write_text("999999999\n")  # as a killed transfer leaves it
+    marker.touch()  # as a killed transfer leaves it
     sink = SqliteStore(f"sqlite:///{db}", create=True)
     assert _writer_synchronous(sink) == 0
     sink.close()
@@ -183,7 +183,7 @@ def test_an_unfinished_fill_is_checked_then_continued(tmp_path):
 def test_an_unfinished_fill_that_was_damaged_is_refused(tmp_path):
     db = tmp_path / "mlflow.db"
     _filled_store(db)
-    (tmp_path / "mlflow.db.trackport" / "filling").write_text("999999999\n")
+    (tmp_path / "mlflow.db.trackport" / "filling").touch()
     data = bytearray(db.read_bytes())
     page = _sqlite_schema.PAGE_SIZE
     for start in range(len(data) - 3 * page, len(data), page):  # torn pages, as a power cut leaves them

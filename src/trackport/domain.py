@@ -36,6 +36,7 @@ METRIC_SCHEMA = pa.schema(
         pa.field("value", pa.float64(), nullable=False),
     ]
 )
+DEFAULT_WORKERS = 4  # runs moved at the same time, unless the caller says otherwise
 METRIC_BATCH_ROWS = 65_536  # the most rows in a metric batch a source yields
 
 

@@ -13,11 +13,12 @@ import click
 
 from trackport import __version__
 from trackport.cli import render
+from trackport.domain import DEFAULT_WORKERS
 from trackport.errors import ExitCode, TrackportError, VerifyError
 from trackport.stores import open_bundle_sink, open_bundle_source, open_sink, open_source
 from trackport.stores.base import Selection, SinkStore, SourceStore
 from trackport.transfer import Summary, transfer
-from trackport.transfer.engine import DEFAULT_WORKERS, plan_experiments
+from trackport.transfer.engine import plan_experiments
 from trackport.transfer.plan import LONG_VALUE_POLICIES, planned_losses
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from trackport.domain import DEFAULT_WORKERS
 from trackport.errors import BadInputError
 from trackport.stores.base import SinkStore, SourceStore
 
@@ -36,7 +37,7 @@ def _local_path(uri: str) -> Path:
     return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
 
 
-def open_source(uri: str, *, workers: int = 8) -> SourceStore:
+def open_source(uri: str, *, workers: int = DEFAULT_WORKERS) -> SourceStore:
     """A store to read from: a tracking server, a local sqlite store, a legacy mlruns/
     directory or a bundle."""
     if _is_remote(uri):
@@ -81,7 +82,7 @@ def open_bundle_sink(path: str) -> SinkStore:
 
 
 def open_sink(
-    uri: str, *, artifact_root: str | None = None, on_long_value: str = "error", workers: int = 8
+    uri: str, *, artifact_root: str | None = None, on_long_value: str = "error", workers: int = DEFAULT_WORKERS
 ) -> SinkStore:
     """A store to write into: a tracking server, a local sqlite store (created if missing)
     or a bundle."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 from trackport.errors import BadInputError
+from trackport.stores.sql_reader import read_only_connection
 
 # A page size is fixed when a database is made. sqlite's default (4 KiB) splits pages four
 # times as often while the metrics table and its three indexes grow; 16 KiB pages write
@@ -64,7 +65,7 @@ def schema_template(home: Path, mlflow_version: str) -> SchemaTemplate:
 def schema_revision(path: Path) -> str | None:
     """The alembic revision of the MLflow database at path; None if it has none."""
     try:
-        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as con:
+        with closing(read_only_connection(path)) as con:
             rows = con.execute("SELECT version_num FROM alembic_version").fetchall()
     except sqlite3.DatabaseError:
         return None

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from trackport.domain import (
+    DEFAULT_WORKERS,
     RUN_NAME_TAG,
     Capabilities,
     Experiment,
@@ -38,6 +39,7 @@ from trackport.domain import (
     TargetExperimentId,
     TargetRunId,
 )
+from trackport.bundle.layout import fsync_dir
 from trackport.errors import BadInputError, UnitError
 from trackport.stores._group_commit import BUSY_TIMEOUT_S, CommitError, GroupCommitWriter
 from trackport.stores._localfs import COPY_CHUNK, local_artifact_dir
@@ -60,11 +62,11 @@ from trackport.stores.base import (
 from trackport.stores.sql_reader import (
     SqliteSource,
     looks_like_mlflow_db,
+    read_only_connection,
     split_uri_options,
 )
 
 _DEFAULT_WORKSPACE = "default"
-_DEFAULT_WORKERS = 4
 FILLING_MARKER = "filling"
 _WRITTEN_TABLES = ("experiments", "experiment_tags", "runs", "tags", "params", "datasets", "inputs", "input_tags")
 
@@ -101,7 +103,7 @@ class SqliteStore(SqliteSource, SinkStore):
     )
 
     def __init__(
-        self, uri: str, *, create: bool, artifact_root: str | None = None, workers: int = _DEFAULT_WORKERS
+        self, uri: str, *, create: bool, artifact_root: str | None = None, workers: int = DEFAULT_WORKERS
     ) -> None:
         bare, artifacts_destination = split_uri_options(uri)
         path = sqlite_path_from_uri(bare)
@@ -124,7 +126,7 @@ class SqliteStore(SqliteSource, SinkStore):
         if self._created_here:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._filling_marker.parent.mkdir(parents=True, exist_ok=True)
-            self._filling_marker.write_text(f"{os.getpid()}\n")  # before the database exists
+            self._filling_marker.touch()  # before the database exists
             create_database(path, template, self._artifact_root)
         elif not (_recover(path) and looks_like_mlflow_db(path)):
             raise BadInputError(f"{path} is not an MLflow tracking database")
@@ -155,7 +157,9 @@ class SqliteStore(SqliteSource, SinkStore):
             for con in self._reader_connections:
                 con.close()
             if self._filling:
-                _fsync(self.path)
+                with open(self.path, "rb") as db:
+                    os.fsync(db.fileno())
+                fsync_dir(self.path.parent)  # the database's own name, made by a rename
                 self._filling_marker.unlink(missing_ok=True)
 
     def _check_writable(self) -> None:
@@ -338,7 +342,7 @@ class SqliteStore(SqliteSource, SinkStore):
     def _insert_inputs(self, cursor: sqlite3.Cursor, run: Run, exp_id: int) -> None:
         for ds in run.inputs:
             row = cursor.execute(
-                f"SELECT dataset_uuid FROM datasets WHERE experiment_id = ? AND name = ? AND digest = ?",
+                "SELECT dataset_uuid FROM datasets WHERE experiment_id = ? AND name = ? AND digest = ?",
                 (exp_id, ds.name, ds.digest),
             ).fetchone()
             if row is not None:
@@ -369,7 +373,7 @@ class SqliteStore(SqliteSource, SinkStore):
 
 
 def _table_columns(path: Path, tables: tuple[str, ...]) -> dict[str, frozenset[str]]:
-    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as con:
+    with closing(read_only_connection(path)) as con:
         return {t: frozenset(row[1] for row in con.execute(f"PRAGMA table_info({t})")) for t in tables}
 
 
@@ -389,7 +393,7 @@ def _check_unfinished_fill(path: Path) -> None:
     """A database this tool was filling with synchronous=OFF when its transfer ended
     without the final fsync: a killed process loses nothing committed, but a power cut
     may have torn pages, so it is checked before anything more is written."""
-    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)) as con:
+    with closing(read_only_connection(path, timeout=BUSY_TIMEOUT_S)) as con:
         try:
             problem = con.execute("PRAGMA quick_check(1)").fetchone()[0]
         except sqlite3.DatabaseError as exc:
@@ -400,14 +404,6 @@ def _check_unfinished_fill(path: Path) -> None:
             f"{path} was being created by a transfer that did not finish, and is damaged ({first}): "
             f"delete it and {sqlite_state_dir(path)}, then run the transfer again"
         )
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sqlite_state_dir(db_path: Path) -> Path:

@@ -501,11 +501,20 @@ class MlflowDatabaseSource(SourceStore):
 # ------------------------------------------------------------------------ sqlite
 
 
+def read_only_uri(path: Path) -> str:
+    """The URI of the sqlite file at path opened so that nothing can write it (`mode=ro`)."""
+    return f"{path.as_uri()}?mode=ro"
+
+
+def read_only_connection(path: Path, **options: Any) -> sqlite3.Connection:
+    return sqlite3.connect(read_only_uri(path), uri=True, **options)
+
+
 def looks_like_mlflow_db(path: Path) -> bool:
     """Checked with plain sqlite3, read-only: MLflow's store would create its tables in
     any database it is given."""
     try:
-        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        con = read_only_connection(path)
         try:
             names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
@@ -530,7 +539,7 @@ class SqliteSource(MlflowDatabaseSource):
         if not looks_like_mlflow_db(path):
             raise BadInputError(f"{path} is not an MLflow tracking database")
         self.path = path
-        self._ro_uri = f"{path.as_uri()}?mode=ro"
+        self._ro_uri = read_only_uri(path)
         engine = sa.create_engine(
             "sqlite://",
             creator=lambda: sqlite3.connect(self._ro_uri, uri=True, check_same_thread=False),

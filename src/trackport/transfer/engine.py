@@ -15,6 +15,7 @@ from typing import BinaryIO, Callable, Iterator
 import pyarrow as pa
 
 from trackport.domain import (
+    DEFAULT_WORKERS,
     PARENT_RUN_ID_TAG,
     ArtifactFile,
     Experiment,
@@ -29,7 +30,6 @@ from trackport.transfer.ledger import Ledger
 from trackport.transfer.plan import planned_losses
 from trackport.transfer.summary import Failure, Summary
 
-DEFAULT_WORKERS = 4
 
 
 @dataclass(frozen=True)
