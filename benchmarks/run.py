@@ -237,10 +237,14 @@ def main() -> None:
         ],
     }
     results: list[Measure] = []
+    last_rest_phase = max((PHASES.index(p) for p in phases if p in REST_PHASES), default=-1)
     try:
         for phase in PHASES:
             if phase not in phases:
                 continue
+            if PHASES.index(phase) > last_rest_phase:  # the local phases run on a machine without servers
+                for server in servers:
+                    server.stop()
             # Against the servers: once, with the workers given. Local phases take seconds,
             # and one stray disk flush moves a single figure by a third, so they run
             # --repeat times (the median is kept), with trackport's default workers.
@@ -250,6 +254,7 @@ def main() -> None:
                 for _ in range(repeats):
                     if output is not None:
                         shutil.rmtree(output, ignore_errors=True)
+                    os.sync()  # the previous phase's writes are not this one's to flush
                     runs.append(measure(name, [*command, *extra], env={**env, **(own_env[0] if own_env else {})}))
                 result = sorted(runs, key=lambda r: r.wall)[len(runs) // 2]
                 results.append(result)

@@ -90,7 +90,7 @@ def test_sqlite_source_is_read_only(sample_sqlite, tmp_path):
     assert (_sha(db), db.stat().st_mtime_ns, sorted(p.name for p in db.parent.iterdir())) == before
     # A reader opened with mode=ro cannot write, whatever it tries.
     store = open_source(f"sqlite:///{db}")
-    with pytest.raises(Exception, match="readonly"), store._engine.connect() as conn:
+    with pytest.raises(Exception, match="readonly"), store._db.engine.connect() as conn:
         conn.exec_driver_sql("CREATE TABLE trackport_probe (x)")
     store.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -215,7 +216,7 @@ def test_an_experiment_without_times_gets_now_as_mlflow_gives_it(tmp_path):
 def test_a_store_left_with_a_hot_journal_is_recovered_before_writing(tmp_path):
     """A writer killed inside a transaction leaves a journal that only a read-write
     connection can roll back; read-only checks alone would call the store foreign."""
-    from trackport.stores.sql_reader import looks_like_mlflow_db
+    from trackport.stores.sql_reader import SqliteSource, looks_like_mlflow_db
 
     db = tmp_path / "mlflow.db"
     SqliteStore(f"sqlite:///{db}", create=True).close()
@@ -231,7 +232,35 @@ def test_a_store_left_with_a_hot_journal_is_recovered_before_writing(tmp_path):
     assert killed.returncode == -9
     assert (tmp_path / "mlflow.db-journal").exists()
     assert not looks_like_mlflow_db(db)  # the read-only view, before recovery
+    with pytest.raises(BadInputError, match=r"journal of a write that never finished.*then export again"):
+        SqliteSource(f"sqlite:///{db}", db)
     sink = SqliteStore(f"sqlite:///{db}", create=True)
     sink.close()
     with sqlite3.connect(db) as con:
         assert [r[0] for r in con.execute("SELECT name FROM experiments")] == ["Default"]
+
+
+@pytest.mark.parametrize("journal_mode, leftover", [("DELETE", "mlflow.db-journal"), ("WAL", "mlflow.db-wal")])
+def test_a_journal_left_by_a_deleted_database_is_refused(tmp_path, journal_mode, leftover):
+    """sqlite replays a journal or write-ahead log into a database of the same name, so a
+    new store beside one left from a deleted database would start out damaged."""
+    db = tmp_path / "mlflow.db"
+    SqliteStore(f"sqlite:///{db}", create=True).close()
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sqlite3, sys\n"
+        "con = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        f"con.execute('PRAGMA journal_mode = {journal_mode}')\n"
+        "con.execute('PRAGMA cache_size = 2')\n"
+        "con.execute('BEGIN IMMEDIATE')\n"
+        "con.executemany('INSERT INTO experiment_tags VALUES (?, ?, 0)',"
+        " ((f'k{i}', 'v' * 1000) for i in range(5000)))\n"
+        "if sys.argv[2] == 'WAL': con.execute('COMMIT')\n"  # committed into the log, not checkpointed
+        "os.kill(os.getpid(), signal.SIGKILL)\n"), str(db), journal_mode])
+    assert killed.returncode == -9
+    assert (tmp_path / leftover).exists()
+    db.unlink()
+    shutil.rmtree(tmp_path / "mlflow.db.trackport")
+    files_before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(BadInputError, match=rf"{leftover} is left from a deleted database.*remove it"):
+        SqliteStore(f"sqlite:///{db}", create=True)
+    assert sorted(tmp_path.rglob("*")) == files_before

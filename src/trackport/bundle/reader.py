@@ -447,18 +447,23 @@ class BundleSource(SourceStore):
 
     def _plan(self, run: Run) -> _RunPlan:
         """The checked plan of a run handed out by iter_runs (for the worker threads)."""
-        key = (run.experiment_id, run.run_id)
-        with self._plans_lock:
-            plan = self._plans.get(key)
-            if plan is not None:
-                self._plans.move_to_end(key)
-                return plan
         try:
             check_component(run.experiment_id, "experiment id")
             check_component(run.run_id, "run id")
         except ValueError as e:
             raise UnitError(str(e)) from None
-        plan = self._check_run(run.experiment_id, run.run_id)
+        return self._checked_run(run.experiment_id, run.run_id)
+
+    def _checked_run(self, experiment_id: str, run_id: str) -> _RunPlan:
+        """_check_run, remembered for the last PLAN_CACHE_SIZE runs: a transfer asks for
+        each run up to three times (is there a run at all, the sorted listing, the worker)."""
+        key = (experiment_id, run_id)
+        with self._plans_lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = self._check_run(experiment_id, run_id)
         with self._plans_lock:
             self._plans[key] = plan
             while len(self._plans) > PLAN_CACHE_SIZE:
@@ -521,7 +526,7 @@ class BundleSource(SourceStore):
             if wanted and name not in wanted:
                 continue
             try:
-                run = self._check_run(experiment.experiment_id, name).run
+                run = self._checked_run(experiment.experiment_id, name).run
             except UnitError as e:
                 bad.append(Unreadable("run", name, str(e)))
                 continue

@@ -3,16 +3,19 @@
 The work is split in two so that the single sqlite writer does as little as possible:
 `prepare_points` runs on the caller's thread, outside the writer, reading the source and
 computing MLflow's stored form (NaN as 0 with is_nan set) and each key's latest point;
-`insert_points` runs inside the writer's transaction and only binds values.
+`metric_inserts` makes the statements and their values, the first ones before the writer
+is asked (`made_ahead`); `insert_points` runs inside the writer's transaction and mostly
+just executes them.
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import shutil
 import sqlite3
 import tempfile
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +29,9 @@ ROWS_PER_INSERT = 1000  # larger VALUES lists measured slower, smaller ones re-s
 # waiting run); larger ones go through an Arrow file, so memory stays flat however long a
 # history is.
 IN_MEMORY_POINTS = 250_000
+# The statements of a run's first points are made before the writer is asked (about 4 MB of
+# Python values per waiting run); a longer history's rest, inside it.
+AHEAD_POINTS = 50_000
 
 STORED_SCHEMA = pa.schema([
     pa.field("key", pa.string(), nullable=False),
@@ -113,14 +119,13 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def insert_points(cursor: sqlite3.Cursor, run_id: str, points: PreparedPoints) -> int:
-    """Insert the prepared points and the latest ones; return the number of points stored."""
+def metric_inserts(run_id: str, points: PreparedPoints) -> Iterator[tuple[str, list[Any]]]:
+    """The INSERT statements of the prepared points, with their values: plain Python work,
+    so the caller makes the first ones before it asks the writer (see made_ahead)."""
     # OR IGNORE collapses exact duplicates, which the primary key forbids; MLflow's SQL
     # store drops them the same way. Many rows per statement: a one-row INSERT re-opens and
     # re-seeks the table and its three indexes for every point.
-    con = cursor.connection
-    per_statement = max(1, min(ROWS_PER_INSERT, (con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 2) // 5))
-    before = con.total_changes
+    per_statement = rows_per_insert()
     for batch in points.batches():
         keys = batch.column("key").to_pylist()
         nans = batch.column("is_nan")
@@ -131,7 +136,6 @@ def insert_points(cursor: sqlite3.Cursor, run_id: str, points: PreparedPoints) -
             chunk_keys = keys[start:end]
             one_key = chunk_keys.count(chunk_keys[0]) == len(chunk_keys)
             with_nan = nans is not None and any(nans[start:end])
-            sql = metric_insert_sql(end - start, one_key, with_nan)
             columns = [*([] if one_key else [chunk_keys]), *(c[start:end] for c in per_row),
                        *([nans[start:end]] if with_nan else [])]
             head = [run_id, chunk_keys[0]] if one_key else [run_id]
@@ -139,13 +143,43 @@ def insert_points(cursor: sqlite3.Cursor, run_id: str, points: PreparedPoints) -
             values: list[Any] = head + [None] * (len(columns) * (end - start))
             for i, column in enumerate(columns):
                 values[len(head) + i :: len(columns)] = column
-            cursor.execute(sql, values)
+            yield metric_insert_sql(end - start, one_key, with_nan), values
+
+
+def made_ahead(inserts: Iterator[tuple[str, list[Any]]]) -> Iterator[tuple[str, list[Any]]]:
+    """inserts, the statements of the first AHEAD_POINTS points made now: the writer is
+    sqlite's single thread, so what it need not do in Python while holding it, it should not."""
+    ahead = list(itertools.islice(inserts, max(1, AHEAD_POINTS // rows_per_insert())))
+    return itertools.chain(ahead, inserts)
+
+
+def insert_points(
+    cursor: sqlite3.Cursor, run_id: str, points: PreparedPoints, inserts: Iterator[tuple[str, list[Any]]]
+) -> int:
+    """Execute a run's metric inserts and insert its latest points; return the number of
+    points stored."""
+    con = cursor.connection
+    before = con.total_changes
+    for sql, values in inserts:
+        cursor.execute(sql, values)
     stored_points = con.total_changes - before
     cursor.executemany(
         "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?)",
         [(k, v, ts, step, nan, run_id) for k, (step, ts, v, nan) in points.latest.items()],
     )
     return stored_points
+
+
+@functools.cache
+def rows_per_insert() -> int:
+    """Rows per metric INSERT: ROWS_PER_INSERT, or fewer if sqlite binds fewer variables
+    (5 per row at most, plus 2 shared)."""
+    with closing(sqlite3.connect(":memory:")) as con:
+        if hasattr(con, "getlimit"):  # Python 3.11+
+            limit = con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        else:  # sqlite's default maximum, raised in 3.32
+            limit = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+    return max(1, min(ROWS_PER_INSERT, (limit - 2) // 5))
 
 
 @functools.lru_cache(maxsize=64)  # a few shapes recur in every run; making one takes ms

@@ -72,6 +72,18 @@ def schema_revision(path: Path) -> str | None:
     return rows[0][0] if len(rows) == 1 else None
 
 
+def refuse_leftover_journal(path: Path) -> None:
+    """A journal or write-ahead log beside a database that does not exist belongs to a
+    deleted one of that name, and sqlite would replay it into the new database."""
+    for suffix in ("-wal", "-journal"):
+        leftover = Path(f"{path}{suffix}")
+        if leftover.exists():
+            raise BadInputError(
+                f"{leftover} is left from a deleted database named {path.name}, and sqlite would apply it to "
+                f"a new one: remove it (and {path.name}-shm, if any) or choose another path"
+            )
+
+
 def create_database(path: Path, template: SchemaTemplate, artifact_root_uri: str) -> None:
     """A new MLflow database at path: a copy of the template whose Default experiment is
     what MLflow would have made here (artifacts under artifact_root_uri, created now).

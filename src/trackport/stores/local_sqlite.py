@@ -43,7 +43,13 @@ from trackport.bundle.layout import fsync_dir
 from trackport.errors import BadInputError, UnitError
 from trackport.stores._group_commit import BUSY_TIMEOUT_S, CommitError, GroupCommitWriter
 from trackport.stores._localfs import COPY_CHUNK, local_artifact_dir
-from trackport.stores._sqlite_metrics import insert_points, prepare_points, remove_stale_spools
+from trackport.stores._sqlite_metrics import (
+    insert_points,
+    made_ahead,
+    metric_inserts,
+    prepare_points,
+    remove_stale_spools,
+)
 from trackport.stores._sqlite_schema import (
     append_to_uri_path,
     artifact_root_uri,
@@ -51,6 +57,7 @@ from trackport.stores._sqlite_schema import (
     create_database,
     experiment_artifact_location,
     installed_mlflow_version,
+    refuse_leftover_journal,
     schema_template,
 )
 from trackport.stores.base import (
@@ -124,6 +131,7 @@ class SqliteStore(SqliteSource, SinkStore):
         # we create, that experiment is ours to make equal to the source's.
         self._created_here = not path.exists()
         if self._created_here:
+            refuse_leftover_journal(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             self._filling_marker.parent.mkdir(parents=True, exist_ok=True)
             self._filling_marker.touch()  # before the database exists
@@ -259,11 +267,12 @@ class SqliteStore(SqliteSource, SinkStore):
         try:
             self._copy_artifacts(content, artifact_dir, result)
             with prepare_points(content.metric_batches(), self.state_dir()) as points:
+                inserts = made_ahead(metric_inserts(run.run_id, points))
 
                 def write_rows(cursor: sqlite3.Cursor) -> int:
                     self._insert_run(cursor, run, exp_id, artifact_uri)
                     self._insert_inputs(cursor, run, exp_id)
-                    return insert_points(cursor, run.run_id, points)
+                    return insert_points(cursor, run.run_id, points, inserts)
 
                 try:
                     result.metric_points = self._writer.write(write_rows)

@@ -19,8 +19,12 @@ knows where that is (its --artifacts-destination), so the URI says it:
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import sqlite3
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ContextManager, Iterator
 from urllib.parse import parse_qsl, unquote, urlencode, urlparse
@@ -219,28 +223,50 @@ def _sorted(table: pa.Table) -> pa.Table:
 # ------------------------------------------------------------------------ the reader
 
 
+@dataclass(frozen=True)
+class _Database:
+    sa: Any  # the sqlalchemy module
+    engine: Any
+    tables: dict[str, Any]
+    has_inputs: bool
+    has_deleted_time: bool
+
+    @classmethod
+    def inspect(cls, engine: Any, uri: str) -> _Database:
+        sa = _sa()
+        names = set(sa.inspect(engine).get_table_names())
+        missing = _REQUIRED_TABLES - names
+        if missing:
+            raise BadInputError(f"{uri} is not an MLflow tracking database (no {', '.join(sorted(missing))} table)")
+        run_columns = {c["name"] for c in sa.inspect(engine).get_columns("runs")}
+        return cls(sa, engine, _tables(sa), {"datasets", "inputs", "input_tags"} <= names, "deleted_time" in run_columns)
+
+
 class MlflowDatabaseSource(SourceStore):
     """An MLflow tracking database as a source: sqlite file or server database."""
 
     supports_filter = True
     kind = "database"
 
-    def __init__(self, engine: Any, uri: str, *, artifacts_destination: str | None = None) -> None:
-        self._sa = _sa()
-        self._engine = engine
+    def __init__(self, uri: str, *, artifacts_destination: str | None = None) -> None:
         self.uri = uri
         self._artifacts_root = _artifacts_root(artifacts_destination)
         self._artifacts_destination = artifacts_destination
-        self._t = _tables(self._sa)
-        names = set(self._sa.inspect(engine).get_table_names())
-        missing = _REQUIRED_TABLES - names
-        if missing:
-            raise BadInputError(f"{uri} is not an MLflow tracking database (no {', '.join(sorted(missing))} table)")
-        self._has_inputs = {"datasets", "inputs", "input_tags"} <= names
-        run_cols = {c["name"] for c in self._sa.inspect(engine).get_columns("runs")}
-        self._has_deleted_time = "deleted_time" in run_cols
-        with engine.connect() as conn:
-            self._schema_revision = conn.execute(self._sa.text("SELECT version_num FROM alembic_version")).scalar()
+        self._db_lock = threading.Lock()
+        self._db_opened: _Database | None = None
+
+    def _make_engine(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def _db(self) -> _Database:
+        """SQLAlchemy's engine and what the schema has, made on first use: a store opened
+        only to be written (SqliteStore) never needs them, and importing SQLAlchemy and
+        inspecting the schema take a third of a second."""
+        with self._db_lock:
+            if self._db_opened is None:
+                self._db_opened = _Database.inspect(self._make_engine(), self.uri)
+            return self._db_opened
 
     # ---------------------------------------------------------------- common
 
@@ -248,17 +274,15 @@ class MlflowDatabaseSource(SourceStore):
         return StoreDescription(kind=self.kind, uri=self.uri)
 
     def close(self) -> None:
-        self._engine.dispose()
-
-    def _connect(self) -> Any:
-        return self._engine.connect()
+        if self._db_opened is not None:
+            self._db_opened.engine.dispose()
 
     # ---------------------------------------------------------------- experiments
 
     def list_experiments(self, selection: Selection) -> Iterator[Experiment]:
-        sa = self._sa
-        e, r, et = self._t["experiments"], self._t["runs"], self._t["experiment_tags"]
-        with self._connect() as conn:
+        sa = self._db.sa
+        e, r, et = self._db.tables["experiments"], self._db.tables["runs"], self._db.tables["experiment_tags"]
+        with self._db.engine.connect() as conn:
             rows = conn.execute(sa.select(e).order_by(e.c.experiment_id)).all()
             wanted_ids: set[str] | None = None
             if selection.experiments:
@@ -303,9 +327,9 @@ class MlflowDatabaseSource(SourceStore):
     # ---------------------------------------------------------------- runs
 
     def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run]:
-        sa = self._sa
-        r = self._t["runs"]
-        cols = [c for c in r.c if c.name != "deleted_time" or self._has_deleted_time]
+        sa = self._db.sa
+        r = self._db.tables["runs"]
+        cols = [c for c in r.c if c.name != "deleted_time" or self._db.has_deleted_time]
         q = sa.select(*cols).where(r.c.experiment_id == int(experiment.experiment_id))
         if not selection.include_deleted:
             q = q.where(r.c.lifecycle_stage != DELETED)
@@ -314,7 +338,7 @@ class MlflowDatabaseSource(SourceStore):
         q = q.order_by(sa.func.coalesce(r.c.start_time, 0), r.c.run_uuid)
         if selection.filter:
             self._filter([], selection.filter)  # a bad filter is refused even without runs
-        with self._connect() as conn:
+        with self._db.engine.connect() as conn:
             run_rows = conn.execute(q).all()
         for chunk in _chunks(run_rows):
             runs = list(self._runs_from_rows(chunk))
@@ -323,21 +347,21 @@ class MlflowDatabaseSource(SourceStore):
             yield from runs
 
     def _runs_from_rows(self, rows: list) -> Iterator[Run]:
-        sa = self._sa
+        sa = self._db.sa
         ids = [row.run_uuid for row in rows]
         params: dict[str, dict[str, str]] = {i: {} for i in ids}
         tags: dict[str, dict[str, str]] = {i: {} for i in ids}
         inputs: dict[str, list[DatasetInput]] = {i: [] for i in ids}
-        p, t = self._t["params"], self._t["tags"]
+        p, t = self._db.tables["params"], self._db.tables["tags"]
         input_rows: list = []
         input_tags: dict[str, dict[str, str]] = {}
-        with self._connect() as conn:
+        with self._db.engine.connect() as conn:
             for row in conn.execute(sa.select(p.c.run_uuid, p.c.key, p.c.value).where(p.c.run_uuid.in_(ids))):
                 params[row.run_uuid][row.key] = row.value
             for row in conn.execute(sa.select(t.c.run_uuid, t.c.key, t.c.value).where(t.c.run_uuid.in_(ids))):
                 tags[row.run_uuid][row.key] = row.value
-            if self._has_inputs:
-                d, inp, it = self._t["datasets"], self._t["inputs"], self._t["input_tags"]
+            if self._db.has_inputs:
+                d, inp, it = self._db.tables["datasets"], self._db.tables["inputs"], self._db.tables["input_tags"]
                 q = (
                     sa.select(
                         inp.c.input_uuid, inp.c.destination_id, d.c.name, d.c.digest,
@@ -379,7 +403,7 @@ class MlflowDatabaseSource(SourceStore):
                 start_time=row.start_time,
                 end_time=row.end_time,
                 lifecycle_stage=row.lifecycle_stage or ACTIVE,
-                deleted_time=row.deleted_time if self._has_deleted_time else None,
+                deleted_time=row.deleted_time if self._db.has_deleted_time else None,
                 artifact_uri=row.artifact_uri,
                 params=params[rid],
                 tags=tags[rid],
@@ -399,8 +423,8 @@ class MlflowDatabaseSource(SourceStore):
             from mlflow.utils.search_utils import SearchUtils
         except ImportError as exc:
             raise BadInputError("--filter needs MLflow's search parser: pip install 'trackport[local]'") from exc
-        sa = self._sa
-        lm = self._t["latest_metrics"]
+        sa = self._db.sa
+        lm = self._db.tables["latest_metrics"]
         if not runs:
             try:
                 SearchUtils.parse_search_filter(filter_string)
@@ -408,7 +432,7 @@ class MlflowDatabaseSource(SourceStore):
                 raise BadInputError(f"--filter {filter_string!r}: {exc.message.splitlines()[0]}") from None
             return []
         latest: dict[str, list] = {r.run_id: [] for r in runs}
-        with self._connect() as conn:
+        with self._db.engine.connect() as conn:
             q = sa.select(lm.c.run_uuid, lm.c.key, lm.c.value, lm.c.timestamp, lm.c.step, lm.c.is_nan).where(
                 lm.c.run_uuid.in_(list(latest))
             )
@@ -450,24 +474,24 @@ class MlflowDatabaseSource(SourceStore):
     def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
         """Key by key (the keys sorted here, by code point, whatever the database's
         collation), each key's points through the (run_uuid, key, step) index."""
-        sa = self._sa
-        m = self._t["metrics"]
-        with self._connect() as conn:
+        sa = self._db.sa
+        m = self._db.tables["metrics"]
+        with self._db.engine.connect() as conn:
             keys = sorted(
                 row[0] for row in conn.execute(sa.select(m.c.key).where(m.c.run_uuid == run.run_id).distinct())
             )
         yield from rebatch(self._key_batches(run.run_id, keys), BATCH_ROWS)
 
     def _key_batches(self, run_id: str, keys: list[str]) -> Iterator[pa.RecordBatch]:
-        sa = self._sa
-        m = self._t["metrics"]
+        sa = self._db.sa
+        m = self._db.tables["metrics"]
         for key in keys:
             q = (
                 sa.select(m.c.step, m.c.timestamp, m.c.value, m.c.is_nan)
                 .where(m.c.run_uuid == run_id, m.c.key == key)
                 .order_by(m.c.step, m.c.timestamp, m.c.value)
             )
-            with self._connect() as conn:
+            with self._db.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, max_row_buffer=BATCH_ROWS).execute(q)
                 while rows := result.fetchmany(BATCH_ROWS):
                     yield _rows_to_batch(rows, key)
@@ -531,22 +555,33 @@ class SqliteSource(MlflowDatabaseSource):
     kind = "sqlite"
 
     def __init__(self, uri: str, path: Path, *, artifacts_destination: str | None = None) -> None:
-        sa = _sa()
+        if importlib.util.find_spec("sqlalchemy") is None:  # imported on first read
+            raise BadInputError(_MISSING_SQLALCHEMY)
         if not path.is_file():
             raise BadInputError(
                 f"no MLflow sqlite store at {path}: check the path (sqlite:///relative or sqlite:////absolute)"
             )
         if not looks_like_mlflow_db(path):
+            if Path(f"{path}-journal").exists():  # only a writer can roll it back
+                raise BadInputError(
+                    f"{path} has the journal of a write that never finished ({path.name}-journal), which a "
+                    "read-only reader cannot roll back: start its MLflow server once (or run "
+                    f"`sqlite3 {path} 'PRAGMA quick_check'`), then export again"
+                )
             raise BadInputError(f"{path} is not an MLflow tracking database")
         self.path = path
         self._ro_uri = read_only_uri(path)
-        engine = sa.create_engine(
-            "sqlite://",
-            creator=lambda: sqlite3.connect(self._ro_uri, uri=True, check_same_thread=False),
-        )
-        self._adbc = _adbc_sqlite()
-        super().__init__(engine, uri, artifacts_destination=artifacts_destination)
+        super().__init__(uri, artifacts_destination=artifacts_destination)
         self._index_order = self._has_key_step_index()
+
+    def _make_engine(self) -> Any:
+        return _sa().create_engine(
+            "sqlite://", creator=lambda: sqlite3.connect(self._ro_uri, uri=True, check_same_thread=False)
+        )
+
+    @functools.cached_property
+    def _adbc(self) -> Any | None:
+        return _adbc_sqlite()  # imported on first read: it brings pandas, half a second
 
     def _has_key_step_index(self) -> bool:
         with sqlite3.connect(self._ro_uri, uri=True) as con:
@@ -626,8 +661,13 @@ class ServerDatabaseSource(MlflowDatabaseSource):
                 cur.close()
 
         display = url.render_as_string(hide_password=True)
+        self._engine = engine
+        super().__init__(display, artifacts_destination=artifacts_destination)
         try:
-            super().__init__(engine, display, artifacts_destination=artifacts_destination)
+            self._db  # noqa: B018 -- refuse a database that is unreachable or not MLflow's now
         except sa.exc.OperationalError as exc:
             engine.dispose()
             raise BadInputError(f"cannot read {display}: {str(exc.orig).strip().splitlines()[0]}") from None
+
+    def _make_engine(self) -> Any:
+        return self._engine
