@@ -205,10 +205,10 @@ def test_parquet_is_plain_for_pyarrow_and_duckdb(bundle):
     total = duckdb.sql(f"select count(*) from read_parquet('{glob}')").fetchall()[0][0]
     assert total == 9 + 2 + 1 + BIG_POINTS
     rows = duckdb.sql(
-        f"select key, step, timestamp, value from read_parquet('{glob}') where run_id = 'aaa1' "
-        "order by key, step, timestamp, value nulls first"
+        f"select key, step, timestamp, value from read_parquet('{glob}') where run_id = 'aaa1'"
     ).fetchall()
-    assert same_points(rows, all_points(CONTENT["aaa1"]().batches))
+    # Compared in one order of Python's (duckdb 1.x and 2.x order NaN and -0.0 differently).
+    assert same_points(sorted(rows, key=repr), sorted(all_points(CONTENT["aaa1"]().batches), key=repr))
     s = duckdb.sql(f"select count(*), sum(step) from read_parquet('{glob}') where run_id='eee5' and key='loss'").fetchall()[0]
     assert s == (BIG_POINTS, BIG_POINTS * (BIG_POINTS - 1) // 2)
 

@@ -280,9 +280,10 @@ class MlflowDatabaseSource(SourceStore):
     # ---------------------------------------------------------------- experiments
 
     def list_experiments(self, selection: Selection) -> Iterator[Experiment]:
-        sa = self._db.sa
-        e, r, et = self._db.tables["experiments"], self._db.tables["runs"], self._db.tables["experiment_tags"]
-        with self._db.engine.connect() as conn:
+        db = self._db
+        sa = db.sa
+        e, r, et = db.tables["experiments"], db.tables["runs"], db.tables["experiment_tags"]
+        with db.engine.connect() as conn:
             rows = conn.execute(sa.select(e).order_by(e.c.experiment_id)).all()
             wanted_ids: set[str] | None = None
             if selection.experiments:
@@ -327,9 +328,10 @@ class MlflowDatabaseSource(SourceStore):
     # ---------------------------------------------------------------- runs
 
     def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run]:
-        sa = self._db.sa
-        r = self._db.tables["runs"]
-        cols = [c for c in r.c if c.name != "deleted_time" or self._db.has_deleted_time]
+        db = self._db
+        sa = db.sa
+        r = db.tables["runs"]
+        cols = [c for c in r.c if c.name != "deleted_time" or db.has_deleted_time]
         q = sa.select(*cols).where(r.c.experiment_id == int(experiment.experiment_id))
         if not selection.include_deleted:
             q = q.where(r.c.lifecycle_stage != DELETED)
@@ -338,7 +340,7 @@ class MlflowDatabaseSource(SourceStore):
         q = q.order_by(sa.func.coalesce(r.c.start_time, 0), r.c.run_uuid)
         if selection.filter:
             self._filter([], selection.filter)  # a bad filter is refused even without runs
-        with self._db.engine.connect() as conn:
+        with db.engine.connect() as conn:
             run_rows = conn.execute(q).all()
         for chunk in _chunks(run_rows):
             runs = list(self._runs_from_rows(chunk))
@@ -347,21 +349,22 @@ class MlflowDatabaseSource(SourceStore):
             yield from runs
 
     def _runs_from_rows(self, rows: list) -> Iterator[Run]:
-        sa = self._db.sa
+        db = self._db
+        sa = db.sa
         ids = [row.run_uuid for row in rows]
         params: dict[str, dict[str, str]] = {i: {} for i in ids}
         tags: dict[str, dict[str, str]] = {i: {} for i in ids}
         inputs: dict[str, list[DatasetInput]] = {i: [] for i in ids}
-        p, t = self._db.tables["params"], self._db.tables["tags"]
+        p, t = db.tables["params"], db.tables["tags"]
         input_rows: list = []
         input_tags: dict[str, dict[str, str]] = {}
-        with self._db.engine.connect() as conn:
+        with db.engine.connect() as conn:
             for row in conn.execute(sa.select(p.c.run_uuid, p.c.key, p.c.value).where(p.c.run_uuid.in_(ids))):
                 params[row.run_uuid][row.key] = row.value
             for row in conn.execute(sa.select(t.c.run_uuid, t.c.key, t.c.value).where(t.c.run_uuid.in_(ids))):
                 tags[row.run_uuid][row.key] = row.value
-            if self._db.has_inputs:
-                d, inp, it = self._db.tables["datasets"], self._db.tables["inputs"], self._db.tables["input_tags"]
+            if db.has_inputs:
+                d, inp, it = db.tables["datasets"], db.tables["inputs"], db.tables["input_tags"]
                 q = (
                     sa.select(
                         inp.c.input_uuid, inp.c.destination_id, d.c.name, d.c.digest,
@@ -403,7 +406,7 @@ class MlflowDatabaseSource(SourceStore):
                 start_time=row.start_time,
                 end_time=row.end_time,
                 lifecycle_stage=row.lifecycle_stage or ACTIVE,
-                deleted_time=row.deleted_time if self._db.has_deleted_time else None,
+                deleted_time=row.deleted_time if db.has_deleted_time else None,
                 artifact_uri=row.artifact_uri,
                 params=params[rid],
                 tags=tags[rid],
@@ -423,8 +426,9 @@ class MlflowDatabaseSource(SourceStore):
             from mlflow.utils.search_utils import SearchUtils
         except ImportError as exc:
             raise BadInputError("--filter needs MLflow's search parser: pip install 'trackport[local]'") from exc
-        sa = self._db.sa
-        lm = self._db.tables["latest_metrics"]
+        db = self._db
+        sa = db.sa
+        lm = db.tables["latest_metrics"]
         if not runs:
             try:
                 SearchUtils.parse_search_filter(filter_string)
@@ -432,7 +436,7 @@ class MlflowDatabaseSource(SourceStore):
                 raise BadInputError(f"--filter {filter_string!r}: {exc.message.splitlines()[0]}") from None
             return []
         latest: dict[str, list] = {r.run_id: [] for r in runs}
-        with self._db.engine.connect() as conn:
+        with db.engine.connect() as conn:
             q = sa.select(lm.c.run_uuid, lm.c.key, lm.c.value, lm.c.timestamp, lm.c.step, lm.c.is_nan).where(
                 lm.c.run_uuid.in_(list(latest))
             )
@@ -474,24 +478,26 @@ class MlflowDatabaseSource(SourceStore):
     def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
         """Key by key (the keys sorted here, by code point, whatever the database's
         collation), each key's points through the (run_uuid, key, step) index."""
-        sa = self._db.sa
-        m = self._db.tables["metrics"]
-        with self._db.engine.connect() as conn:
+        db = self._db
+        sa = db.sa
+        m = db.tables["metrics"]
+        with db.engine.connect() as conn:
             keys = sorted(
                 row[0] for row in conn.execute(sa.select(m.c.key).where(m.c.run_uuid == run.run_id).distinct())
             )
         yield from rebatch(self._key_batches(run.run_id, keys), BATCH_ROWS)
 
     def _key_batches(self, run_id: str, keys: list[str]) -> Iterator[pa.RecordBatch]:
-        sa = self._db.sa
-        m = self._db.tables["metrics"]
+        db = self._db
+        sa = db.sa
+        m = db.tables["metrics"]
         for key in keys:
             q = (
                 sa.select(m.c.step, m.c.timestamp, m.c.value, m.c.is_nan)
                 .where(m.c.run_uuid == run_id, m.c.key == key)
                 .order_by(m.c.step, m.c.timestamp, m.c.value)
             )
-            with self._db.engine.connect() as conn:
+            with db.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, max_row_buffer=BATCH_ROWS).execute(q)
                 while rows := result.fetchmany(BATCH_ROWS):
                     yield _rows_to_batch(rows, key)
