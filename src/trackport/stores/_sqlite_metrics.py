@@ -1,11 +1,10 @@
 """Metric points into MLflow's sqlite `metrics` and `latest_metrics` tables, in bulk.
 
-The work is split in two so that the single sqlite writer does as little as possible:
+The work is split so that the single sqlite writer does as little as possible:
 `prepare_points` runs on the caller's thread, outside the writer, reading the source and
 computing MLflow's stored form (NaN as 0 with is_nan set) and each key's latest point;
 `metric_inserts` makes the statements and their values, the first ones before the writer
-is asked (`made_ahead`); `insert_points` runs inside the writer's transaction and mostly
-just executes them.
+is asked; `insert_points` runs inside the writer's transaction and executes them.
 """
 from __future__ import annotations
 
@@ -120,8 +119,15 @@ def _process_alive(pid: int) -> bool:
 
 
 def metric_inserts(run_id: str, points: PreparedPoints) -> Iterator[tuple[str, list[Any]]]:
-    """The INSERT statements of the prepared points, with their values: plain Python work,
-    so the caller makes the first ones before it asks the writer (see made_ahead)."""
+    """The INSERT statements of the prepared points with their values, those of the first
+    AHEAD_POINTS points made now: the writer is sqlite's single thread, so the Python work
+    it need not do while holding it is done on the caller's."""
+    statements = _statements(run_id, points)
+    ahead = list(itertools.islice(statements, max(1, AHEAD_POINTS // rows_per_insert())))
+    return itertools.chain(ahead, statements)
+
+
+def _statements(run_id: str, points: PreparedPoints) -> Iterator[tuple[str, list[Any]]]:
     # OR IGNORE collapses exact duplicates, which the primary key forbids; MLflow's SQL
     # store drops them the same way. Many rows per statement: a one-row INSERT re-opens and
     # re-seeks the table and its three indexes for every point.
@@ -144,13 +150,6 @@ def metric_inserts(run_id: str, points: PreparedPoints) -> Iterator[tuple[str, l
             for i, column in enumerate(columns):
                 values[len(head) + i :: len(columns)] = column
             yield metric_insert_sql(end - start, one_key, with_nan), values
-
-
-def made_ahead(inserts: Iterator[tuple[str, list[Any]]]) -> Iterator[tuple[str, list[Any]]]:
-    """inserts, the statements of the first AHEAD_POINTS points made now: the writer is
-    sqlite's single thread, so what it need not do in Python while holding it, it should not."""
-    ahead = list(itertools.islice(inserts, max(1, AHEAD_POINTS // rows_per_insert())))
-    return itertools.chain(ahead, inserts)
 
 
 def insert_points(

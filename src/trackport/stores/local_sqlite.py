@@ -45,7 +45,6 @@ from trackport.stores._group_commit import BUSY_TIMEOUT_S, CommitError, GroupCom
 from trackport.stores._localfs import COPY_CHUNK, local_artifact_dir
 from trackport.stores._sqlite_metrics import (
     insert_points,
-    made_ahead,
     metric_inserts,
     prepare_points,
     remove_stale_spools,
@@ -267,7 +266,7 @@ class SqliteStore(SqliteSource, SinkStore):
         try:
             self._copy_artifacts(content, artifact_dir, result)
             with prepare_points(content.metric_batches(), self.state_dir()) as points:
-                inserts = made_ahead(metric_inserts(run.run_id, points))
+                inserts = metric_inserts(run.run_id, points)
 
                 def write_rows(cursor: sqlite3.Cursor) -> int:
                     self._insert_run(cursor, run, exp_id, artifact_uri)

@@ -31,7 +31,6 @@ from trackport.transfer.plan import planned_losses
 from trackport.transfer.summary import Failure, Summary
 
 
-
 @dataclass(frozen=True)
 class ProgressEvent:
     kind: str  # "experiment" | "run"
