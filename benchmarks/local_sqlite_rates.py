@@ -69,7 +69,7 @@ def main(points: int, keys: int) -> None:
         tmp = Path(tmp)
         src_uri = f"sqlite:///{tmp / 'src' / 'mlflow.db'}"
         sink = open_sink(src_uri)
-        exp_id = sink.put_experiment(Experiment(experiment_id="1", name="bench", creation_time=1))
+        exp_id = sink.put_experiment(Experiment(experiment_id="1", name="bench", creation_time=1)).target_experiment_id
         t0 = time.perf_counter()
         result = sink.put_run(_run(exp_id), exp_id, _Content(lambda: synthetic(points, keys)))
         build = time.perf_counter() - t0
@@ -87,7 +87,7 @@ def main(points: int, keys: int) -> None:
         print(f"source read:   {t_read:.2f} s = {points / t_read:,.0f} points/s ({c_read:.2f} s CPU)")
 
         dst = open_sink(f"sqlite:///{tmp / 'dst' / 'mlflow.db'}")
-        dst_exp = dst.put_experiment(exp)
+        dst_exp = dst.put_experiment(exp).target_experiment_id
         t0, c0 = time.perf_counter(), time.process_time()
         result = dst.put_run(run, dst_exp, _Content(lambda: source.iter_metric_batches(run)))
         t_write, c_write = time.perf_counter() - t0, time.process_time() - c0

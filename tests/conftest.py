@@ -37,7 +37,8 @@ def sample_bundle(tmp_path_factory, sample_sqlite) -> Path:
     from trackport.transfer import transfer
 
     path = tmp_path_factory.mktemp("bundle") / "sample"
-    summary = transfer(open_source(sample_sqlite), open_bundle_sink(str(path)), Selection(include_deleted=True))
+    with open_source(sample_sqlite) as source, open_bundle_sink(str(path)) as sink:
+        summary = transfer(source, sink, Selection(include_deleted=True))
     assert summary.failed == 0, summary.failures
     return path
 

@@ -24,12 +24,19 @@ def free_port() -> int:
 
 class MlflowServer:
     def __init__(
-        self, workdir: Path, *, basic_auth: bool = False, extra_env: dict | None = None, workers: int = 1
+        self,
+        workdir: Path,
+        *,
+        basic_auth: bool = False,
+        extra_env: dict | None = None,
+        workers: int = 1,
+        port: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.workers = workers
         self.basic_auth = basic_auth
         self.extra_env = extra_env or {}
+        self.fixed_port = port  # a server that replaces another at the same URL
         self.port = 0
         self.process: subprocess.Popen | None = None
 
@@ -39,7 +46,7 @@ class MlflowServer:
 
     def start(self) -> "MlflowServer":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = self.fixed_port or free_port()
         env = {
             **os.environ,
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",

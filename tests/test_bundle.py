@@ -19,7 +19,7 @@ from trackport.bundle import BundleSink, BundleSource, FORMAT_VERSION, verify_bu
 from trackport.bundle.layout import MANIFEST_FILE, ROOT_FILE
 from trackport.bundle.manifest import write_manifest
 from trackport.domain import METRIC_SCHEMA, ArtifactFile, DatasetInput, Experiment, Run
-from trackport.errors import BadInputError, UnitError, UnsupportedVersionError
+from trackport.errors import BadInputError, TargetBusyError, UnitError, UnsupportedVersionError
 from trackport.stores.base import Unreadable, Selection, StoreDescription
 
 NAN, INF = float("nan"), float("inf")
@@ -108,7 +108,7 @@ def export(path: Path, row_group_rows: int = SMALL_ROW_GROUP, runs=RUNS) -> Bund
     sink = BundleSink(path, row_group_rows=row_group_rows)
     sink.begin(SOURCE, Selection(include_deleted=True))
     for exp in EXPS:
-        teid = sink.put_experiment(exp)
+        teid = sink.put_experiment(exp).target_experiment_id
         for run in runs.values():
             if run.experiment_id == exp.experiment_id:
                 assert sink.find_run(run, teid) is None
@@ -362,7 +362,7 @@ def test_artifact_path_escape_is_refused(copy, tmp_path):
 def test_sink_refuses_escaping_artifact_and_leaves_nothing(tmp_path):
     sink = BundleSink(tmp_path / "b")
     sink.begin(SOURCE, Selection())
-    teid = sink.put_experiment(EXPS[0])
+    teid = sink.put_experiment(EXPS[0]).target_experiment_id
     run = RUNS["bbb2"]
     with pytest.raises(UnitError, match="evil"):
         sink.put_run(run, teid, FakeContent([batch([("m", 0, 0, 1.0)])], {"ok.txt": b"1", "../evil": b"x"}))
@@ -379,7 +379,7 @@ def test_same_content_gives_same_manifest(bundle, tmp_path):
     b = (tmp_path / "again" / MANIFEST_FILE).read_text().splitlines()
     assert [json.loads(x)["path"] for x in a] == [json.loads(x)["path"] for x in b]
     differ = {json.loads(x)["path"] for x, y in zip(a, b) if x != y}
-    assert differ <= {ROOT_FILE, "transfer/ledger.jsonl"}
+    assert differ <= {ROOT_FILE, "transfer/ledger.jsonl", "transfer/transfers.jsonl"}
     paths = [json.loads(x)["path"] for x in a]
     assert paths == sorted(paths) and MANIFEST_FILE not in paths and ROOT_FILE in paths
 
@@ -410,14 +410,19 @@ def test_interrupted_export_resumes(tmp_path):
     path = tmp_path / "b"
     sink = BundleSink(path)
     sink.begin(SOURCE, Selection())
-    teid = sink.put_experiment(EXPS[0])
+    teid = sink.put_experiment(EXPS[0]).target_experiment_id
     sink.put_run(RUNS["aaa1"], teid, CONTENT["aaa1"]())
     (path / "experiments/1/runs/.bbb2.tmp-dead").mkdir()  # what a kill mid-run leaves
     (path / "experiments/1/runs/.bbb2.tmp-dead/run.json").write_text("{")
+    with pytest.raises(TargetBusyError, match="being written by another trackport"):
+        BundleSink(path)  # one writer at a time
+    sink.close()  # as a kill would: the lock is the kernel's, released with the process
     with pytest.raises(BadInputError, match="incomplete"):
         BundleSource(path)
-    with pytest.raises(BadInputError, match="unfinished export"):
-        BundleSink(path).begin(StoreDescription("sqlite", "sqlite:///other.db"), Selection())
+    other = BundleSink(path)
+    with pytest.raises(BadInputError, match="holds an export of 'file:///src/mlruns'"):
+        other.begin(StoreDescription("sqlite", "sqlite:///other.db"), Selection())
+    other.close()
     sink2 = BundleSink(path)
     sink2.begin(SOURCE, Selection())
     assert not (path / "experiments/1/runs/.bbb2.tmp-dead").exists()
@@ -433,7 +438,7 @@ def test_concurrent_put_run(tmp_path):
     path = tmp_path / "b"
     sink = BundleSink(path)
     sink.begin(SOURCE, Selection())
-    teid = sink.put_experiment(EXPS[0])
+    teid = sink.put_experiment(EXPS[0]).target_experiment_id
     errors = []
 
     def work(i):

@@ -79,7 +79,7 @@ def test_export_through_faults_equals_the_source(source_server, tmp_path):
         exported = invoke("export", proxy.url, str(bundle))
         _report("export", proxy)
         assert proxy.injected > 0 and proxy.counts["dropped_before"] + proxy.counts["dropped_after"] > 0
-    assert exported["counts"]["runs"] == {"done": SAMPLE_COUNTS["runs"], "skipped": 0, "failed": 0}
+    assert exported["counts"]["runs"] == {"done": SAMPLE_COUNTS["runs"], "skipped": 0, "failed": 0, "not_selected": 0}
     differences = list(compare_stores(open_source(source_server.url), open_source(str(bundle)), EVERYTHING))
     assert differences == []
     verified = CliRunner().invoke(cli, ["bundle", "verify", str(bundle), "--level", "full"])

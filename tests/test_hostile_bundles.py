@@ -40,9 +40,22 @@ class Sample:
         self.bundle = bundle
         self.outside = outside  # a canary directory next to the bundle
         self.runs: dict[str, tuple[str, str]] = {}  # run name -> (experiment id, run id)
+        self.parents: dict[str, str] = {}  # run id -> parent run id
         for run_json in bundle.glob("experiments/*/runs/*/run.json"):
-            info = json.loads(run_json.read_text())["info"]
+            doc = json.loads(run_json.read_text())
+            info = doc["info"]
             self.runs[info["run_name"]] = (info["experiment_id"], info["run_id"])
+            if "mlflow.parentRunId" in doc["tags"]:
+                self.parents[info["run_id"]] = doc["tags"]["mlflow.parentRunId"]
+
+    def descendants(self, run_id: str) -> set[str]:
+        """The runs under run_id (children, grandchildren, ...): refused with it."""
+        found: set[str] = set()
+        frontier = {run_id}
+        while frontier:
+            frontier = {child for child, parent in self.parents.items() if parent in frontier} - found
+            found |= frontier
+        return found
 
     def run_id(self, name: str) -> str:
         return self.runs[name][1]
@@ -125,7 +138,11 @@ class Expect:
 
 
 def unit(s: Sample, name: str, *words: str) -> Expect:
-    return Expect(1, words, {s.run_id(name): "run"}, {s.run_id(name)})
+    """One run refused for the words given, and its descendants with it ("its parent run
+    ... failed"): a unit whose dependency cannot be moved is not moved."""
+    run = s.run_id(name)
+    family = {run} | s.descendants(run)
+    return Expect(1, words, dict.fromkeys(family, "run"), family)
 
 
 def fatal(*words: str) -> Expect:
@@ -371,8 +388,9 @@ def duplicate_run_id(s: Sample) -> Expect:
     s.edit_json(copy / "run.json", lambda d: d["info"].update(experiment_id="2"))
     s.reseal()
     run = s.run_id("child")
+    family = {run} | s.descendants(run)
     return Expect(1, ("more than one experiment", f"experiments/1/runs/{run}", f"experiments/2/runs/{run}"),
-                  {run: "run"}, {run})
+                  dict.fromkeys(family, "run"), family)
 
 
 def run_id_not_its_directory(s: Sample) -> Expect:
@@ -629,12 +647,7 @@ def test_hostile_bundle(case, bundle_copy, tmp_path, empty_store):
         return
 
     report = json.loads(stdout)
-    refused = {f["source_id"]: f for f in report["failures"]}
-    assert {k: f["kind"] for k, f in refused.items()} == expect.refused, report["failures"]
-    for failure in refused.values():
-        assert "\n" not in failure["reason"]
-        for word in expect.words:
-            assert word in failure["reason"], (word, failure["reason"])
+    check_refusals(report, expect)
     present = target_runs(db)
     assert present == all_runs - expect.absent, (present, expect.absent)
     assert report["counts"]["runs"]["done"] == len(present)
@@ -642,6 +655,74 @@ def test_hostile_bundle(case, bundle_copy, tmp_path, empty_store):
         assert not list(target.rglob(f"mlartifacts/*/{run}")), run
     if expect.check:
         expect.check(db)
+
+
+# What a tracking server refuses that a local sqlite store holds (MLflow's limits): the run
+# is refused before anything of it is written there.
+REST_REFUSES = {"long-param-key": ("killed run", "param key", "at most 250"),
+                "long-param-value": ("killed run", "param 'big'", "characters")}
+
+
+def _server_runs(url: str, case: str) -> dict[str, str]:
+    """source run id -> lifecycle of every run (deleted ones too) in the case's experiments."""
+    import requests
+
+    api = f"{url}/api/2.0/mlflow"
+    experiments = requests.post(f"{api}/experiments/search", json={"max_results": 50000, "view_type": "ALL"},
+                                timeout=60).json().get("experiments", [])
+    ids = [e["experiment_id"] for e in experiments if e["name"].endswith(f" [{case}]")]
+    if not ids:
+        return {}
+    body = {"experiment_ids": ids, "run_view_type": "ALL", "max_results": 1000}
+    runs = requests.post(f"{api}/runs/search", json=body, timeout=60).json().get("runs", [])
+    out = {}
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+        out[tags["trackport.source.run_id"]] = run["info"]["lifecycle_stage"]
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_bundle_into_a_server(case, bundle_copy, tmp_path, target_server):
+    """The same corpus into a tracking server, which cannot take a run back (deleting only
+    marks it): a refused run, and the runs under it, leave nothing there, not even a
+    deleted run. The case's experiments get the case's name, so one server serves all."""
+    for doc in bundle_copy.glob("experiments/*/experiment.json"):
+        Sample(bundle_copy, tmp_path).edit_json(doc, lambda d: d.update(name=f"{d['name']} [{case}]"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    sample = Sample(bundle_copy, outside)
+    sample.reseal()
+    all_runs = {run for _, run in sample.runs.values()}
+    expect = CASES[case](sample)
+    if case in REST_REFUSES:
+        name, *words = REST_REFUSES[case]
+        expect = unit(sample, name, *words)
+    args = ["import", str(bundle_copy), target_server.url, "--json", "--workers", "8"]
+    result = CliRunner().invoke(cli, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == expect.code, (result.exit_code, result.stdout, result.stderr)
+    present = _server_runs(target_server.url, case)
+    if expect.code == 3:
+        assert present == {}
+        return
+    check_refusals(json.loads(result.stdout), expect)
+    assert set(present) == all_runs - expect.absent, (set(present) ^ (all_runs - expect.absent))
+
+
+def check_refusals(report: dict, expect: Expect) -> None:
+    """The refused units are exactly those expected: the damaged one with the words that
+    name the damage, its dependents because of it."""
+    refused = {f["source_id"]: f for f in report["failures"]}
+    assert {k: f["kind"] for k, f in refused.items()} == expect.refused, report["failures"]
+    for failure in refused.values():
+        assert "\n" not in failure["reason"]
+        if failure["reason"].startswith("its parent run ") or failure["reason"].startswith("its experiment "):
+            assert failure["reason"].split()[3] in refused or "could not be written" in failure["reason"], failure
+            continue
+        for word in expect.words:
+            assert word in failure["reason"], (word, failure["reason"])
 
 
 def test_the_corpus_is_large_enough():

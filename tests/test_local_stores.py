@@ -223,8 +223,11 @@ class Content:
 def copy_all(source: SourceStore, sink: SqliteStore) -> list:
     results = []
     for exp in source.list_experiments(ALL):
-        target = sink.put_experiment(exp)
-        assert sink.put_experiment(exp) == target  # idempotent
+        written = sink.put_experiment(exp)
+        again = sink.put_experiment(exp)  # idempotent: found, not made again
+        assert again.target_experiment_id == written.target_experiment_id
+        assert not again.created or exp.name == "Default"  # a new store's Default takes the source's
+        target = written.target_experiment_id
         for run in source.iter_runs(exp, ALL):
             assert sink.find_run(run, target) is None
             results.append(sink.put_run(run, target, Content(source, run)))
@@ -257,7 +260,7 @@ def test_sqlite_sink_round_trip(samples, tmp_path):
             assert (other.creation_time, other.last_update_time) == (
                 exp.creation_time, exp.last_update_time
             )
-            root = (tmp_path / "target" / "mlartifacts").as_posix()
+            root = (tmp_path / "target" / "mlflow-artifacts").as_posix()  # the store's own folder
             assert other.artifact_location == f"{root}/{other.experiment_id}"
         src_runs = src_client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
         dst_runs = {
@@ -334,7 +337,7 @@ def _one_run(run_id: str, exp_id: str) -> Run:
 def test_sink_infinity_nan_and_duplicates(tmp_path):
     uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
     sink = SqliteStore(uri, create=True)
-    exp_id = sink.put_experiment(Experiment(experiment_id="7", name="inf", creation_time=5))
+    exp_id = sink.put_experiment(Experiment(experiment_id="7", name="inf", creation_time=5)).target_experiment_id
     assert exp_id == "7"
     batch = pa.RecordBatch.from_pylist(
         [
@@ -354,10 +357,10 @@ def test_sink_infinity_nan_and_duplicates(tmp_path):
     assert [_v(m.value) for m in history] == [math.inf, -math.inf, "nan", 1.0]
     assert client.get_run("a" * 32).data.metrics == {"m": 1.0}
     # An id already taken in the target is not reused; the name is.
-    other = sink.put_experiment(Experiment(experiment_id="7", name="other"))
+    other = sink.put_experiment(Experiment(experiment_id="7", name="other")).target_experiment_id
     assert other != "7"
-    assert sink.put_experiment(Experiment(experiment_id="99", name="inf")) == "7"
-    deleted = sink.put_experiment(Experiment(experiment_id="8", name="gone", lifecycle_stage="deleted"))
+    assert sink.put_experiment(Experiment(experiment_id="99", name="inf")).target_experiment_id == "7"
+    deleted = sink.put_experiment(Experiment(experiment_id="8", name="gone", lifecycle_stage="deleted")).target_experiment_id
     assert client.get_experiment(deleted).lifecycle_stage == "deleted"
 
 

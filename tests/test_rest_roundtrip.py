@@ -72,7 +72,7 @@ def clamp_infinity(snap: dict) -> dict:
 def test_server_to_bundle_to_fresh_server_keeps_every_field(source_server, fresh_server, tmp_path):
     bundle = tmp_path / "bundle"
     exported = invoke("export", source_server.url, str(bundle))
-    assert exported["counts"]["runs"] == {"done": SAMPLE_COUNTS["runs"], "skipped": 0, "failed": 0}
+    assert exported["counts"]["runs"] == {"done": SAMPLE_COUNTS["runs"], "skipped": 0, "failed": 0, "not_selected": 0}
     imported = invoke("import", str(bundle), fresh_server.url)
     assert imported["counts"]["runs"]["done"] == SAMPLE_COUNTS["runs"]
     assert imported["counts"]["metric_points"]["done"] == SAMPLE_COUNTS["metric_points"]
@@ -103,7 +103,7 @@ def test_importing_twice_and_copying_again_write_nothing(source_server, sample_b
     assert first["counts"]["runs"]["done"] == SAMPLE_COUNTS["runs"]
     before = snapshot(fresh_server.url)
     second = invoke("import", str(sample_bundle), fresh_server.url)
-    assert second["counts"]["runs"] == {"done": 0, "skipped": SAMPLE_COUNTS["runs"], "failed": 0}
+    assert second["counts"]["runs"] == {"done": 0, "skipped": SAMPLE_COUNTS["runs"], "failed": 0, "not_selected": 0}
     assert second["counts"]["metric_points"]["done"] == 0
     assert snapshot(fresh_server.url) == before  # exactly one copy of each run, nothing touched
 
@@ -111,7 +111,7 @@ def test_importing_twice_and_copying_again_write_nothing(source_server, sample_b
     assert copied["counts"]["runs"]["done"] == 2
     middle = snapshot(fresh_server.url)
     again = invoke("copy", source_server.url, fresh_server.url, "--experiment", "trackport sample b")
-    assert again["counts"]["runs"] == {"done": 0, "skipped": 2, "failed": 0}
+    assert again["counts"]["runs"] == {"done": 0, "skipped": 2, "failed": 0, "not_selected": 0}
     assert snapshot(fresh_server.url) == middle
 
 
@@ -141,7 +141,7 @@ def test_a_rejected_run_is_reported_by_name_and_the_rest_arrive(bundle_copy, fre
     result = CliRunner().invoke(cli, ["import", str(bundle_copy), fresh_server.url, "--include-deleted", "--json"])
     assert result.exit_code == 1, result.output
     report = json.loads(result.stdout)
-    assert report["counts"]["runs"] == {"done": SAMPLE_COUNTS["runs"] - 1, "skipped": 0, "failed": 1}
+    assert report["counts"]["runs"] == {"done": SAMPLE_COUNTS["runs"] - 1, "skipped": 0, "failed": 1, "not_selected": 0}
     (failure,) = report["failures"]
     assert failure["name"] == "killed run" and "bad@key" in failure["reason"]
     names = {r["run_name"] for e in snapshot(fresh_server.url).values() for r in e["runs"].values()

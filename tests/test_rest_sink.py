@@ -29,10 +29,11 @@ SOURCE_RUN_TAG = "trackport.source.run_id"
 @contextlib.contextmanager
 def rest_sink(url, tmp_path, **kwargs):
     client, info = connect(url, "target")
+    sink = RestSink(client, url, info, state_root=tmp_path / "state", **kwargs)
     try:
-        yield RestSink(client, url, info, state_root=tmp_path / "state", **kwargs)
+        yield sink
     finally:
-        client.close()
+        sink.close()  # releases the target's lock and closes the client
 
 
 class Renamed(SourceStore):
@@ -230,7 +231,7 @@ def test_sample_into_fresh_server(sample_sqlite, fresh_server, tmp_path):
     with rest_sink(url, tmp_path / "again") as sink:
         summary = transfer(open_source(sample_sqlite), sink, Selection(include_deleted=True))
     assert summary.failed == 0
-    assert summary.counts["runs"] == {"done": 0, "skipped": SAMPLE_COUNTS["runs"], "failed": 0}
+    assert summary.counts["runs"] == {"done": 0, "skipped": SAMPLE_COUNTS["runs"], "failed": 0, "not_selected": 0}
     assert all_runs() == before
 
     # A partial copy beside a complete one is deleted; the complete one stays the only copy.
@@ -362,8 +363,8 @@ def test_long_histories_arrive_whole(target_server, tmp_path):
         run = tiny_run("rate")
         source = TinySource(Experiment("7", name), [(run, [("loss", i, i, 1.0 / (i + 1)) for i in range(n)], {})])
         with rest_sink(target_server.url, tmp_path) as sink:
-            exp = sink.put_experiment(source.experiment)
-            from trackport.transfer.engine import _SourceRunContent
+            exp = sink.put_experiment(source.experiment).target_experiment_id
+            from trackport.transfer.runs import _SourceRunContent
 
             result = sink.put_run(run, exp, _SourceRunContent(source, run))
         assert result.metric_points == n
@@ -391,7 +392,7 @@ def test_deleted_experiment_and_restored_target(target_server, tmp_path):
     source.experiment = dataclasses.replace(source.experiment, lifecycle_stage="active")
     with rest_sink(target_server.url, tmp_path) as sink:
         summary = transfer(source, sink, Selection(include_deleted=True))
-    assert summary.counts["runs"] == {"done": 0, "skipped": 2, "failed": 0}
+    assert summary.counts["runs"] == {"done": 0, "skipped": 2, "failed": 0, "not_selected": 0}
     assert client.get_experiment(exp.experiment_id).lifecycle_stage == "active"
     [kept_copy] = copies(client, exp.experiment_id, kept.run_id)
     [gone_copy] = copies(client, exp.experiment_id, gone.run_id)

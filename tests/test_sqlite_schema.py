@@ -147,7 +147,7 @@ def _filled_store(db: Path) -> None:
     from trackport.domain import Experiment, Run
 
     sink = SqliteStore(f"sqlite:///{db}", create=True)
-    exp = sink.put_experiment(Experiment(experiment_id="1", name="e"))
+    exp = sink.put_experiment(Experiment(experiment_id="1", name="e")).target_experiment_id
     run = Run(run_id="c" * 32, experiment_id="1", run_name="r", user_id="u", status="FINISHED",
               start_time=1, end_time=2)
     assert sink.put_run(run, exp, _Content(_history(20_000, seed=3))).metric_points > 0
@@ -205,7 +205,7 @@ def test_an_experiment_without_times_gets_now_as_mlflow_gives_it(tmp_path):
     db = tmp_path / "mlflow.db"
     sink = SqliteStore(f"sqlite:///{db}", create=True)
     before = int(time.time() * 1000)
-    exp = sink.put_experiment(Experiment(experiment_id="5", name="no times"))
+    exp = sink.put_experiment(Experiment(experiment_id="5", name="no times")).target_experiment_id
     sink.close()
     with sqlite3.connect(db) as con:
         created, updated = con.execute(

@@ -155,7 +155,7 @@ def test_metric_points_arrive_exactly(tmp_path, monkeypatch, in_memory_points):
     monkeypatch.setattr(_sqlite_metrics, "IN_MEMORY_POINTS", in_memory_points)
     uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
     sink = SqliteStore(uri, create=True)
-    exp = sink.put_experiment(Experiment(experiment_id="1", name="e"))
+    exp = sink.put_experiment(Experiment(experiment_id="1", name="e")).target_experiment_id
     batches = _history(12_000, seed=in_memory_points % 97)
     run = Run(run_id="b" * 32, experiment_id="1", run_name="r", user_id="u", status="FINISHED",
               start_time=1, end_time=2)

@@ -25,7 +25,7 @@ def test_status_idmap_and_verify_after_an_import(sample_bundle, sample_sqlite, t
     status = trackport("status", target, "--json")
     assert status.returncode == 0, status.stderr
     counts = json.loads(status.stdout)["counts"]
-    assert counts["run"] == {"done": SAMPLE_COUNTS["runs"], "skipped": 0, "failed": 0}
+    assert counts["run"] == {"done": SAMPLE_COUNTS["runs"], "skipped": 0, "failed": 0, "not_selected": 0}
 
     rows = list(csv.DictReader(io.StringIO(trackport("idmap", target, "--kind", "run").stdout)))
     assert len(rows) == SAMPLE_COUNTS["runs"] and all(r["source_id"] == r["target_id"] for r in rows)
@@ -53,7 +53,7 @@ def test_verify_prints_each_difference_and_fails(sample_bundle, tmp_path):
 
 def test_status_counts_the_latest_outcome_of_each_unit(bundle_copy, tmp_path):
     target = f"sqlite:///{tmp_path / 'target' / 'mlflow.db'}"
-    victim = next(p for p in sorted(bundle_copy.rglob("artifacts/*")) if p.is_file())
+    victim = next(bundle_copy.rglob("artifacts/gone.txt"))  # of a run without children
     data = victim.read_bytes()
     victim.unlink()
     result = CliRunner().invoke(cli, ["import", str(bundle_copy), target, "--include-deleted"])
@@ -66,7 +66,7 @@ def test_status_counts_the_latest_outcome_of_each_unit(bundle_copy, tmp_path):
     victim.write_bytes(data)  # repaired: the next run retries only what failed
     result = CliRunner().invoke(cli, ["import", str(bundle_copy), target, "--include-deleted", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["counts"]["runs"] == {"done": 1, "skipped": SAMPLE_COUNTS["runs"] - 1, "failed": 0}
+    assert json.loads(result.stdout)["counts"]["runs"] == {"done": 1, "skipped": SAMPLE_COUNTS["runs"] - 1, "failed": 0, "not_selected": 0}
     after = json.loads(trackport("status", target, "--json").stdout)
     assert after["counts"]["run"]["failed"] == 0 and after["failed"] == []
 

@@ -123,5 +123,9 @@ class Capabilities:
     keeps_infinity: bool
     keeps_deleted_time: bool = True
     keeps_experiment_times: bool = True
+    # A run that fails half-way leaves nothing behind (rolled back, its files removed). A
+    # server cannot take a run back (deleting is only a mark), so the source is asked to
+    # check the run's content before anything of it is written there.
+    undoes_failed_runs: bool = True
     max_param_value_length: int | None = None
     max_tag_value_length: int | None = None

@@ -6,6 +6,7 @@ version, checks for ids and artifact paths that become file names, and the atomi
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 FORMAT_NAME = "trackport-bundle"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 FORMAT_MAJOR = 1
 
 ROOT_FILE = "trackport-bundle.json"
@@ -27,6 +28,8 @@ RUNS_DIR = "runs"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.parquet"
 ARTIFACTS_DIR = "artifacts"
+# The writer's lock (trackport.locking): changes with every writer, so never listed.
+UNLISTED = frozenset({f"{TRANSFER_DIR}/lock"})
 
 CHUNK_SIZE = 1 << 20  # artifacts and hashes are streamed in 1 MiB chunks
 TMP_MARK = ".tmp-"  # temp names are ".<final name>.tmp-<random hex>"
@@ -116,14 +119,15 @@ def dumps(doc: Any) -> str:
 
 
 def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
+    """Make the names in directory path durable (after a rename into it). Errors are
+    raised: on Linux a failed fsync is not retryable, so the write may be lost. Only a
+    file system that cannot fsync a directory at all (EINVAL) is let pass."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
     finally:
         os.close(fd)
 

@@ -17,6 +17,7 @@ from trackport.bundle.layout import (
     MANIFEST_FILE,
     RUN_FILE,
     RUNS_DIR,
+    UNLISTED,
     fsync_dir,
     sha256_file,
     temp_name,
@@ -64,7 +65,7 @@ def iter_entries(root: Path, exclude: frozenset[str] = frozenset()) -> Iterator[
     current_run: str | None = None
     known: dict[str, tuple[int, str]] = {}
     for rel, entry in walk_files(root):
-        if rel == MANIFEST_FILE or rel in exclude:
+        if rel == MANIFEST_FILE or rel in exclude or rel in UNLISTED:
             continue
         size = entry.stat(follow_symlinks=False).st_size
         sha = None

@@ -34,6 +34,7 @@ import pyarrow as pa
 from trackport.domain import ArtifactFile, DatasetInput, DELETED, Experiment, Run
 from trackport.errors import BadInputError, TrackportError, UnitError
 from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
+from trackport.stores.experiment_refs import pick_experiment
 from trackport.bundle import descriptor, schemas
 from trackport.bundle.layout import (
     ARTIFACTS_DIR,
@@ -253,6 +254,8 @@ class _CheckedArtifact:
 
 
 class BundleSource(SourceStore):
+    takes_deleted_by_default = True  # a bundle holds what its export selected
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).absolute()
         if not self.path.exists():
@@ -482,12 +485,11 @@ class BundleSource(SourceStore):
     def list_experiments(self, selection: Selection) -> Iterator[Experiment | Unreadable]:
         """Valid selected experiments (by id order), then an Unreadable for each invalid
         experiment.json that the selection would take. The experiments are those the
-        manifest lists (an experiment.json, or a run directory)."""
+        manifest lists (an experiment.json, or a run directory). An unreadable one can be
+        named only by its id: its name is in the damaged file."""
         names = sorted(self._index.experiments, key=lambda s: (len(s), s))
-        wanted = set(selection.experiments)
-        found: list[Experiment] = []
-        bad: list[Unreadable] = []
-        matched: set[str] = set()
+        valid: dict[str, Experiment] = {}
+        bad: dict[str, Unreadable] = {}
         for name in names:
             rel = f"{EXPERIMENTS_DIR}/{name}/{EXPERIMENT_FILE}"
             try:
@@ -496,23 +498,28 @@ class BundleSource(SourceStore):
                 if exp.experiment_id != name:
                     raise UnitError(f"{path} holds experiment id {exp.experiment_id!r} in directory {name!r}")
             except UnitError as e:
-                if not wanted or name in wanted:
-                    matched.add(name)
-                    bad.append(Unreadable("experiment", name, str(e)))
+                bad[name] = Unreadable("experiment", name, str(e))
                 continue
-            if wanted:
-                hits = wanted & {exp.experiment_id, exp.name}
-                if not hits:
-                    continue
-                matched |= hits
-            if exp.lifecycle_stage == DELETED and not selection.include_deleted:
-                continue
-            found.append(exp)
-        missing = sorted(wanted - matched)
-        if missing:
-            raise BadInputError(f"no experiment named or with id {', '.join(map(repr, missing))} in bundle {self.path}")
-        yield from found
-        yield from bad
+            valid[name] = exp
+        wanted: set[str] | None = None
+        if selection.experiments:
+            by_name = {exp.name: exp for exp in valid.values()}
+
+            def by_id(value: str) -> Experiment | None:
+                if value in bad:
+                    return Experiment(experiment_id=value, name="(unreadable)")
+                return valid.get(value)
+
+            wanted = {
+                pick_experiment(ref, by_id, by_name.get, f"bundle {self.path}").experiment_id
+                for ref in selection.experiments
+            }
+        for name, exp in valid.items():
+            if (wanted is None or name in wanted) and (selection.include_deleted or exp.lifecycle_stage != DELETED):
+                yield exp
+        for name, unreadable in bad.items():
+            if wanted is None or name in wanted:
+                yield unreadable
 
     # -- runs --------------------------------------------------------------------------
     def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run | Unreadable]:
@@ -559,6 +566,16 @@ class BundleSource(SourceStore):
             raise UnitError(f"{path} {e}") from None
         except Exception as e:  # noqa: BLE001 - any failure to decode is damage of this file
             raise UnitError(f"{path} cannot be read: {_short(str(e).splitlines()[0]) if str(e) else type(e).__name__}") from None
+
+    def check_run(self, run: Run) -> None:
+        """Every point decoded and every artifact byte hashed, before a sink that cannot
+        take a run back writes any of it (the reads that follow check it all again)."""
+        for _ in self.iter_metric_batches(run):
+            pass
+        for artifact in self.list_artifacts(run):
+            with self.open_artifact(run, artifact.path) as stream:
+                while stream.read(CHUNK_SIZE):
+                    pass
 
     def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
         plan = self._plan(run)

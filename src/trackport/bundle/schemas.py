@@ -19,7 +19,8 @@ RUN = "run"
 MANIFEST_ENTRY = "manifest-entry"
 IDMAP_ENTRY = "idmap-entry"
 LEDGER_ENTRY = "ledger-entry"
-NAMES = (BUNDLE, EXPERIMENT, RUN, MANIFEST_ENTRY, IDMAP_ENTRY, LEDGER_ENTRY)
+TRANSFER_EVENT = "transfer-event"
+NAMES = (BUNDLE, EXPERIMENT, RUN, MANIFEST_ENTRY, IDMAP_ENTRY, LEDGER_ENTRY, TRANSFER_EVENT)
 
 _lock = threading.Lock()
 _validators: dict[str, Draft202012Validator] = {}

@@ -27,6 +27,7 @@ from trackport.bundle.layout import (
     ROOT_FILE,
     RUN_FILE,
     TRANSFER_DIR,
+    UNLISTED,
     check_relpath,
     sha256_file,
     walk_files,
@@ -92,6 +93,8 @@ def _jsonl_schema_for(rel: str) -> str | None:
             return schemas.IDMAP_ENTRY
         if name.startswith("ledger"):
             return schemas.LEDGER_ENTRY
+        if name.startswith("transfers"):
+            return schemas.TRANSFER_EVENT
     return None
 
 
@@ -238,7 +241,7 @@ def verify_bundle(path: str | os.PathLike, level: str = "full") -> VerifyReport:
     # 4. nothing present that the manifest does not list
     if level in ("complete", "full"):
         for rel, entry in walk_files(root):
-            if rel == MANIFEST_FILE or rel in listed:
+            if rel == MANIFEST_FILE or rel in listed or rel in UNLISTED:
                 continue
             kind = "symbolic link" if entry.is_symlink() else "file"
             report.add(rel, f"{kind} present but not listed in the manifest")

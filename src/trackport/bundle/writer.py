@@ -6,7 +6,6 @@ manifest is written last by finish(). Thread-safe for concurrent put_run of diff
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -15,10 +14,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 from trackport.domain import Capabilities, Experiment, Run
-from trackport.domain import TargetExperimentId, TargetRunId
-from trackport.errors import BadInputError, TrackportError, UnitError
-from trackport.stores.base import RunContent, RunWriteResult, Selection, SinkStore, StoreDescription
+from trackport.domain import SourceRunId, TargetExperimentId, TargetRunId
+from trackport.errors import BadInputError, TrackportError, UnitError, storage_error
+from trackport.locking import TargetLock
+from trackport.stores.base import (
+    ExperimentWriteResult,
+    RunContent,
+    RunWriteResult,
+    Selection,
+    SinkStore,
+    StoreDescription,
+)
 from trackport.bundle import descriptor
+from trackport.locking import LOCK_FILE
 from trackport.bundle.layout import (
     ARTIFACTS_DIR,
     EXPERIMENT_FILE,
@@ -43,10 +51,6 @@ from trackport.bundle.layout import (
 )
 from trackport.bundle.manifest import write_manifest
 from trackport.bundle.metrics_parquet import DEFAULT_ROW_GROUP_ROWS, write_metrics
-
-# Errors that will hit every later write too: stop the transfer instead of failing each run.
-_FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
-
 
 def experiment_doc(experiment: Experiment) -> dict:
     return {
@@ -83,10 +87,7 @@ def run_doc(run: Run, experiment_id: str, metrics: dict | None, artifacts: list[
 
 
 def _os_error(e: OSError, what: str) -> TrackportError:
-    msg = f"cannot write {what}: {e.strerror or e}"
-    if e.errno in _FATAL_ERRNOS:
-        return BadInputError(msg + "; free space or fix permissions, then re-run to resume")
-    return UnitError(msg)
+    return storage_error(e, what) or UnitError(f"cannot write {what}: {e.strerror or e}")
 
 
 class BundleSink(SinkStore):
@@ -102,58 +103,71 @@ class BundleSink(SinkStore):
     )
 
     def __init__(self, path: str | os.PathLike, *, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS):
+        """Opens the bundle directory for writing (made if missing) and takes its lock. A
+        directory that holds something else than a bundle is refused untouched."""
         self.path = Path(path).absolute()
         self.row_group_rows = row_group_rows
         self._root_doc: dict | None = None
         self._lock = threading.Lock()
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise BadInputError(f"{p} exists and is not a directory; export to a new path")
+        if p.is_dir() and not (p / ROOT_FILE).exists() and not _empty_but_for_a_lock(p):
+            raise BadInputError(f"{p} is not empty and is not a trackport bundle; export to a new or empty directory")
+        made = [d for d in (p, p / TRANSFER_DIR) if not d.exists()]
+        self._made_here = made  # removed again by close() if nothing was ever begun
+        self._begun = False
+        self._target_lock = TargetLock(p / TRANSFER_DIR, str(p))
 
     # -- description -------------------------------------------------------------------
     def describe(self) -> StoreDescription:
         return StoreDescription(kind="bundle", uri=str(self.path))
 
     def state_dir(self) -> Path:
-        d = self.path / TRANSFER_DIR
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+        return self.path / TRANSFER_DIR
+
+    def close(self) -> None:
+        self._target_lock.release()
+        if not self._begun:  # opened, then refused before any write: leave no bundle behind
+            for made in reversed(self._made_here):
+                (made / LOCK_FILE).unlink(missing_ok=True)
+                try:
+                    made.rmdir()
+                except OSError:
+                    pass  # not empty: it holds more than this sink made
 
     # -- lifecycle ---------------------------------------------------------------------
     def begin(self, source: StoreDescription, selection: Selection) -> None:
+        self._begun = True
         p = self.path
         source_doc = {"kind": source.kind, "uri": source.uri, "mlflow_version": source.mlflow_version}
         created_at = None
-        if p.exists():
-            if not p.is_dir():
-                raise BadInputError(f"{p} exists and is not a directory; export to a new path")
-            if (p / ROOT_FILE).exists():
-                try:
-                    old = descriptor.load_root(p)
-                except BadInputError as e:
-                    raise BadInputError(f"{p} is not a trackport bundle in progress ({e}); export to a new path") from None
-                old_src = old.get("source") or {}
-                if (old_src.get("kind"), old_src.get("uri")) != (source.kind, source.uri):
-                    raise BadInputError(
-                        f"{p} holds an unfinished export of {old_src.get('uri')!r}, not of {source.uri!r}; "
-                        "resume with the same source or export to a new path"
-                    )
-                created_at = old.get("created_at")
-                self._remove_stale_temps()
-                if (p / MANIFEST_FILE).exists():
-                    # A complete bundle of the same source: add what is new. Its root and
-                    # manifest stay as they are until finish() rewrites both, so a run
-                    # that dies half-way leaves the bundle complete as it was, plus some
-                    # unlisted run directories that readers ignore.
-                    self._root_doc = old
-                    return
-            elif any(p.iterdir()):
-                raise BadInputError(f"{p} is not empty and is not a trackport bundle; export to a new or empty directory")
+        if (p / ROOT_FILE).exists():
+            try:
+                old = descriptor.load_root(p)
+            except BadInputError as e:
+                raise BadInputError(f"{p} is not a trackport bundle in progress ({e}); export to a new path") from None
+            old_src = old.get("source") or {}
+            if (old_src.get("kind"), old_src.get("uri")) != (source.kind, source.uri):
+                raise BadInputError(
+                    f"{p} holds an export of {old_src.get('uri')!r}, not of {source.uri!r}; "
+                    "export the same source into it, or export to a new path"
+                )
+            created_at = old.get("created_at")
+            self._remove_stale_temps()
+            if (p / MANIFEST_FILE).exists():
+                # A complete bundle of the same source: add what is new. Its root and
+                # manifest stay as they are until finish() rewrites both, so a run
+                # that dies half-way leaves the bundle complete as it was, plus some
+                # unlisted run directories that readers ignore.
+                self._root_doc = old
+                return
         try:
-            p.mkdir(parents=True, exist_ok=True)
             (p / EXPERIMENTS_DIR).mkdir(exist_ok=True)
-            (p / TRANSFER_DIR).mkdir(exist_ok=True)
             doc = descriptor.build_root(source_doc, selection.to_json(), created_at=created_at)
             write_json_atomic(p / ROOT_FILE, doc)
         except OSError as e:
-            raise BadInputError(f"cannot write bundle at {p}: {e.strerror or e}") from None
+            raise _os_error(e, f"the bundle at {p}") from None
         self._root_doc = doc
 
     def _remove_stale_temps(self) -> None:
@@ -185,7 +199,7 @@ class BundleSink(SinkStore):
             write_json_atomic(self.path / ROOT_FILE, root_doc)
             write_manifest(self.path)
         except OSError as e:
-            raise BadInputError(f"cannot finish bundle at {self.path}: {e.strerror or e}") from None
+            raise _os_error(e, f"the manifest of the bundle at {self.path}") from None
         self._root_doc = root_doc
 
     def _count(self) -> dict:
@@ -213,24 +227,28 @@ class BundleSink(SinkStore):
         return c
 
     # -- writes ------------------------------------------------------------------------
-    def put_experiment(self, experiment: Experiment) -> TargetExperimentId:
+    def put_experiment(self, experiment: Experiment) -> ExperimentWriteResult:
         try:
             d = experiment_dir(self.path, experiment.experiment_id)
         except ValueError as e:
             raise UnitError(f"experiment {experiment.name!r}: {e}") from None
+        created = not (d / EXPERIMENT_FILE).is_file()
         try:
             (d / RUNS_DIR).mkdir(parents=True, exist_ok=True)
             write_json_atomic(d / EXPERIMENT_FILE, experiment_doc(experiment))
         except OSError as e:
             raise _os_error(e, f"experiment {experiment.name!r} into {d}") from None
-        return TargetExperimentId(experiment.experiment_id)
+        return ExperimentWriteResult(TargetExperimentId(experiment.experiment_id), created)
 
     def find_run(self, run: Run, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
+        return self.lookup_run(SourceRunId(run.run_id), target_experiment_id)
+
+    def lookup_run(self, source_run_id: SourceRunId, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
         try:
-            d = run_dir(self.path, target_experiment_id, run.run_id)
+            d = run_dir(self.path, target_experiment_id, source_run_id)
         except ValueError:
             return None
-        return TargetRunId(run.run_id) if (d / RUN_FILE).is_file() else None
+        return TargetRunId(source_run_id) if (d / RUN_FILE).is_file() else None
 
     def put_run(self, run: Run, target_experiment_id: TargetExperimentId, content: RunContent) -> RunWriteResult:
         try:
@@ -281,13 +299,23 @@ class BundleSink(SinkStore):
         return result
 
     def _publish(self, tmp: Path, final: Path) -> None:
-        """Rename the finished temp dir into place (replacing an older copy whole)."""
+        """Rename the finished temp dir into place. A directory already there without a
+        run.json was not written by trackport (its runs appear whole): it is left alone."""
         with self._lock:
-            if final.exists():
-                old = final.with_name(temp_name(final.name))
-                os.rename(final, old)
-                os.rename(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, final)
+            if os.path.lexists(final):
+                raise UnitError(
+                    f"{final} exists but holds no complete run (no {RUN_FILE}); it was not written by trackport,"
+                    " so it is left alone: move it away, then run the same command again"
+                )
+            os.rename(tmp, final)
         fsync_dir(final.parent)
+
+
+def _empty_but_for_a_lock(path: Path) -> bool:
+    """An empty directory, or one holding only what a writer's lock made (transfer/lock)."""
+    entries = list(path.iterdir())
+    if not entries:
+        return True
+    if [e.name for e in entries] != [TRANSFER_DIR] or not entries[0].is_dir():
+        return False
+    return [e.name for e in entries[0].iterdir()] in ([], [LOCK_FILE])

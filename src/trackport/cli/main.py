@@ -14,8 +14,9 @@ import click
 from trackport import __version__
 from trackport.cli import render
 from trackport.domain import DEFAULT_WORKERS
-from trackport.errors import ExitCode, TrackportError, VerifyError
+from trackport.errors import BadInputError, ExitCode, TrackportError, VerifyError, storage_error
 from trackport.stores import open_bundle_sink, open_bundle_source, open_sink, open_source
+from trackport.stores.registry import locate, refuse_same_store
 from trackport.stores.base import Selection, SinkStore, SourceStore
 from trackport.transfer import Summary, transfer
 from trackport.transfer.engine import plan_experiments
@@ -30,7 +31,10 @@ def _selection_options(command):
         help="Only runs matching MLflow's search syntax, e.g. \"metrics.r2 > 0.3\" (server or sqlite source).",
     )(command)
     command = click.option(
-        "--include-deleted", is_flag=True, help="Also move deleted experiments and runs."
+        "--include-deleted/--exclude-deleted",
+        default=None,
+        help="Take deleted experiments and runs too, or leave them out (default: from a bundle, all it"
+        " holds; from a store, leave them out). Left-out units are counted as not selected.",
     )(command)
     command = click.option(
         "--run-id", "run_ids", multiple=True, metavar="ID", help="Only this run (repeatable)."
@@ -40,7 +44,8 @@ def _selection_options(command):
         "experiments",
         multiple=True,
         metavar="NAME_OR_ID",
-        help="Only this experiment (repeatable; default: all).",
+        help="Only this experiment (repeatable; default: all): a name or an id, or id:ID / name:NAME"
+        " where one experiment's name is another's id.",
     )(command)
     return command
 
@@ -79,6 +84,10 @@ def _fail_cleanly(command):
         except TrackportError as exc:
             render.error(str(exc))
             sys.exit(exc.exit_code)
+        except OSError as exc:  # one that no store turned into its own error: still one line
+            error = storage_error(exc, exc.filename or "a file") or BadInputError(f"{exc.filename}: {exc.strerror}")
+            render.error(str(error))
+            sys.exit(error.exit_code)
         except KeyboardInterrupt:
             render.error("interrupted; run the same command again to resume")
             sys.exit(ExitCode.INTERRUPTED)
@@ -86,29 +95,51 @@ def _fail_cleanly(command):
     return wrapper
 
 
-def _run_transfer(
-    source: SourceStore,
-    make_sink,
-    selection: Selection,
-    workers: int,
-    show_progress: bool = True,
-) -> Summary:
-    # Plan before the sink exists, so that bad input leaves nothing behind in the target.
-    planned = plan_experiments(source, selection)
-    sink: SinkStore = make_sink()
+def _selection(source: SourceStore, experiments, run_ids, include_deleted, filter_string) -> Selection:
+    """A bundle source takes deleted units unless told otherwise (it holds what its export
+    selected); a store leaves them out unless asked."""
+    deleted = source.takes_deleted_by_default if include_deleted is None else include_deleted
+    return Selection(experiments, run_ids, deleted, filter_string)
+
+
+def _run_transfer(source: SourceStore, make_sink, options: tuple, workers: int, show_progress: bool = True) -> Summary:
+    try:
+        selection = _selection(source, *options)
+        # Plan before the sink exists, so that bad input leaves nothing behind in the target.
+        planned = plan_experiments(source, selection)
+        sink: SinkStore = make_sink()
+    except BaseException:
+        source.close()
+        raise
     if show_progress:
         for loss in planned_losses(sink.capabilities, sink.on_long_value):
             click.echo(f"the target cannot hold: {loss}", err=True)
     progress = render.ProgressLine(enabled=None if show_progress else False)
     try:
         return transfer(source, sink, selection, workers=workers, on_progress=progress, experiments=planned)
+    except TrackportError as exc:
+        done = getattr(exc, "summary", None)
+        if done is not None:  # what was done before the stop, then the one-line error
+            progress.close()
+            click.echo(render.summary_table(done) if show_progress else json.dumps(done.to_json(), indent=2, sort_keys=True))
+        raise
     finally:
         progress.close()
-        sink.close()
-        source.close()
+        try:
+            sink.close()
+        finally:
+            source.close()
+
+
+def _check_target(source: str, target: str) -> None:
+    """Before anything is opened: a target URI of a known kind, not the source itself."""
+    locate(target)
+    refuse_same_store(source, target)
 
 
 def _show(summary: Summary, as_json: bool) -> None:
+    for notice in summary.all_notices():
+        render.notice(notice)
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
     else:
@@ -151,7 +182,8 @@ def cli() -> None:
     MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN or DATABRICKS_HOST / DATABRICKS_TOKEN;
     prefix any of them with TRACKPORT_SOURCE_ or TRACKPORT_TARGET_ for one side only.
     Exit codes: 0 ok, 1 some units failed, 2 usage, 3 bad input, 4 verify failed,
-    5 authentication, 6 unreachable, 70 internal error, 130 interrupted.
+    5 authentication, 6 unreachable, 7 target busy, 8 disk full / read-only / no
+    permission, 70 internal error, 130 interrupted.
     """
 
 
@@ -163,9 +195,10 @@ def cli() -> None:
 @_fail_cleanly
 def export_command(source, bundle, experiments, run_ids, include_deleted, filter_string, workers, as_json):
     """Write SOURCE's experiments and runs into the bundle directory BUNDLE."""
-    selection = Selection(experiments, run_ids, include_deleted, filter_string)
+    _check_target(source, bundle)
+    options = (experiments, run_ids, include_deleted, filter_string)
     summary = _run_transfer(
-        open_source(source, workers=workers), lambda: open_bundle_sink(bundle), selection, workers, not as_json
+        open_source(source, workers=workers), lambda: open_bundle_sink(bundle), options, workers, not as_json
     )
     _show(summary, as_json)
 
@@ -179,10 +212,12 @@ def export_command(source, bundle, experiments, run_ids, include_deleted, filter
 @_fail_cleanly
 def import_command(bundle, target, experiments, run_ids, include_deleted, filter_string, workers, as_json,
                    artifact_root, on_long_value):
-    """Replay the bundle BUNDLE into the store TARGET."""
-    selection = Selection(experiments, run_ids, include_deleted, filter_string)
+    """Replay the bundle BUNDLE into the store TARGET (all it holds, deleted units included,
+    unless --exclude-deleted or another selection says otherwise)."""
+    _check_target(bundle, target)
+    options = (experiments, run_ids, include_deleted, filter_string)
     sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, workers=workers)  # noqa: E731
-    _show(_run_transfer(open_bundle_source(bundle), sink, selection, workers, not as_json), as_json)
+    _show(_run_transfer(open_bundle_source(bundle), sink, options, workers, not as_json), as_json)
 
 
 @cli.command("copy")
@@ -195,9 +230,10 @@ def import_command(bundle, target, experiments, run_ids, include_deleted, filter
 def copy_command(source, target, experiments, run_ids, include_deleted, filter_string, workers, as_json,
                  artifact_root, on_long_value):
     """Copy straight from store SOURCE to store TARGET, without a bundle."""
-    selection = Selection(experiments, run_ids, include_deleted, filter_string)
+    _check_target(source, target)
+    options = (experiments, run_ids, include_deleted, filter_string)
     sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, workers=workers)  # noqa: E731
-    _show(_run_transfer(open_source(source, workers=workers), sink, selection, workers, not as_json), as_json)
+    _show(_run_transfer(open_source(source, workers=workers), sink, options, workers, not as_json), as_json)
 
 
 @cli.command("verify")
@@ -218,9 +254,15 @@ def verify_stores_command(source, target, level, experiments, run_ids, include_d
     from trackport.stores.rest.source import RestSource
     from trackport.transfer.compare import compare_stores
 
-    selection = Selection(experiments, run_ids, include_deleted, filter_string)
-    expected, actual = open_source(source), open_source(target)
+    locate(target)
+    expected = open_source(source)
     try:
+        actual = open_source(target)
+    except BaseException:
+        expected.close()
+        raise
+    try:
+        selection = _selection(expected, experiments, run_ids, include_deleted, filter_string)
         clamps = isinstance(actual, RestSource) and actual.info.clamps_infinity
         differences = [str(d) for d in compare_stores(expected, actual, selection, level=level, clamps_infinity=clamps)]
     finally:
@@ -241,21 +283,20 @@ def verify_stores_command(source, target, level, experiments, run_ids, include_d
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @_fail_cleanly
 def status_command(target, as_json):
-    """Show what the transfers into TARGET did: units done, skipped and failed, with reasons."""
+    """Show what the transfers into TARGET did: units done, skipped, failed and not selected,
+    with reasons, and what the last transfer left still to do. Exits 1 when a unit failed or
+    the last transfer did not finish."""
     from trackport.stores import state_dir_for
     from trackport.transfer.status import read_status
 
     status = read_status(state_dir_for(target))
     if as_json:
         click.echo(json.dumps(status.to_json(), indent=2, sort_keys=True))
-        return
-    click.echo(f"ledger      {status.state_dir}")
-    click.echo(f"last entry  {status.last_activity}")
-    click.echo(f"{'':<12}{'done':>10}{'skipped':>10}{'failed':>10}")
-    for kind, outcomes in status.counts.items():
-        click.echo(f"{kind + 's':<12}" + "".join(f"{outcomes[o]:>10,}" for o in ("done", "skipped", "failed")))
-    for line in status.failed:
-        click.echo(f"FAILED {line['kind']} {line['name']!r} ({line['source_id']}): {line['reason']}")
+    else:
+        click.echo(render.status_text(status))
+    last = status.last_transfer
+    if status.failed or (last is not None and last.ended != "finished" and not last.running):
+        sys.exit(ExitCode.UNITS_FAILED)
 
 
 @cli.command("idmap")
@@ -350,9 +391,10 @@ def demo_command(workdir, as_json):
     target_uri = f"sqlite:///{root / 'target' / 'mlflow.db'}"
     everything = Selection(include_deleted=True)
 
-    exported = _run_transfer(open_source(source_uri), lambda: open_bundle_sink(str(bundle)), everything, DEFAULT_WORKERS)
+    take_all = ((), (), True, None)
+    exported = _run_transfer(open_source(source_uri), lambda: open_bundle_sink(str(bundle)), take_all, DEFAULT_WORKERS)
     report = verify_bundle(bundle, "full")
-    imported = _run_transfer(open_bundle_source(str(bundle)), lambda: open_sink(target_uri), everything, DEFAULT_WORKERS)
+    imported = _run_transfer(open_bundle_source(str(bundle)), lambda: open_sink(target_uri), take_all, DEFAULT_WORKERS)
     source, target = open_source(source_uri), open_source(target_uri)
     try:
         differences = [str(d) for d in compare_stores(source, target, everything, level="full")]

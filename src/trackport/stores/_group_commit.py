@@ -47,7 +47,7 @@ class GroupCommitWriter:
         self._rows = 0
         self._generation = 0  # number of the open (or next) transaction
         self._ended = 0  # transactions 0 .. _ended - 1 are over
-        self._failed: dict[int, str] = {}  # generation -> why its commit failed
+        self._failed: dict[int, tuple[str, BaseException]] = {}  # generation -> why it did not commit
 
     def write(self, unit: Callable[[sqlite3.Cursor], T]) -> T:
         """Run unit(cursor) in its own savepoint; return what it returns once the
@@ -71,15 +71,15 @@ class GroupCommitWriter:
                 self._rows += self._con.total_changes - changes_before
                 failure: BaseException | None = None
             except BaseException as exc:
-                cursor.execute("ROLLBACK TO unit")
-                cursor.execute("RELEASE unit")
                 failure = exc
+                self._roll_back_unit(cursor, exc)
             finally:
                 cursor.close()
-            with self._state:
-                nobody_waiting = self._waiting == 0
-            if nobody_waiting or self._units >= self._max_units or self._rows >= self._max_rows:
-                self._commit()
+            if self._open:
+                with self._state:
+                    nobody_waiting = self._waiting == 0
+                if nobody_waiting or self._units >= self._max_units or self._rows >= self._max_rows:
+                    self._commit()
         if failure is not None:
             raise failure
         with self._state:
@@ -87,8 +87,21 @@ class GroupCommitWriter:
                 self._state.wait()
             why = self._failed.get(generation)
         if why is not None:
-            raise CommitError(why)
+            raise CommitError(why[0]) from why[1]
         return result
+
+    def _roll_back_unit(self, cursor: sqlite3.Cursor, exc: BaseException) -> None:
+        """Undo a failed unit alone. On some errors (a full disk, an I/O error) sqlite has
+        already rolled back the whole transaction: then every unit it held is lost, and
+        each of their writers is told so."""
+        try:
+            if self._con.in_transaction:
+                cursor.execute("ROLLBACK TO unit")
+                cursor.execute("RELEASE unit")
+                return
+        except sqlite3.Error:
+            pass
+        self._end(("the transaction holding this run was rolled back by the database", exc), roll_back=True)
 
     def close(self) -> None:
         with self._lock:
@@ -97,15 +110,21 @@ class GroupCommitWriter:
             self._con.close()
 
     def _commit(self) -> None:
-        failed = None
         try:
             self._con.execute("COMMIT")
         except sqlite3.Error as exc:
-            failed = f"committing to the database failed: {exc}"
+            self._end((f"committing to the database failed: {exc}", exc), roll_back=True)
+        else:
+            self._end(None)
+
+    def _end(self, failed: tuple[str, BaseException] | None, *, roll_back: bool = False) -> None:
+        """Close the open transaction's generation: its units' writers are released,
+        with `failed` (why, cause) when it did not commit."""
+        if roll_back:
             try:
                 self._con.execute("ROLLBACK")
             except sqlite3.Error:
-                pass  # sqlite already rolled back
+                pass  # sqlite rolled back already: there is no transaction left
         with self._state:
             if failed is not None and self._units:
                 self._failed[self._generation] = failed

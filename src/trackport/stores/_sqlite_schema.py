@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import secrets
 import shutil
 import sqlite3
 import tempfile
@@ -92,15 +93,22 @@ def create_database(path: Path, template: SchemaTemplate, artifact_root_uri: str
     for stale in path.parent.glob(f".{path.name}.creating-*"):
         stale.unlink(missing_ok=True)
     temp = path.with_name(f".{path.name}.creating-{os.getpid()}")
-    shutil.copyfile(template.path, temp)
-    now = int(time.time() * 1000)
-    with closing(sqlite3.connect(temp)) as con, con:
-        con.execute(
-            "UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
-            "WHERE experiment_id = ?",
-            (experiment_artifact_location(artifact_root_uri, DEFAULT_EXPERIMENT_ID), now, now, DEFAULT_EXPERIMENT_ID),
-        )
-    os.replace(temp, path)
+    try:
+        shutil.copyfile(template.path, temp)
+        now = int(time.time() * 1000)
+        with closing(sqlite3.connect(temp)) as con, con:
+            con.execute(
+                "UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
+                "WHERE experiment_id = ?",
+                (experiment_artifact_location(artifact_root_uri, DEFAULT_EXPERIMENT_ID), now, now, DEFAULT_EXPERIMENT_ID),
+            )
+            # Which database this is, for the records kept beside it (sqlite_identity): the
+            # Default experiment's times change when the source's Default lands here.
+            con.execute(f"PRAGMA user_version = {secrets.randbelow(2**31 - 1) + 1}")
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def check_revision(path: Path, template: SchemaTemplate) -> None:

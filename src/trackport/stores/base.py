@@ -18,6 +18,7 @@ from trackport.domain import (
     Capabilities,
     Experiment,
     Run,
+    SourceRunId,
     TargetExperimentId,
     TargetRunId,
 )
@@ -48,6 +49,11 @@ class StoreDescription:
     kind: str  # "sqlite", "mlruns", "bundle", "rest", ...
     uri: str
     mlflow_version: str | None = None
+    # Which store instance this is, so that a store replaced at the same place (a database
+    # made again, a server reset) is told apart from the one earlier transfers wrote; and
+    # one store reached under two names is not taken for two. None where unknown, or where
+    # the records live inside the store itself (a bundle).
+    identity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,9 @@ class Unreadable:
 class SourceStore(ABC):
     # Whether iter_runs applies Selection.filter (MLflow's search syntax).
     supports_filter: bool = False
+    # A bundle holds what its export selected: a transfer from it takes deleted experiments
+    # and runs too unless told otherwise. A live store's deleted ones are left out unless asked.
+    takes_deleted_by_default: bool = False
 
     @abstractmethod
     def describe(self) -> StoreDescription: ...
@@ -92,8 +101,25 @@ class SourceStore(ABC):
     def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
         """A binary stream of one artifact file; read it in chunks."""
 
+    def check_run(self, run: Run) -> None:  # noqa: B027 - optional hook
+        """Read the run's content through and raise UnitError if any of it is damaged:
+        asked before writing into a sink that cannot take back a half-written run. A live
+        store has nothing to check beyond what reading it does anyway."""
+
+    def missing_artifact_folder(self, run: Run) -> str | None:
+        """The folder where the source looked for the run's artifacts and found none, when
+        it reads them from a file system (MLflow takes that for "no artifacts", which it
+        also is when the source points at the wrong place); None otherwise."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+    def __enter__(self) -> SourceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class RunContent(Protocol):
@@ -104,6 +130,12 @@ class RunContent(Protocol):
     def artifact_files(self) -> Iterator[ArtifactFile]: ...
 
     def open_artifact(self, path: str) -> ContextManager[BinaryIO]: ...
+
+
+@dataclass(frozen=True)
+class ExperimentWriteResult:
+    target_experiment_id: TargetExperimentId
+    created: bool  # False: the target held it already (found by name), nothing was made
 
 
 @dataclass
@@ -132,12 +164,18 @@ class SinkStore(ABC):
         """Called once before the first write."""
 
     @abstractmethod
-    def put_experiment(self, experiment: Experiment) -> TargetExperimentId:
-        """Create the experiment, or find the one a previous transfer created. Idempotent."""
+    def put_experiment(self, experiment: Experiment) -> ExperimentWriteResult:
+        """Create the experiment, or find the one of that name the target holds. Idempotent."""
 
     @abstractmethod
     def find_run(self, run: Run, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
-        """The target id of a *complete* earlier copy of this source run, if there is one."""
+        """The target id of a *complete* earlier copy of this source run, if there is one;
+        it may clear away incomplete copies that earlier transfers left, before a write."""
+
+    @abstractmethod
+    def lookup_run(self, source_run_id: SourceRunId, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
+        """The target id of a complete copy of the source run, looked up in the target and
+        nowhere else (no side effect): what a reference to that run must name."""
 
     @abstractmethod
     def put_run(
@@ -155,4 +193,10 @@ class SinkStore(ABC):
         """Called once after a transfer in which no unit failed fatally."""
 
     def close(self) -> None:  # noqa: B027
-        pass
+        """Release the target (its lock): another transfer may write into it now."""
+
+    def __enter__(self) -> SinkStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -27,6 +27,7 @@ from trackport.domain import (
 from trackport.errors import BadInputError, UnitError
 from trackport.stores._localfs import local_artifact_dir, open_local_artifact, walk_artifacts
 from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
+from trackport.stores.experiment_refs import pick_experiment
 
 _TRASH = ".trash"
 _RUN_STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
@@ -160,14 +161,12 @@ class MlrunsStore(SourceStore):
         experiments = self._all_experiments()
         wanted: set[str] | None = None
         if selection.experiments:
-            wanted = set()
-            for ref in selection.experiments:
-                match = next((e for e, _ in experiments if e.name == ref), None) or next(
-                    (e for e, _ in experiments if e.experiment_id == ref), None
-                )
-                if match is None:
-                    raise BadInputError(f"experiment {ref!r} not found in {self.root}")
-                wanted.add(match.experiment_id)
+            by_id = {e.experiment_id: e for e, _ in experiments}
+            by_name = {e.name: e for e, _ in experiments}
+            wanted = {
+                pick_experiment(ref, by_id.get, by_name.get, str(self.root)).experiment_id
+                for ref in selection.experiments
+            }
         if selection.run_ids:
             requested = set(selection.run_ids)
             holding = {
@@ -297,6 +296,10 @@ class MlrunsStore(SourceStore):
 
     def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
         return walk_artifacts(self._artifact_dir(run))
+
+    def missing_artifact_folder(self, run: Run) -> str | None:
+        directory = self._artifact_dir(run)
+        return str(directory) if directory is not None and not directory.is_dir() else None
 
     def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
         return open_local_artifact(self._artifact_dir(run), path, run.run_id)

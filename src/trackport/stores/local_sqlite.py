@@ -36,13 +36,16 @@ from trackport.domain import (
     Capabilities,
     Experiment,
     Run,
+    SourceRunId,
     TargetExperimentId,
     TargetRunId,
 )
 from trackport.bundle.layout import fsync_dir
-from trackport.errors import BadInputError, UnitError
+from trackport.errors import BadInputError, UnitError, storage_error
+from trackport.locking import TargetLock
 from trackport.stores._group_commit import BUSY_TIMEOUT_S, CommitError, GroupCommitWriter
-from trackport.stores._localfs import COPY_CHUNK, local_artifact_dir
+from trackport.stores._localfs import local_artifact_dir
+from trackport.stores._run_folders import RunFolders
 from trackport.stores._sqlite_metrics import (
     insert_points,
     metric_inserts,
@@ -50,6 +53,7 @@ from trackport.stores._sqlite_metrics import (
     remove_stale_spools,
 )
 from trackport.stores._sqlite_schema import (
+    DEFAULT_EXPERIMENT_ID,
     append_to_uri_path,
     artifact_root_uri,
     check_revision,
@@ -60,6 +64,7 @@ from trackport.stores._sqlite_schema import (
     schema_template,
 )
 from trackport.stores.base import (
+    ExperimentWriteResult,
     RunContent,
     RunWriteResult,
     SinkStore,
@@ -70,6 +75,7 @@ from trackport.stores.sql_reader import (
     looks_like_mlflow_db,
     read_only_connection,
     split_uri_options,
+    sqlite_identity,
 )
 
 _DEFAULT_WORKSPACE = "default"
@@ -114,9 +120,19 @@ class SqliteStore(SqliteSource, SinkStore):
         bare, artifacts_destination = split_uri_options(uri)
         path = sqlite_path_from_uri(bare)
         self._writer: GroupCommitWriter | None = None
+        self._lock: TargetLock | None = None
         self._mlflow_version: str | None = None
         if create:
-            self._open_for_writing(path, artifact_root, workers)
+            state_dir = sqlite_state_dir(path)
+            made_state_dir = not state_dir.exists()
+            self._lock = TargetLock(state_dir, str(path))
+            try:
+                self._open_for_writing(path, artifact_root, workers)
+            except BaseException:
+                self.close()
+                if made_state_dir and not path.exists():  # refused before anything was made
+                    shutil.rmtree(state_dir, ignore_errors=True)
+                raise
         SqliteSource.__init__(self, uri, path, artifacts_destination=artifacts_destination)
 
     def _open_for_writing(self, path: Path, artifact_root: str | None, workers: int) -> None:
@@ -124,7 +140,7 @@ class SqliteStore(SqliteSource, SinkStore):
 
         self._mlflow_version = installed_mlflow_version()
         template = schema_template(state_home(), self._mlflow_version)
-        self._artifact_root = artifact_root_uri(artifact_root or str(path.parent / "mlartifacts"))
+        self._artifact_root = artifact_root_uri(artifact_root or str(default_artifact_root(path)))
         self._filling_marker = sqlite_state_dir(path) / FILLING_MARKER
         # MLflow puts a `Default` experiment into every database it creates; in a database
         # we create, that experiment is ours to make equal to the source's.
@@ -132,15 +148,20 @@ class SqliteStore(SqliteSource, SinkStore):
         if self._created_here:
             refuse_leftover_journal(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._filling_marker.parent.mkdir(parents=True, exist_ok=True)
             self._filling_marker.touch()  # before the database exists
             create_database(path, template, self._artifact_root)
+            identity = sqlite_identity(path)
+            self._filling_marker.write_text(identity or "")
         elif not (_recover(path) and looks_like_mlflow_db(path)):
             raise BadInputError(f"{path} is not an MLflow tracking database")
         else:
             check_revision(path, template)
+            identity = sqlite_identity(path)
             if self._filling_marker.exists():
-                _check_unfinished_fill(path)
+                if self._filling_marker.read_text() not in ("", identity):
+                    self._filling_marker.unlink()  # left by a deleted database of this name
+                else:
+                    _check_unfinished_fill(path)
         self._filling = self._filling_marker.exists()
         self._columns = _table_columns(path, _WRITTEN_TABLES)
         self._readers = threading.local()
@@ -150,24 +171,39 @@ class SqliteStore(SqliteSource, SinkStore):
             self._writer = GroupCommitWriter(path, max_units=1, synchronous_off=True)
         else:  # half the workers may wait for a commit while the others prepare their runs
             self._writer = GroupCommitWriter(path, max_units=max(1, workers // 2))
+        self._folders = RunFolders(sqlite_state_dir(path), identity)
+        self._folders.settle(lambda run_id: self._run_exists(path, run_id))
         remove_stale_spools(sqlite_state_dir(path))
+
+    @staticmethod
+    def _run_exists(path: Path, run_id: str) -> bool:
+        with closing(read_only_connection(path, timeout=BUSY_TIMEOUT_S)) as con:
+            return con.execute("SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone() is not None
 
     # ---------------------------------------------------------------- common
 
     def describe(self) -> StoreDescription:
-        return StoreDescription(kind="sqlite", uri=self.uri, mlflow_version=self._mlflow_version)
+        return StoreDescription(kind="sqlite", uri=self.uri, mlflow_version=self._mlflow_version, identity=self.identity)
 
     def close(self) -> None:
-        super().close()
-        if self._writer is not None:
-            self._writer.close()
-            for con in self._reader_connections:
-                con.close()
-            if self._filling:
-                with open(self.path, "rb") as db:
-                    os.fsync(db.fileno())
-                fsync_dir(self.path.parent)  # the database's own name, made by a rename
-                self._filling_marker.unlink(missing_ok=True)
+        try:
+            super().close()
+            if self._writer is not None:
+                self._writer.close()
+                for con in self._reader_connections:
+                    con.close()
+                if self._filling:
+                    with open(self.path, "rb") as db:
+                        os.fsync(db.fileno())
+                    fsync_dir(self.path.parent)  # the database's own name, made by a rename
+                    self._filling_marker.unlink(missing_ok=True)
+                self._writer = None
+        except (OSError, sqlite3.Error) as exc:
+            raise (storage_error(exc, str(self.path)) or exc) from None
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def _check_writable(self) -> None:
         if self._writer is None:
@@ -190,20 +226,26 @@ class SqliteStore(SqliteSource, SinkStore):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def put_experiment(self, experiment: Experiment) -> TargetExperimentId:
+    def put_experiment(self, experiment: Experiment) -> ExperimentWriteResult:
         self._check_writable()
-        exp_id = self._writer.write(lambda cursor: self._put_experiment(cursor, experiment))
-        return TargetExperimentId(str(exp_id))
+        try:
+            exp_id, created = self._writer.write(lambda cursor: self._put_experiment(cursor, experiment))
+        except (sqlite3.Error, CommitError) as exc:
+            raise _write_error(exc, f"experiment {experiment.name!r}", self.path) from None
+        return ExperimentWriteResult(TargetExperimentId(str(exp_id)), created)
 
-    def _put_experiment(self, cursor: sqlite3.Cursor, experiment: Experiment) -> int:
+    def _put_experiment(self, cursor: sqlite3.Cursor, experiment: Experiment) -> tuple[int, bool]:
         in_workspace = "workspace" in self._columns["experiments"]
         where, args = ("name = ? AND workspace = ?", (experiment.name, _DEFAULT_WORKSPACE)) if in_workspace else (
             "name = ?", (experiment.name,))
         existing = cursor.execute(f"SELECT experiment_id FROM experiments WHERE {where}", args).fetchone()
+        made_here = existing is None
         if existing is not None:
             exp_id = existing[0]
             has_runs = cursor.execute("SELECT 1 FROM runs WHERE experiment_id = ? LIMIT 1", (exp_id,)).fetchone()
-            if self._created_here and has_runs is None:
+            # The Default experiment of a store this transfer made is made equal to the source's.
+            made_here = self._created_here and exp_id == DEFAULT_EXPERIMENT_ID and has_runs is None
+            if made_here:
                 cursor.execute(
                     "UPDATE experiments SET lifecycle_stage = ?, creation_time = ?, last_update_time = ? "
                     "WHERE experiment_id = ?",
@@ -232,10 +274,13 @@ class SqliteStore(SqliteSource, SinkStore):
         self._insert(cursor, "experiment_tags", [
             {"key": k, "value": v, "experiment_id": exp_id} for k, v in experiment.tags.items() if k not in have
         ])
-        return exp_id
+        return exp_id, made_here
 
     def find_run(self, run: Run, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
-        rows = self._read("SELECT run_uuid FROM runs WHERE run_uuid = ?", (run.run_id,))
+        return self.lookup_run(SourceRunId(run.run_id), target_experiment_id)
+
+    def lookup_run(self, source_run_id: SourceRunId, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
+        rows = self._read("SELECT run_uuid FROM runs WHERE run_uuid = ?", (source_run_id,))
         return TargetRunId(rows[0][0]) if rows else None
 
     def _experiment_artifact_location(self, exp_id: int) -> str | None:
@@ -258,13 +303,17 @@ class SqliteStore(SqliteSource, SinkStore):
         if self.find_run(run, target_experiment_id) is not None:
             raise UnitError(f"run {run.run_id} already exists in {self.uri}")
         artifact_uri = append_to_uri_path(location, run.run_id, "artifacts")
-        artifact_dir = local_artifact_dir(artifact_uri, run.run_id)
         result = RunWriteResult(target_run_id=TargetRunId(run.run_id))
 
         # Artifacts and metrics are read from the source before the writer is asked, so
         # slow sources do not hold up the other runs' rows.
+        files = list(content.artifact_files())
+        folder = _run_folder(artifact_uri, run.run_id, files)
+        if files:
+            self._folders.write(run.run_id, folder, content, files, result)
+        elif folder is not None:
+            self._folders.refuse_foreign(run.run_id, folder)
         try:
-            self._copy_artifacts(content, artifact_dir, result)
             with prepare_points(content.metric_batches(), self.state_dir()) as points:
                 inserts = metric_inserts(run.run_id, points)
 
@@ -276,11 +325,13 @@ class SqliteStore(SqliteSource, SinkStore):
                 try:
                     result.metric_points = self._writer.write(write_rows)
                 except (sqlite3.Error, CommitError) as exc:
-                    raise UnitError(f"run {run.run_id}: {exc}") from exc
+                    raise _write_error(exc, f"run {run.run_id}", self.path) from None
         except BaseException:
-            if artifact_dir is not None:
-                shutil.rmtree(artifact_dir.parent, ignore_errors=True)
+            if files:
+                self._folders.undo(run.run_id, folder)
             raise
+        if files:
+            self._folders.committed(run.run_id)
         if result.metric_points < points.source_points:
             result.losses.append(
                 f"{points.source_points - result.metric_points} exact duplicate metric points collapsed "
@@ -300,28 +351,6 @@ class SqliteStore(SqliteSource, SinkStore):
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
             [tuple(row[c] for c in columns) for row in rows],
         )
-
-    def _copy_artifacts(
-        self, content: RunContent, artifact_dir: Path | None, result: RunWriteResult
-    ) -> None:
-        files = list(content.artifact_files())
-        if not files:
-            return
-        if artifact_dir is None:
-            raise UnitError("target run has no artifact location")
-        if artifact_dir.exists():  # leftovers of an attempt that never committed
-            shutil.rmtree(artifact_dir)
-        root = artifact_dir.resolve()
-        for f in files:
-            dest = (artifact_dir / f.path).resolve()
-            if not dest.is_relative_to(root):
-                raise UnitError(f"artifact path {f.path!r} escapes the run's artifact directory")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with content.open_artifact(f.path) as src, open(dest, "wb") as dst:
-                while chunk := src.read(COPY_CHUNK):
-                    dst.write(chunk)
-                    result.artifact_bytes += len(chunk)
-            result.artifact_files += 1
 
     def _insert_run(self, cursor: sqlite3.Cursor, run: Run, exp_id: int, artifact_uri: str) -> None:
         tags = dict(run.tags)
@@ -378,6 +407,35 @@ class SqliteStore(SqliteSource, SinkStore):
             }])
             self._insert(cursor, "input_tags",
                          [{"input_uuid": input_uuid, "name": k, "value": v} for k, v in ds.tags.items()])
+
+
+def _run_folder(artifact_uri: str, run_id: str, files: list) -> Path | None:
+    """The run's own folder (its artifacts/ folder's parent) when artifacts are local; a
+    run with files to write needs one."""
+    try:
+        artifact_dir = local_artifact_dir(artifact_uri, run_id)
+    except UnitError:
+        if files:
+            raise
+        return None  # nothing to write, and nothing of ours to check there
+    if artifact_dir is None:
+        if files:
+            raise UnitError("target run has no artifact location")
+        return None
+    return artifact_dir.parent
+
+
+def _write_error(exc: BaseException, what: str, path: Path) -> Exception:
+    """A write the database refused: a full or read-only disk stops the transfer."""
+    cause = exc.__cause__ if isinstance(exc, CommitError) else exc
+    return storage_error(cause, f"{what} into {path}") or UnitError(f"{what}: {exc}")
+
+
+def default_artifact_root(db_path: Path) -> Path:
+    """Where a store keeps new experiments' artifacts unless told otherwise: a folder of
+    its own beside it (`mlflow.db` -> `mlflow-artifacts/`), so two stores side by side
+    never share one."""
+    return db_path.parent / f"{db_path.stem}-artifacts"
 
 
 def _table_columns(path: Path, tables: tuple[str, ...]) -> dict[str, frozenset[str]]:

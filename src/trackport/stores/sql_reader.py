@@ -22,8 +22,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import os
 import sqlite3
 import threading
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ContextManager, Iterator
@@ -47,6 +49,7 @@ from trackport.domain import (
 from trackport.errors import BadInputError, UnitError
 from trackport.stores._localfs import local_artifact_dir, open_local_artifact, walk_artifacts
 from trackport.stores.base import Selection, SourceStore, StoreDescription
+from trackport.stores.experiment_refs import pick_experiment
 
 _IN_CHUNK = 500  # ids per IN (...) clause, well under every dialect's bound-parameter limit
 ARTIFACTS_PARAM = "artifacts_destination"
@@ -251,6 +254,11 @@ class MlflowDatabaseSource(SourceStore):
     def __init__(self, uri: str, *, artifacts_destination: str | None = None) -> None:
         self.uri = uri
         self._artifacts_root = _artifacts_root(artifacts_destination)
+        if self._artifacts_root is not None and not self._artifacts_root.is_dir():
+            raise BadInputError(
+                f"{ARTIFACTS_PARAM}={artifacts_destination}: no such directory; give the directory the tracking"
+                " server was started with (--artifacts-destination)"
+            )
         self._artifacts_destination = artifacts_destination
         self._db_lock = threading.Lock()
         self._db_opened: _Database | None = None
@@ -274,8 +282,9 @@ class MlflowDatabaseSource(SourceStore):
         return StoreDescription(kind=self.kind, uri=self.uri)
 
     def close(self) -> None:
-        if self._db_opened is not None:
+        if getattr(self, "_db_opened", None) is not None:
             self._db_opened.engine.dispose()
+            self._db_opened = None
 
     # ---------------------------------------------------------------- experiments
 
@@ -287,14 +296,12 @@ class MlflowDatabaseSource(SourceStore):
             rows = conn.execute(sa.select(e).order_by(e.c.experiment_id)).all()
             wanted_ids: set[str] | None = None
             if selection.experiments:
-                wanted_ids = set()
                 by_id = {str(row.experiment_id): row for row in rows}
                 by_name = {row.name: row for row in rows}
-                for ref in selection.experiments:
-                    row = by_name.get(ref) or by_id.get(ref)
-                    if row is None:
-                        raise BadInputError(f"experiment {ref!r} not found in {self.uri}")
-                    wanted_ids.add(str(row.experiment_id))
+                wanted_ids = {
+                    str(pick_experiment(ref, by_id.get, by_name.get, self.uri).experiment_id)
+                    for ref in selection.experiments
+                }
             if selection.run_ids:
                 found: dict[str, str] = {}
                 for chunk in _chunks(list(selection.run_ids)):
@@ -524,11 +531,35 @@ class MlflowDatabaseSource(SourceStore):
     def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
         return walk_artifacts(self._artifact_dir(run))
 
+    def missing_artifact_folder(self, run: Run) -> str | None:
+        directory = self._artifact_dir(run)
+        return str(directory) if directory is not None and not directory.is_dir() else None
+
     def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
         return open_local_artifact(self._artifact_dir(run), path, run.run_id)
 
 
 # ------------------------------------------------------------------------ sqlite
+
+
+def sqlite_identity(path: Path) -> str | None:
+    """Which database is at path: the stamp trackport puts into each database it makes
+    (sqlite's user_version, unused by MLflow), else its first experiment's creation time,
+    which MLflow sets when it makes the database and nothing changes afterwards."""
+    try:
+        with closing(read_only_connection(path)) as con:
+            stamp = con.execute("PRAGMA user_version").fetchone()[0]
+            first = con.execute(
+                "SELECT experiment_id, creation_time FROM experiments ORDER BY experiment_id LIMIT 1"
+            ).fetchone()
+    except sqlite3.Error:
+        return None
+    where = f"sqlite:{os.path.realpath(path)}"
+    if stamp:
+        return f"{where}#stamp-{stamp}"
+    if first is not None and first[1] is not None:
+        return f"{where}#experiment-{first[0]}-created-{first[1]}"
+    return None
 
 
 def read_only_uri(path: Path) -> str:
@@ -584,6 +615,13 @@ class SqliteSource(MlflowDatabaseSource):
         return _sa().create_engine(
             "sqlite://", creator=lambda: sqlite3.connect(self._ro_uri, uri=True, check_same_thread=False)
         )
+
+    @functools.cached_property
+    def identity(self) -> str | None:
+        return sqlite_identity(self.path)
+
+    def describe(self) -> StoreDescription:
+        return StoreDescription(kind=self.kind, uri=self.uri, identity=self.identity)
 
     @functools.cached_property
     def _adbc(self) -> Any | None:

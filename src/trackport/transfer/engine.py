@@ -1,84 +1,74 @@
 """The transfer engine: export, import and copy are all `transfer(source, sink)`.
 
-selection → units (each experiment, then its runs, parents before children) → a bounded
-worker pool → id map persisted at the sink → a ledger line per unit → the summary.
+selection → planned experiments (each taken, or left out with the reason) → each
+experiment's runs, parents before children, on a bounded worker pool (transfer/runs.py) →
+id map and ledger at the sink → the summary. Every experiment and run the source holds
+under the selection ends as done, skipped, failed or not selected; a fatal error stops the
+transfer with the summary of what was done attached to it.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import Callable, Iterator
 
-import pyarrow as pa
-
-from trackport.domain import (
-    DEFAULT_WORKERS,
-    PARENT_RUN_ID_TAG,
-    ArtifactFile,
-    Experiment,
-    Run,
-    SourceRunId,
-    TargetExperimentId,
-)
-from trackport.errors import BadInputError, FatalError, TrackportError
+from trackport.domain import DEFAULT_WORKERS, DELETED, Experiment, Run, TargetExperimentId
+from trackport.errors import BadInputError, FatalError, TrackportError, reason as _reason
 from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
 from trackport.transfer.idmap import IdMap
 from trackport.transfer.ledger import Ledger
 from trackport.transfer.plan import planned_losses
+from trackport.transfer.runs import DELETED_REASON, IN_DELETED_EXPERIMENT, move_runs
 from trackport.transfer.summary import Failure, Summary
-
+from trackport.transfer.target_records import claim_records
 
 @dataclass(frozen=True)
 class ProgressEvent:
     kind: str  # "experiment" | "run"
     source_id: str
     name: str
-    outcome: str  # "done" | "skipped" | "failed"
+    outcome: str  # "done" | "skipped" | "failed" | "not_selected"
     summary: Summary
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
-class _SourceRunContent:
-    """Lets a sink pull one run's metrics and artifacts from the source as it writes."""
-
-    def __init__(self, source: SourceStore, run: Run) -> None:
-        self._source = source
-        self._run = run
-
-    def metric_batches(self) -> Iterator[pa.RecordBatch]:
-        return self._source.iter_metric_batches(self._run)
-
-    def artifact_files(self) -> Iterator[ArtifactFile]:
-        return self._source.list_artifacts(self._run)
-
-    def open_artifact(self, path: str) -> AbstractContextManager[BinaryIO]:
-        return self._source.open_artifact(self._run, path)
+@dataclass(frozen=True)
+class PlannedExperiment:
+    unit: Experiment | Unreadable
+    not_selected: str | None = None  # why it is left out (its runs are, too)
 
 
-def plan_experiments(source: SourceStore, selection: Selection) -> list[Experiment | Unreadable]:
-    """The experiments to move; refuses (before anything is written) a selection that
-    matches nothing, so an empty store or a typo never produces an empty target."""
+def plan_experiments(source: SourceStore, selection: Selection) -> list[PlannedExperiment]:
+    """The experiments the selection covers, each taken or left out with the reason;
+    refuses (before anything is written) a selection that takes nothing, so an empty store
+    or a typo never produces an empty target."""
     where = source.describe().uri
     if selection.filter and not source.supports_filter:
         raise BadInputError(
             f"{where}: --filter needs a source that can search runs (a tracking server or sqlite store)"
         )
-    experiments = list(source.list_experiments(selection))
-    if not experiments:
+    planned = []
+    for unit in source.list_experiments(dataclasses.replace(selection, include_deleted=True)):
+        deleted = isinstance(unit, Experiment) and unit.lifecycle_stage == DELETED
+        planned.append(PlannedExperiment(unit, DELETED_REASON if deleted and not selection.include_deleted else None))
+    if not planned:
         raise BadInputError(f"{where}: no experiment matches the selection; check --experiment / --run-id")
+    taken = [p.unit for p in planned if p.not_selected is None]
+    if not taken:
+        names = ", ".join(repr(p.unit.name) for p in planned[:5])
+        raise BadInputError(f"{where}: the selected experiments are deleted ({names}); add --include-deleted")
     if not selection.experiments and not any(
-        isinstance(e, Unreadable) or next(iter(source.iter_runs(e, selection)), None) for e in experiments
+        isinstance(e, Unreadable) or next(iter(source.iter_runs(e, selection)), None) for e in taken
     ):
         raise BadInputError(
             f"{where}: the store holds no runs to transfer"
             + ("" if selection.include_deleted else " (add --include-deleted for deleted ones)")
         )
-    return experiments
+    return planned
 
 
 def transfer(
@@ -88,26 +78,40 @@ def transfer(
     *,
     workers: int = DEFAULT_WORKERS,
     on_progress: ProgressCallback | None = None,
-    experiments: list[Experiment | Unreadable] | None = None,
+    experiments: list[PlannedExperiment] | None = None,
 ) -> Summary:
     """Move the selection from source to sink and return what happened.
 
-    Fatal errors (FatalError) propagate at once; a unit that fails is recorded in the
-    summary and the ledger, and the rest goes on. Re-running the same transfer skips what
-    the sink already holds complete.
+    Fatal errors (FatalError) propagate at once, with `.summary` holding what was done; a
+    unit that fails is recorded in the summary and the ledger, and the rest goes on.
+    Re-running the same transfer skips what the sink already holds complete.
     """
     started = time.monotonic()
-    if experiments is None:
-        experiments = plan_experiments(source, selection)
-    sink.begin(source.describe(), selection)
+    planned = plan_experiments(source, selection) if experiments is None else experiments
+    source_description, target = source.describe(), sink.describe()
+    if source_description.identity and source_description.identity == target.identity:
+        raise BadInputError(f"{target.uri} is the source itself ({source_description.uri}); give another target")
     state_dir = sink.state_dir()
+    notice = claim_records(state_dir, target)
+    sink.begin(source_description, selection)
     run = _Transfer(source, sink, selection, IdMap(state_dir), Ledger(state_dir), workers, on_progress)
+    if notice:
+        run.summary.notices.append(notice)
     run.summary.planned_losses = planned_losses(sink.capabilities, sink.on_long_value)
+    run.ledger.started(
+        {"kind": source_description.kind, "uri": source_description.uri},
+        selection.to_json(),
+        [p.unit.source_id if isinstance(p.unit, Unreadable) else p.unit.experiment_id for p in planned],
+    )
     try:
-        for experiment in experiments:
+        for experiment in planned:
             run.move_experiment(experiment)
         run.idmap.compact()
+        run.ledger.ended("finished", run.summary.counts)
         sink.finish(run.summary.counts)
+    except BaseException as exc:
+        run.stopped(exc)
+        raise
     finally:
         run.close()
         run.summary.elapsed_seconds = time.monotonic() - started
@@ -128,11 +132,12 @@ class _Transfer:
         self.source = source
         self.sink = sink
         self.selection = selection
+        self.everything = dataclasses.replace(selection, include_deleted=True)
         self.idmap = idmap
         self.ledger = ledger
         self.summary = Summary()
-        self.workers = max(1, workers)
         self.on_progress = on_progress
+        self.workers = max(1, workers)
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="trackport")
 
     def close(self) -> None:
@@ -140,163 +145,103 @@ class _Transfer:
         self.idmap.close()
         self.ledger.close()
 
-    def _report(self, kind: str, source_id: str, name: str, outcome: str) -> None:
+    def stopped(self, exc: BaseException) -> None:
+        """A fatal error or an interruption ends the transfer: say so in the transfer log
+        (if it can still be written) and hand the summary to whoever shows the error."""
+        if isinstance(exc, TrackportError):
+            exc.summary = self.summary  # type: ignore[attr-defined]
+        reason = str(exc) if isinstance(exc, TrackportError) else f"{type(exc).__name__}: {exc}"
+        try:
+            self.ledger.ended("stopped", self.summary.counts, reason or "interrupted")
+        except TrackportError:
+            pass  # the disk that stopped the transfer refuses this line too; the error says it
+
+    def report(self, kind: str, source_id: str, name: str, outcome: str) -> None:
         if self.on_progress:
             self.on_progress(ProgressEvent(kind, source_id, name, outcome, self.summary))
 
-    # -- experiments ---------------------------------------------------------------
+    # -- recording outcomes ------------------------------------------------------------
 
-    def move_experiment(self, experiment: Experiment | Unreadable) -> None:
+    def record_failure(self, kind: str, source_id: str, name: str, reason: str) -> None:
+        self.summary.fail(Failure(kind, source_id, name, reason))
+        self.ledger.record(kind, source_id, name, "failed", reason)
+        self.report(kind, source_id, name, "failed")
+
+    def record_unreadable(self, unit: Unreadable) -> None:
+        self.record_failure(unit.kind, unit.source_id, "", unit.reason)
+
+    def record_not_selected(self, kind: str, source_id: str, name: str, reason: str) -> None:
+        self.summary.leave_out(kind, reason)
+        self.ledger.record(kind, source_id, name, "not_selected", reason)
+        self.report(kind, source_id, name, "not_selected")
+
+    # -- experiments -------------------------------------------------------------------
+
+    def move_experiment(self, planned: PlannedExperiment) -> None:
+        experiment = planned.unit
         if isinstance(experiment, Unreadable):
-            self._record_unreadable(experiment)
+            self.record_unreadable(experiment)
             return
-        known = self.idmap.experiment(experiment.experiment_id)
+        exp_id, name = experiment.experiment_id, experiment.name
+        if planned.not_selected:
+            problem = self._each_run(
+                experiment, lambda run: self.record_not_selected("run", run.run_id, run.run_name, IN_DELETED_EXPERIMENT)
+            )
+            if problem:
+                self.record_failure("experiment", exp_id, name, f"deleted, and {problem}")
+            else:
+                self.record_not_selected("experiment", exp_id, name, planned.not_selected)
+            return
         try:
-            target_id = self.sink.put_experiment(experiment)
+            written = self.sink.put_experiment(experiment)
         except FatalError:
             raise
         except Exception as exc:  # noqa: BLE001 - recorded, reported, counted
             reason = _reason(exc)
-            self.summary.fail(Failure("experiment", experiment.experiment_id, experiment.name, reason))
-            self.ledger.record("experiment", experiment.experiment_id, experiment.name, "failed", reason)
-            self._report("experiment", experiment.experiment_id, experiment.name, "failed")
-            self._fail_runs_of(experiment, f"its experiment could not be written: {reason}")
+            problem = self._each_run(
+                experiment,
+                lambda run: self.record_failure("run", run.run_id, run.run_name, f"its experiment could not be written: {reason}"),
+            )
+            self.record_failure("experiment", exp_id, name, reason + (f"; and {problem}" if problem else ""))
             return
-        self.idmap.add_experiment(experiment.experiment_id, target_id)
-        outcome = "skipped" if known == target_id else "done"
+        target = written.target_experiment_id
+        self.idmap.add_experiment(exp_id, target)
+        problem = move_runs(self, experiment, target)
+        if problem is None:
+            problem = self._finish_experiment(experiment, target)
+        if problem:
+            self.record_failure("experiment", exp_id, name, problem)
+            return
+        outcome = "done" if written.created else "skipped"
         self.summary.add("experiments", outcome)
-        self.ledger.record("experiment", experiment.experiment_id, experiment.name, outcome)
-        self._report("experiment", experiment.experiment_id, experiment.name, outcome)
-        self._move_runs(experiment, target_id)
-        self.sink.finish_experiment(experiment, target_id)
+        self.ledger.record("experiment", exp_id, name, outcome, None if written.created else "already in the target")
+        self.report("experiment", exp_id, name, outcome)
 
-    def _fail_runs_of(self, experiment: Experiment, reason: str) -> None:
-        for run in self.source.iter_runs(experiment, self.selection):
-            if isinstance(run, Unreadable):
-                self._record_unreadable(run)
-            else:
-                self._record_run_failure(run, reason)
-
-    def _record_unreadable(self, unit: Unreadable) -> None:
-        self.summary.fail(Failure(unit.kind, unit.source_id, "", unit.reason))
-        self.ledger.record(unit.kind, unit.source_id, "", "failed", unit.reason)
-        self._report(unit.kind, unit.source_id, "", "failed")
-
-    # -- runs ----------------------------------------------------------------------
-
-    def _move_runs(self, experiment: Experiment, target_experiment: TargetExperimentId) -> None:
-        """Runs go to the pool as soon as their parent is finished, at most 2× workers in
-        flight so memory stays flat however many runs the experiment holds."""
-        in_flight: dict[Future, Run] = {}
-        waiting_for: dict[SourceRunId, list[Run]] = {}  # parent id -> children
-        finished: set[SourceRunId] = set()
-        failed: set[SourceRunId] = set()
-        must_wait = not self.sink.capabilities.keeps_run_ids
-
-        def submit(run: Run) -> None:
-            in_flight[self.pool.submit(self._move_run, run, target_experiment)] = run
-
-        def settle(done: set[Future]) -> None:
-            for future in done:
-                run = in_flight.pop(future)
-                if not future.result():  # re-raises fatal errors
-                    failed.add(run.run_id)
-                finished.add(run.run_id)
-                for child in waiting_for.pop(run.run_id, []):
-                    release(child)
-
-        def release(child: Run) -> None:
-            if must_wait and child.parent_run_id in failed:
-                self._record_run_failure(child, f"its parent run {child.parent_run_id} failed")
-                failed.add(child.run_id)
-                finished.add(child.run_id)
-                for grandchild in waiting_for.pop(child.run_id, []):
-                    release(grandchild)
-            else:
-                submit(child)
-
+    def _finish_experiment(self, experiment: Experiment, target: TargetExperimentId) -> str | None:
         try:
-            for run in self.source.iter_runs(experiment, self.selection):
-                if isinstance(run, Unreadable):
-                    self._record_unreadable(run)
-                    continue
-                parent = run.parent_run_id
-                if must_wait and parent and parent not in finished and self.idmap.run(parent) is None:
-                    waiting_for.setdefault(parent, []).append(run)
-                else:
-                    release(run)
-                while len(in_flight) >= 2 * self.workers:
-                    settle(wait(in_flight, return_when=FIRST_COMPLETED).done)
-            while in_flight or waiting_for:
-                if not in_flight:
-                    # Parents that never came are outside the selection: move the children
-                    # with the parent tag as it stands (recorded as a loss by _remap).
-                    for children in waiting_for.values():
-                        for child in children:
-                            submit(child)
-                    waiting_for.clear()
-                    continue
-                settle(wait(in_flight, return_when=FIRST_COMPLETED).done)
-        except BaseException:
-            for future in in_flight:
-                future.cancel()
-            raise
-
-    def _record_run_failure(self, run: Run, reason: str) -> None:
-        self.summary.fail(Failure("run", run.run_id, run.run_name, reason))
-        self.ledger.record("run", run.run_id, run.run_name, "failed", reason)
-        self._report("run", run.run_id, run.run_name, "failed")
-
-    def _move_run(self, run: Run, target_experiment: TargetExperimentId) -> bool:
-        """One run unit, in a worker thread. False when it failed (already recorded)."""
-        try:
-            remapped, losses = self._remap(run)
-            existing = self.sink.find_run(remapped, target_experiment)
-            if existing is not None:
-                self.idmap.add_run(run.run_id, existing)
-                self.summary.add("runs", "skipped")
-                self.ledger.record("run", run.run_id, run.run_name, "skipped", "already complete in the target")
-                self._report("run", run.run_id, run.run_name, "skipped")
-                return True
-            result = self.sink.put_run(remapped, target_experiment, _SourceRunContent(self.source, run))
+            self.sink.finish_experiment(experiment, target)
         except FatalError:
             raise
-        except Exception as exc:  # noqa: BLE001 - recorded, reported, counted
-            self._record_run_failure(run, _reason(exc))
-            return False
-        self.idmap.add_run(run.run_id, result.target_run_id)
-        losses += result.losses
-        self.summary.add("runs", "done")
-        self.summary.add("metric_points", "done", result.metric_points)
-        self.summary.add("artifact_files", "done", result.artifact_files)
-        self.summary.add("artifact_bytes", "done", result.artifact_bytes)
-        for loss in losses:
-            self.summary.lost(f"run {run.run_name!r} ({run.run_id}): {loss}")
-        self.ledger.record(
-            "run",
-            run.run_id,
-            run.run_name,
-            "done",
-            metric_points=result.metric_points,
-            artifact_files=result.artifact_files,
-            artifact_bytes=result.artifact_bytes,
-            losses=losses,
-        )
-        self._report("run", run.run_id, run.run_name, "done")
-        return True
+        except Exception as exc:  # noqa: BLE001 - recorded as the experiment's failure
+            return f"its runs were written, but it could not be finished: {_reason(exc)}"
+        return None
 
-    def _remap(self, run: Run) -> tuple[Run, list[str]]:
-        """The run as the sink must write it: parent link pointing at the parent's target id."""
-        parent = run.parent_run_id
-        if not parent or self.sink.capabilities.keeps_run_ids:
-            return run, []
-        target_parent = self.idmap.run(parent)
-        if target_parent is None:
-            return run, [f"parent run {parent} is not in the transfer; {PARENT_RUN_ID_TAG} keeps the source id"]
-        return dataclasses.replace(run, tags={**run.tags, PARENT_RUN_ID_TAG: target_parent}), []
+    def _each_run(self, experiment: Experiment, record: Callable[[Run], None]) -> str | None:
+        """Record every run of an experiment that is not moved; the reason the listing
+        broke off, if it did (the runs not reached stay unrecorded: still to do)."""
+        try:
+            for run in self.iter_runs(experiment):
+                if isinstance(run, Unreadable):
+                    self.record_unreadable(run)
+                else:
+                    record(run)
+        except FatalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded as the experiment's failure
+            return f"its runs could not all be listed: {_reason(exc)}"
+        return None
 
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TrackportError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    def iter_runs(self, experiment: Experiment) -> Iterator[Run | Unreadable]:
+        """Every run of the experiment, deleted ones too: those the selection leaves out
+        are counted as not selected, with the reason."""
+        return self.source.iter_runs(experiment, self.everything)

@@ -13,7 +13,8 @@ IDMAP_FILE = "idmap.jsonl"
 
 class IdMap:
     """Source → target ids for experiments and runs, appended to <state dir>/idmap.jsonl as
-    each unit completes, so an interrupted transfer resumes with what it had mapped."""
+    each unit completes: a record for people (`trackport idmap`). Nothing written depends
+    on it: what a reference names is looked up in the target (SinkStore.lookup_run)."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / IDMAP_FILE

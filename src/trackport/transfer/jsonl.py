@@ -6,6 +6,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from trackport.errors import storage_error
+
 
 def read_jsonl(path: Path) -> Iterator[dict]:
     """The complete lines of a JSONL file; a torn last line (crash while appending) is skipped."""
@@ -19,10 +21,17 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 
 
 class JsonlAppender:
+    """Appends lines to path; a file system that refuses the write is a StorageError
+    (the target's state directory lives where the target is)."""
+
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair_torn_tail(path)
-        self._file = path.open("a", encoding="utf-8")
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._repair_torn_tail(path)
+            self._file = path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise (storage_error(exc, str(path)) or exc) from None
         self._lock = threading.Lock()
 
     @staticmethod
@@ -36,8 +45,14 @@ class JsonlAppender:
     def append(self, record: dict) -> None:
         line = json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
         with self._lock:
-            self._file.write(line)
-            self._file.flush()
+            try:
+                self._file.write(line)
+                self._file.flush()
+            except OSError as exc:
+                raise (storage_error(exc, str(self.path)) or exc) from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # what could not be flushed was reported by the append that failed

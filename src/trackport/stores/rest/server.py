@@ -14,6 +14,10 @@ class ServerInfo:
     mlflow_version: str | None
     store_type: str | None  # "SqlStore", "FileStore", or None (Databricks, older servers)
     multipart_uploads: bool
+    # Which server this is: its Default experiment's creation time, set when its store
+    # was made and never changed (a server reset at the same URL has another). None where
+    # there is no experiment 0 (Databricks).
+    identity: str | None = None
 
     @property
     def clamps_infinity(self) -> bool:
@@ -49,4 +53,14 @@ def _server_info(client: RestClient) -> ServerInfo:
         mlflow_version=version,
         store_type=info.get("store_type"),
         multipart_uploads=bool(info.get("multipart_uploads_enabled")),
+        identity=_identity(client),
     )
+
+
+def _identity(client: RestClient) -> str | None:
+    try:
+        answer = client.call("GET", "/api/2.0/mlflow/experiments/get", params={"experiment_id": "0"})
+    except (NotFoundError, RestError, BadInputError):
+        return None
+    created = (answer.get("experiment") or {}).get("creation_time")
+    return f"{client.base_url}#experiment-0-created-{created}" if created is not None else None

@@ -29,12 +29,14 @@ from trackport.domain import (
     Capabilities,
     Experiment,
     Run,
+    SourceRunId,
     TargetExperimentId,
     TargetRunId,
 )
 from trackport.errors import TransientError, UnitError, UnreachableError
+from trackport.locking import TargetLock
 from trackport.stores import state_home
-from trackport.stores.base import RunContent, RunWriteResult, SinkStore, StoreDescription
+from trackport.stores.base import ExperimentWriteResult, RunContent, RunWriteResult, SinkStore, StoreDescription
 from trackport.stores.rest.http import NotFoundError, RestClient, RestError
 from trackport.stores.rest.metric_json import MetricTexts
 from trackport.stores.rest.server import ServerInfo
@@ -60,6 +62,11 @@ MAX_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
+MAX_KEY = 250
+# The names MLflow's server takes for params, tags and metrics (utils/validation.py, on a
+# server that is not Windows): checked before a run is created, so a run the server would
+# refuse half-way is refused before anything of it is there.
+_VALID_KEY = re.compile(r"^[/\w.\- :]*$")
 SEARCH_PAGE = 1000
 # Asking again for a run or experiment whose creation got no answer (the server may have
 # acted): the creation is checked for, and undone or adopted, before each new attempt.
@@ -121,7 +128,9 @@ class RestSink(SinkStore):
             keeps_experiment_times=False,  # creation/last-update times are the server's
             max_param_value_length=MAX_PARAM_VALUE,
             max_tag_value_length=MAX_TAG_VALUE,
+            undoes_failed_runs=False,  # runs/delete only marks a run deleted
         )
+        self._target_lock = TargetLock(self.state_dir(), self.client.base_url)
         self._lock = threading.Lock()
         # target experiment id -> {source run id -> copies found in the target}
         self._copies: dict[str, dict[str, list[_Copy]]] = {}
@@ -131,7 +140,13 @@ class RestSink(SinkStore):
     # ------------------------------------------------------------------ common
 
     def describe(self) -> StoreDescription:
-        return StoreDescription(kind="rest", uri=self.uri, mlflow_version=self.info.mlflow_version)
+        return StoreDescription(
+            kind="rest", uri=self.uri, mlflow_version=self.info.mlflow_version, identity=self.info.identity
+        )
+
+    def close(self) -> None:
+        self._target_lock.release()
+        self.client.close()
 
     def state_dir(self) -> Path:
         path = state_dir_for_url(self._state_root, self.client.base_url)
@@ -150,7 +165,7 @@ class RestSink(SinkStore):
             return None
         return answer.get("experiment") or None
 
-    def put_experiment(self, experiment: Experiment) -> TargetExperimentId:
+    def put_experiment(self, experiment: Experiment) -> ExperimentWriteResult:
         wanted = {k: v for k, v in experiment.tags.items() if not is_provenance_tag(k)}
         existing = self._get_experiment_by_name(experiment.name)
         attempt = 0
@@ -162,7 +177,7 @@ class RestSink(SinkStore):
                 answer = self._post(
                     "experiments/create", {"name": experiment.name, "tags": tags}, idempotent=False
                 )
-                return TargetExperimentId(str(answer["experiment_id"]))
+                return ExperimentWriteResult(TargetExperimentId(str(answer["experiment_id"])), created=True)
             except RestError as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise UnitError(f"experiment {experiment.name!r}: the target refused it: {exc}") from None
@@ -191,7 +206,7 @@ class RestSink(SinkStore):
             with self._lock:
                 self._restored.add(target_id)
                 self._copies.pop(target_id, None)
-        return TargetExperimentId(target_id)
+        return ExperimentWriteResult(TargetExperimentId(target_id), created=False)
 
     def finish_experiment(self, experiment: Experiment, target_experiment_id: TargetExperimentId) -> None:
         if experiment.lifecycle_stage != DELETED:
@@ -274,6 +289,12 @@ class RestSink(SinkStore):
                 index[run.run_id] = [complete]
         return TargetRunId(complete.target_run_id) if complete is not None else None
 
+    def lookup_run(self, source_run_id: SourceRunId, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
+        index = self._index(str(target_experiment_id))
+        with self._lock:
+            complete = next((c for c in index.get(source_run_id, ()) if c.complete), None)
+        return TargetRunId(complete.target_run_id) if complete is not None else None
+
     def _delete_run(self, target_run_id: str) -> None:
         try:
             self._post("runs/delete", {"run_id": target_run_id})
@@ -283,12 +304,20 @@ class RestSink(SinkStore):
     # ------------------------------------------------------------------ writing runs
 
     def _check_long_values(self, run: Run, params: dict[str, str], tags: dict[str, str], losses: list[str]) -> tuple[dict, dict]:
-        """Apply the long-value policy before anything is written: the server would
-        silently truncate (MLFLOW_TRUNCATE_LONG_VALUES), so trackport decides instead."""
+        """Refuse keys the server would refuse, and apply the long-value policy, before
+        anything is written: the server would silently truncate long values
+        (MLFLOW_TRUNCATE_LONG_VALUES), so trackport decides instead."""
         out = []
         for kind, values, limit in (("param", params, MAX_PARAM_VALUE), ("tag", tags, MAX_TAG_VALUE)):
             checked = {}
             for key, value in values.items():
+                if len(key) > MAX_KEY or not _VALID_KEY.match(key) or _not_unique(key):
+                    shown = key if len(key) <= 80 else key[:77] + "..."
+                    raise UnitError(
+                        f"{kind} key {shown!r} ({len(key)} characters) of run {run.run_name!r} is not one the target"
+                        f" takes (at most {MAX_KEY} characters: letters, digits, _ - . space : /, no '..' or"
+                        " leading '/'); nothing of the run was written"
+                    )
                 if len(value) > limit:
                     if self.on_long_value == "error":
                         raise UnitError(
@@ -531,6 +560,12 @@ class RestSink(SinkStore):
             except Exception:  # noqa: BLE001 - best effort
                 pass
             raise
+
+
+def _not_unique(key: str) -> bool:
+    """MLflow's path_not_unique: a key must be its own normalised path."""
+    norm = posixpath.normpath(key)
+    return norm != key or norm == "." or norm.startswith("..") or norm.startswith("/")
 
 
 def _losses_value(losses: list[str]) -> str:

@@ -33,6 +33,7 @@ from trackport.domain import (
 from trackport.errors import BadInputError, TransientError, UnitError
 from trackport.stores._localfs import local_artifact_dir, open_local_artifact
 from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
+from trackport.stores.experiment_refs import pick_experiment
 from trackport.stores.rest.http import NotFoundError, RestClient, RestError
 from trackport.stores.rest.server import ServerInfo
 
@@ -173,7 +174,9 @@ class RestSource(SourceStore):
         self._keys_lock = threading.Lock()  # the engine may read runs from several threads
 
     def describe(self) -> StoreDescription:
-        return StoreDescription(kind="rest", uri=self.uri, mlflow_version=self.info.mlflow_version)
+        return StoreDescription(
+            kind="rest", uri=self.uri, mlflow_version=self.info.mlflow_version, identity=self.info.identity
+        )
 
     def close(self) -> None:
         self._metric_keys.clear()
@@ -181,21 +184,42 @@ class RestSource(SourceStore):
 
     # ---------------------------------------------------------------- experiments
 
-    def _get_experiment(self, ref: str) -> dict | None:
-        if ref.isdigit() and int(ref) <= _INT64_MAX:
-            try:
-                return self.client.call("GET", f"{API}/experiments/get", params={"experiment_id": ref})["experiment"]
-            except NotFoundError:
-                pass
-            except RestError as exc:
-                if exc.status != 400:  # e.g. INVALID_PARAMETER_VALUE for an id of another form
-                    raise
+    def _experiment_by_id(self, value: str) -> dict | None:
+        if not (value.isdigit() and int(value) <= _INT64_MAX):
+            return None
         try:
-            return self.client.call("GET", f"{API}/experiments/get-by-name", params={"experiment_name": ref})[
+            return self.client.call("GET", f"{API}/experiments/get", params={"experiment_id": value})["experiment"]
+        except NotFoundError:
+            return None
+        except RestError as exc:
+            if exc.status != 400:  # e.g. INVALID_PARAMETER_VALUE for an id of another form
+                raise
+        return None
+
+    def _experiment_by_name(self, value: str) -> dict | None:
+        try:
+            return self.client.call("GET", f"{API}/experiments/get-by-name", params={"experiment_name": value})[
                 "experiment"
             ]
         except NotFoundError:
             return None
+
+    def _get_experiment(self, ref: str) -> dict:
+        """The experiment --experiment REF names (see experiment_refs), as the server sends it."""
+        fetched: dict[str, dict] = {}
+
+        def remembered(get):
+            def lookup(value: str) -> Experiment | None:
+                data = get(value)
+                if data is None:
+                    return None
+                fetched[str(data["experiment_id"])] = data
+                return _experiment(data)
+
+            return lookup
+
+        found = pick_experiment(ref, remembered(self._experiment_by_id), remembered(self._experiment_by_name), self.uri)
+        return fetched[found.experiment_id]
 
     def _search_experiments(self, include_deleted: bool) -> Iterator[dict]:
         body: dict[str, Any] = {
@@ -213,8 +237,6 @@ class RestSource(SourceStore):
         if selection.experiments:
             for ref in selection.experiments:
                 data = self._get_experiment(ref)
-                if data is None:
-                    raise BadInputError(f"experiment {ref!r} not found on {self.uri}")
                 found[str(data["experiment_id"])] = data
         if selection.run_ids:
             run_exps: set[str] = set()

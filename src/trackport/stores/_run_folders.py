@@ -1,0 +1,121 @@
+"""The artifact folders of runs a local sqlite sink writes, and the only folders it removes.
+
+Two stores can share one artifact tree: two databases side by side in one directory, or a
+server's database read as a source while the target's artifacts go where the server keeps
+its own. trackport keeps run ids, so the folder a target run would use,
+`<experiment location>/<run id>/`, can be the folder of the same run in the other store.
+So a sink never writes into, or removes, a folder it did not make:
+
+* a run's folder is *claimed*: its path is recorded in the store's state directory
+  (`claims/<run id>.json`), then the folder is made with mkdir, which fails if anything
+  is already there (that run then fails, naming the folder; nothing is touched);
+* its files are written under a temporary name inside it and moved into place as
+  `artifacts/` before the run's rows are committed;
+* after the commit the claim is dropped; after a failure the claimed folder is removed;
+  a claim left by a killed transfer is settled when the store is next opened for writing
+  (while holding its lock): the folder is removed if its run was never committed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from trackport.errors import UnitError, storage_error
+from trackport.stores._localfs import COPY_CHUNK
+from trackport.stores.base import RunContent, RunWriteResult
+
+CLAIMS_DIR = "claims"
+ARTIFACTS = "artifacts"
+TEMP_PREFIX = ".artifacts.tmp-"
+
+
+class RunFolders:
+    def __init__(self, state_dir: Path, store_identity: str | None) -> None:
+        self._claims = state_dir / CLAIMS_DIR
+        self._claims.mkdir(parents=True, exist_ok=True)
+        self._store = store_identity
+
+    def refuse_foreign(self, run_id: str, folder: Path) -> None:
+        """A run without artifacts still names folder as its artifact location: it must not
+        be a folder of another store's run."""
+        if os.path.lexists(folder):
+            raise UnitError(_foreign(run_id, folder))
+
+    def write(self, run_id: str, folder: Path, content: RunContent, files: list, result: RunWriteResult) -> None:
+        """Claim folder and fill folder/artifacts with the run's files; on failure remove
+        what was made (the claim is then gone too)."""
+        record = self._claims / f"{run_id}.json"
+        try:
+            record.write_text(json.dumps({"folder": str(folder), "store": self._store}), encoding="utf-8")
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                record.unlink()
+                raise UnitError(_foreign(run_id, folder)) from None
+        except OSError as exc:
+            raise (storage_error(exc, f"the artifacts of run {run_id} into {folder}") or exc) from None
+        try:
+            self._fill(run_id, folder, content, files, result)
+        except BaseException:
+            self.undo(run_id, folder)
+            raise
+
+    def _fill(self, run_id: str, folder: Path, content: RunContent, files: list, result: RunWriteResult) -> None:
+        temp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}"
+        root = temp.resolve()
+        try:
+            temp.mkdir()
+            for f in files:
+                dest = (temp / f.path).resolve()
+                if not dest.is_relative_to(root) or dest == root:
+                    raise UnitError(f"artifact path {f.path!r} escapes the run's artifact directory")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with content.open_artifact(f.path) as src, open(dest, "xb") as dst:
+                    while chunk := src.read(COPY_CHUNK):
+                        dst.write(chunk)
+                        result.artifact_bytes += len(chunk)
+                result.artifact_files += 1
+            os.rename(temp, folder / ARTIFACTS)
+        except FileExistsError:
+            raise UnitError(f"run {run_id}: an artifact path is listed twice") from None
+        except OSError as exc:
+            raise (storage_error(exc, f"the artifacts of run {run_id} into {folder}") or exc) from None
+
+    def committed(self, run_id: str) -> None:
+        """The run's rows are committed: its folder is its own now."""
+        (self._claims / f"{run_id}.json").unlink(missing_ok=True)
+
+    def undo(self, run_id: str, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.lexists(folder):
+            (self._claims / f"{run_id}.json").unlink(missing_ok=True)
+
+    def settle(self, is_committed: Callable[[str], bool]) -> None:
+        """Claims left by killed transfers into this store: dropped where the run was
+        committed, else the folder they made is removed. Claims recorded for another
+        database at this path (it was replaced) are left, with their folders."""
+        for record in sorted(self._claims.glob("*.json")):
+            try:
+                claim = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # a claim torn by a crash before its folder was made
+            if claim.get("store") != self._store:
+                continue
+            run_id = record.stem
+            if is_committed(run_id):
+                record.unlink(missing_ok=True)
+            else:
+                self.undo(run_id, Path(claim["folder"]))
+
+
+def _foreign(run_id: str, folder: Path) -> str:
+    return (
+        f"run {run_id}: its artifact folder {folder} exists and was not made by this transfer (another store"
+        " may keep this run's artifacts there), so nothing is written into it; give this store its own"
+        " --artifact-root"
+    )
