@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from memory_source import memory_bundle
-from test_cli import assert_one_line_error
 
 from trackport.cli.main import cli
 

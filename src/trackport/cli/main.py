@@ -6,21 +6,19 @@ import logging
 import os
 import sys
 import tempfile
-from functools import wraps
 from pathlib import Path
 
 import click
 
 from trackport import __version__
 from trackport.cli import render
+from trackport.cli.running import check_target, fail_cleanly, resolve_selection, run_transfer, show
 from trackport.domain import DEFAULT_WORKERS
-from trackport.errors import BadInputError, ExitCode, TrackportError, VerifyError, storage_error
+from trackport.errors import ExitCode, VerifyError
 from trackport.stores import open_bundle_sink, open_bundle_source, open_sink, open_source
-from trackport.stores.registry import locate, refuse_same_store
-from trackport.stores.base import Selection, SinkStore, SourceStore
-from trackport.transfer import Summary, transfer
-from trackport.transfer.engine import plan_experiments
-from trackport.transfer.plan import LONG_VALUE_POLICIES, planned_losses
+from trackport.stores.base import Selection
+from trackport.stores.registry import locate
+from trackport.transfer.plan import LONG_VALUE_POLICIES
 
 
 def _selection_options(command):
@@ -74,80 +72,6 @@ def _transfer_options(command):
     return command
 
 
-def _fail_cleanly(command):
-    """Turns trackport's errors into one line on stderr and the documented exit code."""
-
-    @wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except TrackportError as exc:
-            render.error(str(exc))
-            sys.exit(exc.exit_code)
-        except OSError as exc:  # one that no store turned into its own error: still one line
-            error = storage_error(exc, exc.filename or "a file") or BadInputError(f"{exc.filename}: {exc.strerror}")
-            render.error(str(error))
-            sys.exit(error.exit_code)
-        except KeyboardInterrupt:
-            render.error("interrupted; run the same command again to resume")
-            sys.exit(ExitCode.INTERRUPTED)
-
-    return wrapper
-
-
-def _selection(source: SourceStore, experiments, run_ids, include_deleted, filter_string) -> Selection:
-    """A bundle source takes deleted units unless told otherwise (it holds what its export
-    selected); a store leaves them out unless asked."""
-    deleted = source.takes_deleted_by_default if include_deleted is None else include_deleted
-    return Selection(experiments, run_ids, deleted, filter_string)
-
-
-def _run_transfer(source: SourceStore, make_sink, options: tuple, workers: int, show_progress: bool = True) -> Summary:
-    try:
-        selection = _selection(source, *options)
-        # Plan before the sink exists, so that bad input leaves nothing behind in the target.
-        planned = plan_experiments(source, selection)
-        sink: SinkStore = make_sink()
-    except BaseException:
-        source.close()
-        raise
-    if show_progress:
-        for loss in planned_losses(sink.capabilities, sink.on_long_value):
-            click.echo(f"the target cannot hold: {loss}", err=True)
-    progress = render.ProgressLine(enabled=None if show_progress else False)
-    try:
-        return transfer(source, sink, selection, workers=workers, on_progress=progress, experiments=planned)
-    except TrackportError as exc:
-        done = getattr(exc, "summary", None)
-        if done is not None:  # what was done before the stop, then the one-line error
-            progress.close()
-            click.echo(render.summary_table(done) if show_progress else json.dumps(done.to_json(), indent=2, sort_keys=True))
-        raise
-    finally:
-        progress.close()
-        try:
-            sink.close()
-        finally:
-            source.close()
-
-
-def _check_target(source: str, target: str) -> None:
-    """Before anything is opened: a target URI of a known kind, not the source itself."""
-    locate(target)
-    refuse_same_store(source, target)
-
-
-def _show(summary: Summary, as_json: bool) -> None:
-    for notice in summary.all_notices():
-        render.notice(notice)
-    if as_json:
-        click.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
-    else:
-        click.echo(render.summary_table(summary))
-    if summary.failed:
-        sys.exit(ExitCode.UNITS_FAILED)
-
-
 class _OneLineErrors(click.Group):
     """Usage errors as one line that says where help is, with click's exit code 2."""
 
@@ -192,15 +116,15 @@ def cli() -> None:
 @click.argument("bundle")
 @_selection_options
 @_transfer_options
-@_fail_cleanly
+@fail_cleanly
 def export_command(source, bundle, experiments, run_ids, include_deleted, filter_string, workers, as_json):
     """Write SOURCE's experiments and runs into the bundle directory BUNDLE."""
-    _check_target(source, bundle)
+    check_target(source, bundle)
     options = (experiments, run_ids, include_deleted, filter_string)
-    summary = _run_transfer(
-        open_source(source, workers=workers), lambda: open_bundle_sink(bundle), options, workers, not as_json
+    summary = run_transfer(
+        open_source(source, workers=workers), lambda: open_bundle_sink(bundle), options, workers, as_json
     )
-    _show(summary, as_json)
+    show(summary, as_json)
 
 
 @cli.command("import")
@@ -209,15 +133,15 @@ def export_command(source, bundle, experiments, run_ids, include_deleted, filter
 @_selection_options
 @_transfer_options
 @_sink_options
-@_fail_cleanly
+@fail_cleanly
 def import_command(bundle, target, experiments, run_ids, include_deleted, filter_string, workers, as_json,
                    artifact_root, on_long_value):
     """Replay the bundle BUNDLE into the store TARGET (all it holds, deleted units included,
     unless --exclude-deleted or another selection says otherwise)."""
-    _check_target(bundle, target)
+    check_target(bundle, target)
     options = (experiments, run_ids, include_deleted, filter_string)
     sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, workers=workers)  # noqa: E731
-    _show(_run_transfer(open_bundle_source(bundle), sink, options, workers, not as_json), as_json)
+    show(run_transfer(open_bundle_source(bundle), sink, options, workers, as_json), as_json)
 
 
 @cli.command("copy")
@@ -226,14 +150,14 @@ def import_command(bundle, target, experiments, run_ids, include_deleted, filter
 @_selection_options
 @_transfer_options
 @_sink_options
-@_fail_cleanly
+@fail_cleanly
 def copy_command(source, target, experiments, run_ids, include_deleted, filter_string, workers, as_json,
                  artifact_root, on_long_value):
     """Copy straight from store SOURCE to store TARGET, without a bundle."""
-    _check_target(source, target)
+    check_target(source, target)
     options = (experiments, run_ids, include_deleted, filter_string)
     sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, workers=workers)  # noqa: E731
-    _show(_run_transfer(open_source(source, workers=workers), sink, options, workers, not as_json), as_json)
+    show(run_transfer(open_source(source, workers=workers), sink, options, workers, as_json), as_json)
 
 
 @cli.command("verify")
@@ -248,7 +172,7 @@ def copy_command(source, target, experiments, run_ids, include_deleted, filter_s
 )
 @_selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
-@_fail_cleanly
+@fail_cleanly
 def verify_stores_command(source, target, level, experiments, run_ids, include_deleted, filter_string, as_json):
     """Prove that TARGET holds what SOURCE holds (a store or a bundle on either side)."""
     from trackport.stores.rest.source import RestSource
@@ -262,7 +186,7 @@ def verify_stores_command(source, target, level, experiments, run_ids, include_d
         expected.close()
         raise
     try:
-        selection = _selection(expected, experiments, run_ids, include_deleted, filter_string)
+        selection = resolve_selection(expected, experiments, run_ids, include_deleted, filter_string)
         clamps = isinstance(actual, RestSource) and actual.info.clamps_infinity
         differences = [str(d) for d in compare_stores(expected, actual, selection, level=level, clamps_infinity=clamps)]
     finally:
@@ -281,7 +205,7 @@ def verify_stores_command(source, target, level, experiments, run_ids, include_d
 @cli.command("status")
 @click.argument("target")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@_fail_cleanly
+@fail_cleanly
 def status_command(target, as_json):
     """Show what the transfers into TARGET did: units done, skipped, failed and not selected,
     with reasons, and what the last transfer left still to do. Exits 1 when a unit failed or
@@ -303,7 +227,7 @@ def status_command(target, as_json):
 @click.argument("target")
 @click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="csv", show_default=True)
 @click.option("--kind", type=click.Choice(["run", "experiment", "all"]), default="all", show_default=True)
-@_fail_cleanly
+@fail_cleanly
 def idmap_command(target, fmt, kind):
     """Print the map of source ids to TARGET's ids."""
     import csv
@@ -335,7 +259,7 @@ def bundle_group() -> None:
     help="fast: sizes; complete: plus no extra files; full: plus sha256 and schemas.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@_fail_cleanly
+@fail_cleanly
 def verify_command(bundle, level, as_json):
     """Check that BUNDLE is complete and undamaged."""
     from trackport.bundle import verify_bundle
@@ -354,7 +278,7 @@ def verify_command(bundle, level, as_json):
 @bundle_group.command("inspect")
 @click.argument("bundle")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@_fail_cleanly
+@fail_cleanly
 def inspect_command(bundle, as_json):
     """Describe BUNDLE: format, producer, source, selection and contents."""
     from trackport.bundle import inspect_bundle
@@ -377,7 +301,7 @@ def inspect_command(bundle, as_json):
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where to put the demo's stores (default: a new temp dir).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
-@_fail_cleanly
+@fail_cleanly
 def demo_command(workdir, as_json):
     """Build the sample store, export it, import it into a fresh store and verify."""
     from trackport.bundle import verify_bundle
@@ -392,9 +316,9 @@ def demo_command(workdir, as_json):
     everything = Selection(include_deleted=True)
 
     take_all = ((), (), True, None)
-    exported = _run_transfer(open_source(source_uri), lambda: open_bundle_sink(str(bundle)), take_all, DEFAULT_WORKERS)
+    exported = run_transfer(open_source(source_uri), lambda: open_bundle_sink(str(bundle)), take_all, DEFAULT_WORKERS)
     report = verify_bundle(bundle, "full")
-    imported = _run_transfer(open_bundle_source(str(bundle)), lambda: open_sink(target_uri), take_all, DEFAULT_WORKERS)
+    imported = run_transfer(open_bundle_source(str(bundle)), lambda: open_sink(target_uri), take_all, DEFAULT_WORKERS)
     source, target = open_source(source_uri), open_source(target_uri)
     try:
         differences = [str(d) for d in compare_stores(source, target, everything, level="full")]

@@ -132,7 +132,7 @@ def state_dir_for(uri: str) -> Path:
 
         return state_dir_for_url(state_home() / "targets", resolve_connection(uri, "target").base_url)
     if location.kind == SQLITE:
-        from trackport.stores.local_sqlite import sqlite_path_from_uri, sqlite_state_dir
+        from trackport.stores._sqlite_files import sqlite_path_from_uri, sqlite_state_dir
 
         return sqlite_state_dir(sqlite_path_from_uri(_sqlite_uri(uri)))
     if location.kind == DATABASE:

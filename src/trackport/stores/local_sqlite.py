@@ -46,6 +46,12 @@ from trackport.locking import TargetLock
 from trackport.stores._group_commit import BUSY_TIMEOUT_S, CommitError, GroupCommitWriter
 from trackport.stores._localfs import local_artifact_dir
 from trackport.stores._run_folders import RunFolders
+from trackport.stores._sqlite_files import (
+    default_artifact_root,
+    open_for_writing,
+    sqlite_path_from_uri,
+    sqlite_state_dir,
+)
 from trackport.stores._sqlite_metrics import (
     insert_points,
     metric_inserts,
@@ -56,11 +62,8 @@ from trackport.stores._sqlite_schema import (
     DEFAULT_EXPERIMENT_ID,
     append_to_uri_path,
     artifact_root_uri,
-    check_revision,
-    create_database,
     experiment_artifact_location,
     installed_mlflow_version,
-    refuse_leftover_journal,
     schema_template,
 )
 from trackport.stores.base import (
@@ -72,32 +75,12 @@ from trackport.stores.base import (
 )
 from trackport.stores.sql_reader import (
     SqliteSource,
-    looks_like_mlflow_db,
     read_only_connection,
     split_uri_options,
-    sqlite_identity,
 )
 
 _DEFAULT_WORKSPACE = "default"
-FILLING_MARKER = "filling"
 _WRITTEN_TABLES = ("experiments", "experiment_tags", "runs", "tags", "params", "datasets", "inputs", "input_tags")
-
-
-def sqlite_path_from_uri(uri: str) -> Path:
-    """sqlite:///rel/path.db, sqlite:////abs/path.db, or a plain path ending in .db (a
-    trailing ?artifacts_destination=... is not part of the path)."""
-    uri = split_uri_options(uri)[0]
-    if uri.startswith("sqlite:///"):
-        raw = uri[len("sqlite:///") :]
-    elif uri.startswith("sqlite:"):
-        raise BadInputError(f"unsupported sqlite URI {uri!r}: use sqlite:///path/to/mlflow.db")
-    elif uri.endswith(".db"):
-        raw = uri
-    else:
-        raise BadInputError(f"{uri!r} is not a sqlite store: use sqlite:///path/to/mlflow.db")
-    if not raw or raw == ":memory:":
-        raise BadInputError(f"{uri!r} names no database file: use sqlite:///path/to/mlflow.db")
-    return Path(raw).expanduser().absolute()
 
 
 class SqliteStore(SqliteSource, SinkStore):
@@ -134,6 +117,8 @@ class SqliteStore(SqliteSource, SinkStore):
                     shutil.rmtree(state_dir, ignore_errors=True)
                 raise
         SqliteSource.__init__(self, uri, path, artifacts_destination=artifacts_destination)
+        if create:  # what killed transfers into this store left: cleared while holding its lock
+            self._folders.settle(lambda run_id: self.lookup_run(SourceRunId(run_id), None) is not None)
 
     def _open_for_writing(self, path: Path, artifact_root: str | None, workers: int) -> None:
         from trackport.stores import state_home
@@ -141,28 +126,12 @@ class SqliteStore(SqliteSource, SinkStore):
         self._mlflow_version = installed_mlflow_version()
         template = schema_template(state_home(), self._mlflow_version)
         self._artifact_root = artifact_root_uri(artifact_root or str(default_artifact_root(path)))
-        self._filling_marker = sqlite_state_dir(path) / FILLING_MARKER
+        opened = open_for_writing(path, template, self._artifact_root)
         # MLflow puts a `Default` experiment into every database it creates; in a database
         # we create, that experiment is ours to make equal to the source's.
-        self._created_here = not path.exists()
-        if self._created_here:
-            refuse_leftover_journal(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._filling_marker.touch()  # before the database exists
-            create_database(path, template, self._artifact_root)
-            identity = sqlite_identity(path)
-            self._filling_marker.write_text(identity or "")
-        elif not (_recover(path) and looks_like_mlflow_db(path)):
-            raise BadInputError(f"{path} is not an MLflow tracking database")
-        else:
-            check_revision(path, template)
-            identity = sqlite_identity(path)
-            if self._filling_marker.exists():
-                if self._filling_marker.read_text() not in ("", identity):
-                    self._filling_marker.unlink()  # left by a deleted database of this name
-                else:
-                    _check_unfinished_fill(path)
-        self._filling = self._filling_marker.exists()
+        self._created_here = opened.created_here
+        self._filling_marker = opened.filling_marker
+        self._filling = opened.filling
         self._columns = _table_columns(path, _WRITTEN_TABLES)
         self._readers = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
@@ -171,14 +140,8 @@ class SqliteStore(SqliteSource, SinkStore):
             self._writer = GroupCommitWriter(path, max_units=1, synchronous_off=True)
         else:  # half the workers may wait for a commit while the others prepare their runs
             self._writer = GroupCommitWriter(path, max_units=max(1, workers // 2))
-        self._folders = RunFolders(sqlite_state_dir(path), identity)
-        self._folders.settle(lambda run_id: self._run_exists(path, run_id))
+        self._folders = RunFolders(sqlite_state_dir(path), opened.identity)
         remove_stale_spools(sqlite_state_dir(path))
-
-    @staticmethod
-    def _run_exists(path: Path, run_id: str) -> bool:
-        with closing(read_only_connection(path, timeout=BUSY_TIMEOUT_S)) as con:
-            return con.execute("SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone() is not None
 
     # ---------------------------------------------------------------- common
 
@@ -431,50 +394,9 @@ def _write_error(exc: BaseException, what: str, path: Path) -> Exception:
     return storage_error(cause, f"{what} into {path}") or UnitError(f"{what}: {exc}")
 
 
-def default_artifact_root(db_path: Path) -> Path:
-    """Where a store keeps new experiments' artifacts unless told otherwise: a folder of
-    its own beside it (`mlflow.db` -> `mlflow-artifacts/`), so two stores side by side
-    never share one."""
-    return db_path.parent / f"{db_path.stem}-artifacts"
-
-
 def _table_columns(path: Path, tables: tuple[str, ...]) -> dict[str, frozenset[str]]:
     with closing(read_only_connection(path)) as con:
         return {t: frozenset(row[1] for row in con.execute(f"PRAGMA table_info({t})")) for t in tables}
-
-
-def _recover(path: Path) -> bool:
-    """Open the database for writing once, so that sqlite rolls back the journal a killed
-    writer left (a read-only connection cannot, and would find no tables); False if it is
-    no sqlite database."""
-    try:
-        with closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)) as con:
-            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError:
-        return False
-    return True
-
-
-def _check_unfinished_fill(path: Path) -> None:
-    """A database this tool was filling with synchronous=OFF when its transfer ended
-    without the final fsync: a killed process loses nothing committed, but a power cut
-    may have torn pages, so it is checked before anything more is written."""
-    with closing(read_only_connection(path, timeout=BUSY_TIMEOUT_S)) as con:
-        try:
-            problem = con.execute("PRAGMA quick_check(1)").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            problem = str(exc)
-    if problem != "ok":
-        first = " ".join(problem.replace("*** in database main ***", "").split())[:200]
-        raise BadInputError(
-            f"{path} was being created by a transfer that did not finish, and is damaged ({first}): "
-            f"delete it and {sqlite_state_dir(path)}, then run the transfer again"
-        )
-
-
-def sqlite_state_dir(db_path: Path) -> Path:
-    """Where transfers into the database at db_path keep their id map and ledger."""
-    return Path(str(db_path) + ".trackport")
 
 
 def _int_or_none(value: str) -> int | None:

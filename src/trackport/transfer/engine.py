@@ -150,9 +150,9 @@ class _Transfer:
         (if it can still be written) and hand the summary to whoever shows the error."""
         if isinstance(exc, TrackportError):
             exc.summary = self.summary  # type: ignore[attr-defined]
-        reason = str(exc) if isinstance(exc, TrackportError) else f"{type(exc).__name__}: {exc}"
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _reason(exc)
         try:
-            self.ledger.ended("stopped", self.summary.counts, reason or "interrupted")
+            self.ledger.ended("stopped", self.summary.counts, reason)
         except TrackportError:
             pass  # the disk that stopped the transfer refuses this line too; the error says it
 

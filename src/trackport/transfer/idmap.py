@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from trackport.domain import SourceExperimentId, SourceRunId, TargetExperimentId, TargetRunId
+from trackport.errors import storage_error
 from trackport.transfer.jsonl import JsonlAppender, read_jsonl
 
 IDMAP_FILE = "idmap.jsonl"
@@ -46,14 +47,18 @@ class IdMap:
         transfer always leaves the same file whatever order its workers finished in."""
         self._appender.close()
         temp = self.path.with_name(self.path.name + ".tmp")
-        with temp.open("w", encoding="utf-8") as f:
-            for kind, table in (("experiment", self._experiments), ("run", self._runs)):
-                for source_id in sorted(table):
-                    entry = {"kind": kind, "source_id": source_id, "target_id": table[source_id]}
-                    f.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, self.path)
+        try:
+            with temp.open("w", encoding="utf-8") as f:
+                for kind, table in (("experiment", self._experiments), ("run", self._runs)):
+                    for source_id in sorted(table):
+                        entry = {"kind": kind, "source_id": source_id, "target_id": table[source_id]}
+                        f.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, self.path)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise (storage_error(exc, str(self.path)) or exc) from None
         self._appender = JsonlAppender(self.path)
 
     def close(self) -> None:

@@ -303,7 +303,7 @@ class RestSink(SinkStore):
 
     # ------------------------------------------------------------------ writing runs
 
-    def _check_long_values(self, run: Run, params: dict[str, str], tags: dict[str, str], losses: list[str]) -> tuple[dict, dict]:
+    def _check_keys_and_values(self, run: Run, params: dict[str, str], tags: dict[str, str], losses: list[str]) -> tuple[dict, dict]:
         """Refuse keys the server would refuse, and apply the long-value policy, before
         anything is written: the server would silently truncate long values
         (MLFLOW_TRUNCATE_LONG_VALUES), so trackport decides instead."""
@@ -339,7 +339,7 @@ class RestSink(SinkStore):
             for k, v in run.tags.items()
             if k not in (RUN_NAME_TAG, PARENT_RUN_ID_TAG) and not is_provenance_tag(k)
         }
-        params, tags = self._check_long_values(run, params, tags, losses)
+        params, tags = self._check_keys_and_values(run, params, tags, losses)
 
         create_tags = [
             {"key": SOURCE_RUN_ID_TAG, "value": run.run_id},
