@@ -111,15 +111,14 @@ def open_sink(
             f"{uri.split('://', 1)[0]}://...: a tracking server's database is read here only as a"
             " source; write through the tracking server (http(s)://...) instead"
         )
-    from trackport.bundle import is_bundle
+    from trackport.stores.local_mlruns import looks_like_mlruns
 
-    path = local_path(uri)
-    if is_bundle(path) or not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        return open_bundle_sink(uri)
-    raise BadInputError(
-        f"{uri}: cannot write here; give sqlite:///path/mlflow.db for a local MLflow store"
-        " (the legacy mlruns/ file store is read-only) or a new directory for a bundle"
-    )
+    if looks_like_mlruns(local_path(uri)):
+        raise BadInputError(
+            f"{uri}: cannot write here; give sqlite:///path/mlflow.db for a local MLflow store"
+            " (the legacy mlruns/ file store is read-only) or a new directory for a bundle"
+        )
+    return open_bundle_sink(uri)  # it refuses anything else that is not a bundle or empty
 
 
 def state_dir_for(uri: str) -> Path:

@@ -52,12 +52,11 @@ class RunFolders:
         try:
             record.write_text(json.dumps({"folder": str(folder), "store": self._store}), encoding="utf-8")
             folder.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.mkdir(folder)
-            except FileExistsError:
-                record.unlink()
-                raise UnitError(_foreign(run_id, folder)) from None
+            os.mkdir(folder)
         except OSError as exc:
+            record.unlink(missing_ok=True)  # the folder was not made: there is nothing to claim
+            if isinstance(exc, FileExistsError):
+                raise UnitError(_foreign(run_id, folder)) from None
             raise (storage_error(exc, f"the artifacts of run {run_id} into {folder}") or exc) from None
         try:
             self._fill(run_id, folder, content, files, result)
@@ -102,8 +101,9 @@ class RunFolders:
         for record in sorted(self._claims.glob("*.json")):
             try:
                 claim = json.loads(record.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue  # a claim torn by a crash before its folder was made
+            except (OSError, ValueError):  # torn while being written: its folder was never made
+                record.unlink(missing_ok=True)
+                continue
             if claim.get("store") != self._store:
                 continue
             run_id = record.stem

@@ -89,11 +89,13 @@ def prepare_points(batches: Iterator[pa.RecordBatch], spool_dir: Path) -> Iterat
             writer = None
         yield points
     finally:
-        if writer is not None:
-            writer.close()
-            spool_file.close()
-        if points._spool is not None:
-            points._spool.unlink(missing_ok=True)
+        try:
+            if writer is not None:
+                writer.close()
+                spool_file.close()
+        finally:  # removed even when closing fails (a full disk): the error is already on its way
+            if points._spool is not None:
+                points._spool.unlink(missing_ok=True)
 
 
 def remove_stale_spools(spool_dir: Path) -> None:
