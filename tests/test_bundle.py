@@ -460,3 +460,23 @@ def test_concurrent_put_run(tmp_path):
     assert verify_bundle(path, "full").ok
     src = BundleSource(path)
     assert [r.run_id for r in src.iter_runs(EXPS[0], Selection())] == [f"r{i:03d}" for i in range(24)]
+
+
+def test_an_export_killed_before_its_root_descriptor_is_taken_up_again(tmp_path):
+    """What a kill between opening the sink and writing the root leaves (the lock, a temp
+    file of the root) is not "a non-empty directory that is not a bundle"."""
+    path = tmp_path / "b"
+    (path / "transfer").mkdir(parents=True)
+    (path / "transfer" / "lock").write_text("")
+    (path / ".trackport-bundle.json.tmp-0123456789ab").write_text("{")
+    with BundleSink(path) as sink:
+        sink.begin(SOURCE, Selection())
+        teid = sink.put_experiment(EXPS[0]).target_experiment_id
+        sink.put_run(RUNS["aaa1"], teid, CONTENT["aaa1"]())
+        sink.finish({})
+    assert not (path / ".trackport-bundle.json.tmp-0123456789ab").exists()
+    assert verify_bundle(path, "full").ok
+    (tmp_path / "c" / "experiments").mkdir(parents=True)  # anything else: refused, untouched
+    with pytest.raises(BadInputError, match="not empty"):
+        BundleSink(tmp_path / "c")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["experiments"]

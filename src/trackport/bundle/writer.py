@@ -16,7 +16,7 @@ from pathlib import Path
 from trackport.domain import Capabilities, Experiment, Run
 from trackport.domain import SourceRunId, TargetExperimentId, TargetRunId
 from trackport.errors import BadInputError, TrackportError, UnitError, storage_error
-from trackport.locking import TargetLock
+from trackport.locking import LOCK_FILE, TargetLock
 from trackport.stores.base import (
     ExperimentWriteResult,
     RunContent,
@@ -26,7 +26,6 @@ from trackport.stores.base import (
     StoreDescription,
 )
 from trackport.bundle import descriptor
-from trackport.locking import LOCK_FILE
 from trackport.bundle.layout import (
     ARTIFACTS_DIR,
     EXPERIMENT_FILE,
@@ -141,7 +140,7 @@ class BundleSink(SinkStore):
         self._begun = True
         p = self.path
         source_doc = {"kind": source.kind, "uri": source.uri, "mlflow_version": source.mlflow_version}
-        created_at = None
+        old: dict | None = None
         if (p / ROOT_FILE).exists():
             try:
                 old = descriptor.load_root(p)
@@ -153,19 +152,19 @@ class BundleSink(SinkStore):
                     f"{p} holds an export of {old_src.get('uri')!r}, not of {source.uri!r}; "
                     "export the same source into it, or export to a new path"
                 )
-            created_at = old.get("created_at")
-            self._remove_stale_temps()
-            if (p / MANIFEST_FILE).exists():
-                # A complete bundle of the same source: add what is new. Its root and
-                # manifest stay as they are until finish() rewrites both, so a run
-                # that dies half-way leaves the bundle complete as it was, plus some
-                # unlisted run directories that readers ignore.
-                self._root_doc = old
-                return
-        try:
-            (p / EXPERIMENTS_DIR).mkdir(exist_ok=True)
+        self._remove_stale_temps()  # of a killed export into it: this one holds the lock now
+        if old is not None and (p / MANIFEST_FILE).exists():
+            # A complete bundle of the same source: add what is new. Its root and manifest
+            # stay as they are until finish() rewrites both, so a run that dies half-way
+            # leaves the bundle complete as it was, plus some unlisted run directories that
+            # readers ignore.
+            self._root_doc = old
+            return
+        created_at = old.get("created_at") if old is not None else None
+        try:  # the root first: a kill before it leaves nothing but the lock and a temp file
             doc = descriptor.build_root(source_doc, selection.to_json(), created_at=created_at)
             write_json_atomic(p / ROOT_FILE, doc)
+            (p / EXPERIMENTS_DIR).mkdir(exist_ok=True)
         except OSError as e:
             raise _os_error(e, f"the bundle at {p}") from None
         self._root_doc = doc
@@ -312,10 +311,13 @@ class BundleSink(SinkStore):
 
 
 def _empty_but_for_a_lock(path: Path) -> bool:
-    """An empty directory, or one holding only what a writer's lock made (transfer/lock)."""
-    entries = list(path.iterdir())
-    if not entries:
-        return True
-    if [e.name for e in entries] != [TRANSFER_DIR] or not entries[0].is_dir():
-        return False
-    return [e.name for e in entries[0].iterdir()] in ([], [LOCK_FILE])
+    """An empty directory, or one holding only what a writer killed before its first file
+    leaves: transfer/ with its lock, and a temporary file of the root descriptor."""
+    for entry in path.iterdir():
+        if is_temp_name(entry.name) and entry.is_file():
+            continue
+        if entry.name != TRANSFER_DIR or not entry.is_dir():
+            return False
+        if [e.name for e in entry.iterdir()] not in ([], [LOCK_FILE]):
+            return False
+    return True
