@@ -687,11 +687,11 @@ def test_hostile_bundle_into_a_server(case, bundle_copy, tmp_path, target_server
     """The same corpus into a tracking server, which cannot take a run back (deleting only
     marks it): a refused run, and the runs under it, leave nothing there, not even a
     deleted run. The case's experiments get the case's name, so one server serves all."""
-    for doc in bundle_copy.glob("experiments/*/experiment.json"):
-        Sample(bundle_copy, tmp_path).edit_json(doc, lambda d: d.update(name=f"{d['name']} [{case}]"))
     outside = tmp_path / "outside"
     outside.mkdir()
     sample = Sample(bundle_copy, outside)
+    for doc in bundle_copy.glob("experiments/*/experiment.json"):
+        sample.edit_json(doc, lambda d: d.update(name=f"{d['name']} [{case}]"))
     sample.reseal()
     all_runs = {run for _, run in sample.runs.values()}
     expect = CASES[case](sample)

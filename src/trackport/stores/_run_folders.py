@@ -37,7 +37,7 @@ class RunFolders:
     def __init__(self, state_dir: Path, store_identity: str | None) -> None:
         self._claims = state_dir / CLAIMS_DIR
         self._claims.mkdir(parents=True, exist_ok=True)
-        self._store = store_identity
+        self.store_identity = store_identity
 
     def refuse_foreign(self, run_id: str, folder: Path) -> None:
         """A run without artifacts still names folder as its artifact location: it must not
@@ -50,7 +50,7 @@ class RunFolders:
         what was made (the claim is then gone too)."""
         record = self._claims / f"{run_id}.json"
         try:
-            record.write_text(json.dumps({"folder": str(folder), "store": self._store}), encoding="utf-8")
+            record.write_text(json.dumps({"folder": str(folder), "store": self.store_identity}), encoding="utf-8")
             folder.parent.mkdir(parents=True, exist_ok=True)
             os.mkdir(folder)
         except OSError as exc:
@@ -104,7 +104,7 @@ class RunFolders:
             except (OSError, ValueError):  # torn while being written: its folder was never made
                 record.unlink(missing_ok=True)
                 continue
-            if claim.get("store") != self._store:
+            if claim.get("store") != self.store_identity:
                 continue
             run_id = record.stem
             if is_committed(run_id):

@@ -118,6 +118,7 @@ class SqliteStore(SqliteSource, SinkStore):
                 raise
         SqliteSource.__init__(self, uri, path, artifacts_destination=artifacts_destination)
         if create:  # what killed transfers into this store left: cleared while holding its lock
+            self.__dict__["identity"] = self._folders.store_identity  # read once, while opening
             self._folders.settle(lambda run_id: self.lookup_run(SourceRunId(run_id), None) is not None)
 
     def _open_for_writing(self, path: Path, artifact_root: str | None, workers: int) -> None:
