@@ -6,14 +6,23 @@ version, checks for ids and artifact paths that become file names, and the atomi
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import os
 import re
-import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, Iterator
+
+from trackport._files import (  # noqa: F401 - re-exported for the bundle modules
+    CHUNK_SIZE,
+    TMP_MARK,
+    copy_stream,
+    fsync_dir,
+    is_temp_name,
+    sha256_file,
+    temp_name,
+    write_bytes_atomic,
+)
+from trackport._files import check_component, check_relpath, safe_join  # noqa: F401 - re-exported
 
 FORMAT_NAME = "trackport-bundle"
 FORMAT_VERSION = "1.1"
@@ -31,8 +40,6 @@ ARTIFACTS_DIR = "artifacts"
 # The writer's lock (trackport.locking): changes with every writer, so never listed.
 UNLISTED = frozenset({f"{TRANSFER_DIR}/lock"})
 
-CHUNK_SIZE = 1 << 20  # artifacts and hashes are streamed in 1 MiB chunks
-TMP_MARK = ".tmp-"  # temp names are ".<final name>.tmp-<random hex>"
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _VERSION = re.compile(r"^(\d+)\.(\d+)$")
@@ -44,51 +51,6 @@ def parse_version(text: object) -> tuple[int, int] | None:
         return None
     m = _VERSION.match(text)
     return (int(m.group(1)), int(m.group(2))) if m else None
-
-
-def temp_name(final_name: str) -> str:
-    return f".{final_name}{TMP_MARK}{uuid.uuid4().hex[:12]}"
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and TMP_MARK in name
-
-
-def check_component(value: str, what: str) -> str:
-    """An id that becomes one directory name. Returns it, or raises ValueError."""
-    if (
-        not isinstance(value, str)
-        or not value
-        or value in (".", "..")
-        or value.startswith(".")
-        or any(c in value for c in "/\\\0")
-    ):
-        raise ValueError(f"{what} {value!r} cannot be used as a directory name")
-    return value
-
-
-def check_relpath(path: str) -> str:
-    """A '/'-separated relative path (an artifact path). Returns it, or raises ValueError.
-
-    Refused: empty, absolute, drive letters, backslashes, NUL, empty/'.'/'..' segments.
-    """
-    if not isinstance(path, str) or not path:
-        raise ValueError("empty path")
-    if "\0" in path:
-        raise ValueError(f"path {path!r} contains NUL")
-    if "\\" in path:
-        raise ValueError(f"path {path!r} contains a backslash")
-    if path.startswith("/") or _DRIVE.match(path):
-        raise ValueError(f"path {path!r} is absolute")
-    for part in path.split("/"):
-        if part in ("", ".", ".."):
-            raise ValueError(f"path {path!r} has an empty, '.' or '..' segment")
-    return path
-
-
-def safe_join(base: Path, relpath: str) -> Path:
-    """base/relpath after check_relpath (lexical check only; see resolve_inside)."""
-    return base.joinpath(*check_relpath(relpath).split("/"))
 
 
 def resolve_inside(base: Path, relpath: str) -> Path:
@@ -118,34 +80,6 @@ def dumps(doc: Any) -> str:
     return json.dumps(doc, sort_keys=True, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
 
 
-def fsync_dir(path: Path) -> None:
-    """Make the names in directory path durable (after a rename into it). Errors are
-    raised: on Linux a failed fsync is not retryable, so the write may be lost. Only a
-    file system that cannot fsync a directory at all (EINVAL) is let pass."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp name in the same directory, fsync, then os.replace."""
-    tmp = path.with_name(temp_name(path.name))
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_json_atomic(path: Path, doc: Any) -> None:
     write_bytes_atomic(path, dumps(doc).encode("utf-8"))
 
@@ -154,31 +88,6 @@ def write_json(path: Path, doc: Any) -> None:
     """Plain write (for files inside a run's temp directory, made visible by its rename)."""
     with open(path, "w", encoding="utf-8") as f:
         f.write(dumps(doc))
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    """(hex sha256, size) of a file, read in chunks."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-def copy_stream(src: BinaryIO, dst_path: Path) -> tuple[str, int]:
-    """Stream src into a new file dst_path (must not exist) while hashing; (sha256, size)."""
-    h = hashlib.sha256()
-    size = 0
-    with open(dst_path, "xb") as out:
-        while chunk := src.read(CHUNK_SIZE):
-            h.update(chunk)
-            out.write(chunk)
-            size += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    return h.hexdigest(), size
 
 
 def walk_files(root: Path) -> Iterator[tuple[str, os.DirEntry]]:

@@ -40,7 +40,7 @@ from trackport.domain import (
     TargetExperimentId,
     TargetRunId,
 )
-from trackport.bundle.layout import fsync_dir
+from trackport._files import fsync_dir
 from trackport.errors import BadInputError, UnitError, storage_error
 from trackport.locking import TargetLock
 from trackport.stores._group_commit import BUSY_TIMEOUT_S, CommitError, GroupCommitWriter

@@ -1,0 +1,80 @@
+"""The kinds of units a transfer moves, and the document form of the generic ones.
+
+Experiments and runs are the two kinds every store holds; every other kind (a logged model,
+a model version, a trace, ...) is registered here with the kinds its units depend on, and
+travels as a `Unit`: an id, the experiment it belongs to, the ids of the units it refers
+to (remapped by the engine on the way), and a JSON body. The engine, id map, ledger,
+summary and status know kinds only through this registry, so a new kind is a
+registration plus the adapter methods of the stores that hold it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class UnitKind:
+    name: str  # singular, as ledger and id map lines name it: "run"
+    plural: str  # summary keys, bundle folders and messages: "runs"
+    # Kinds whose units this kind's units refer to (a run: its experiment and parent run).
+    depends_on: tuple[str, ...] = ()
+    # The JSON Schema a bundle checks the body of this kind's documents against.
+    schema: dict | None = None
+
+    def count(self, n: int) -> str:
+        """'1 run', '2 runs'."""
+        return f"{n} {self.name if n == 1 else self.plural}"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of a generic kind, as stores read and write it."""
+
+    kind: str
+    unit_id: str  # its id in the store it was read from
+    experiment_id: str  # the experiment it belongs to, in that store
+    name: str = ""
+    # The units it refers to, by kind: {"run": "<run id>"}. The engine rewrites them to the
+    # target's ids before a sink sees the unit.
+    refs: dict[str, str] = field(default_factory=dict)
+    body: dict = field(default_factory=dict)  # JSON-able content
+
+
+EXPERIMENT = UnitKind("experiment", "experiments")
+RUN = UnitKind("run", "runs", depends_on=("experiment", "run"))
+
+_KINDS: dict[str, UnitKind] = {EXPERIMENT.name: EXPERIMENT, RUN.name: RUN}
+BUILT_IN = frozenset(_KINDS)
+
+
+def register(kind: UnitKind) -> UnitKind:
+    if kind.name in BUILT_IN:
+        raise ValueError(f"unit kind {kind.name!r} is built in")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def unregister(name: str) -> None:
+    if name not in BUILT_IN:
+        _KINDS.pop(name, None)
+
+
+def kind(name: str) -> UnitKind:
+    """The registered kind of that name; a kind no longer registered (read back from an
+    old ledger) is still named sensibly."""
+    return _KINDS.get(name) or UnitKind(name, name + "s")
+
+
+def generic_kinds() -> Iterator[UnitKind]:
+    """The registered kinds beyond experiments and runs, dependencies first."""
+    done: set[str] = set(BUILT_IN)
+    pending = [k for k in _KINDS.values() if k.name not in BUILT_IN]
+    while pending:
+        ready = [k for k in pending if all(d in done or d not in _KINDS for d in k.depends_on if d != k.name)]
+        if not ready:
+            raise ValueError(f"unit kinds depend on each other in a circle: {[k.name for k in pending]}")
+        for k in sorted(ready, key=lambda k: k.name):
+            done.add(k.name)
+            pending.remove(k)
+            yield k
