@@ -41,7 +41,6 @@ ARTIFACTS_DIR = "artifacts"
 UNLISTED = frozenset({f"{TRANSFER_DIR}/lock"})
 
 
-_DRIVE = re.compile(r"^[A-Za-z]:")
 _VERSION = re.compile(r"^(\d+)\.(\d+)$")
 
 
