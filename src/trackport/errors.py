@@ -75,6 +75,19 @@ class UnitError(TrackportError):
     exit_code = ExitCode.UNITS_FAILED
 
 
+class InternalError(TrackportError):
+    """An exception that is none of the three kinds: a bug in trackport or in one of its
+    adapters. It stops the transfer (every other unit would likely fail the same way) and
+    names the unit it happened in; the original exception is its __cause__."""
+
+    exit_code = ExitCode.INTERNAL
+
+    def __init__(self, message: str, kind: str | None = None, source_id: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.source_id = source_id
+
+
 class TransientError(TrackportError):
     """Worth retrying (throttling, 5xx, timeouts, resets)."""
 
