@@ -23,7 +23,7 @@ import pyarrow as pa
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 from trackport.domain import METRIC_SCHEMA, Experiment, Run  # noqa: E402
-from trackport.stores import open_sink, open_source  # noqa: E402
+from trackport.opening import open_sink, open_source  # noqa: E402
 from trackport.stores.base import Selection  # noqa: E402
 
 RUN_ID = "0123456789abcdef0123456789abcdef"

@@ -26,7 +26,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from run import PRESETS, Workload, WorkloadSource, measure  # noqa: E402
 from servers import MlflowServer, start_all  # noqa: E402
 
-from trackport.stores import open_bundle_sink, open_source  # noqa: E402
+from trackport.opening import open_bundle_sink, open_source  # noqa: E402
+from trackport.config import TransferConfig  # noqa: E402
 from trackport.stores.base import Selection  # noqa: E402
 from trackport.transfer import transfer  # noqa: E402
 
@@ -51,7 +52,7 @@ def main() -> None:
     workload = Workload(*PRESETS[args.preset])
     bundle = work / "bundle"
     with open_bundle_sink(str(bundle)) as sink:
-        transfer(WorkloadSource(workload), sink, EVERYTHING, workers=4)
+        transfer(WorkloadSource(workload), sink, EVERYTHING, config=TransferConfig(workers=4))
     checks = [check_all(bundle) for _ in range(args.repeat)]
     server = start_all([MlflowServer(work / "server")])[0]
     try:  # once: a second import into the same server would find every run there

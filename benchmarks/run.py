@@ -30,9 +30,10 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # the test suite's server fixtur
 
 from servers import MlflowServer, start_all  # noqa: E402
 
+from trackport.config import TransferConfig  # noqa: E402
 from trackport.domain import METRIC_SCHEMA, ArtifactFile, Experiment, Run  # noqa: E402
 from trackport.stores.base import Selection, SourceStore, StoreDescription  # noqa: E402
-from trackport.stores.local_sqlite import SqliteStore  # noqa: E402
+from trackport.stores.sqlite.store import SqliteStore  # noqa: E402
 from trackport.transfer import transfer  # noqa: E402
 
 PRESETS = {
@@ -117,7 +118,7 @@ def build_source_db(workload: Workload, directory: Path) -> Path:
     artifacts keeps it (artifact URIs mlflow-artifacts:/...), ready to be served."""
     db = directory / "mlflow.db"
     store = SqliteStore(f"sqlite:///{db}", create=True, artifact_root=str(directory / "mlartifacts"))
-    summary = transfer(WorkloadSource(workload), store, Selection(), workers=2)
+    summary = transfer(WorkloadSource(workload), store, Selection(), config=TransferConfig(workers=2))
     store.close()
     assert summary.failed == 0, summary.failures
     with sqlite3.connect(db) as con:
@@ -150,7 +151,7 @@ def measure(phase: str, command: list[str], env: dict | None = None) -> Measure:
 
 def _template(home: Path) -> Path:
     """The schema template the source store's build left in home (MLflow made it)."""
-    from trackport.stores._sqlite_schema import installed_mlflow_version, schema_template
+    from trackport.stores.sqlite.schema import installed_mlflow_version, schema_template
 
     return schema_template(home, installed_mlflow_version()).path
 

@@ -32,7 +32,7 @@ def sample_mlruns(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def sample_bundle(tmp_path_factory, sample_sqlite) -> Path:
     """A complete bundle exported from the sample sqlite store. Copy it before damaging it."""
-    from trackport.stores import open_bundle_sink, open_source
+    from trackport.opening import open_bundle_sink, open_source
     from trackport.stores.base import Selection
     from trackport.transfer import transfer
 

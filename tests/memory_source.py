@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from trackport.domain import METRIC_SCHEMA, ArtifactFile, Experiment, Run
-from trackport.stores import open_bundle_sink
+from trackport.opening import open_bundle_sink
 from trackport.stores.base import Selection, SourceStore, StoreDescription
 from trackport.transfer import transfer
 

@@ -16,7 +16,7 @@ from test_resume import _trackport_command, kill_and_rerun
 from trackport.cli.main import cli
 from trackport.errors import TransientError, UnitError
 from trackport.samples.sample_store import SAMPLE_COUNTS, SAMPLE_COUNTS_ACTIVE
-from trackport.stores import open_sink, open_source
+from trackport.opening import open_sink, open_source
 from trackport.stores.base import Selection
 from trackport.transfer import transfer
 from trackport.transfer.jsonl import read_jsonl

@@ -15,11 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trackport.bundle import BundleSink, BundleSource, FORMAT_VERSION, verify_bundle
+from trackport import kinds
+from trackport.bundle import BundleSink, BundleSource, FORMAT_VERSION, inspect_bundle, verify_bundle
 from trackport.bundle.layout import MANIFEST_FILE, ROOT_FILE
 from trackport.bundle.manifest import write_manifest
 from trackport.domain import METRIC_SCHEMA, ArtifactFile, DatasetInput, Experiment, Run
 from trackport.errors import BadInputError, TargetBusyError, UnitError, UnsupportedVersionError
+from trackport.kinds import Unit
 from trackport.stores.base import Unreadable, Selection, StoreDescription
 
 NAN, INF = float("nan"), float("inf")
@@ -480,3 +482,147 @@ def test_an_export_killed_before_its_root_descriptor_is_taken_up_again(tmp_path)
     with pytest.raises(BadInputError, match="not empty"):
         BundleSink(tmp_path / "c")
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["experiments"]
+
+
+# ---------------------------------------------------------------- units of generic kinds
+NOTE = kinds.UnitKind("note", "notes", depends_on=("experiment", "run"),
+                      schema={"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}})
+NOTES = [
+    Unit("note", "n2", "1", "second", {"run": "aaa1"}, {"text": "on a run", "extra": [1, {"ü": None}]}),
+    Unit("note", "n1", "1", "first", {}, {"text": "about the experiment"}),
+    Unit("note", "n3", "2", "", {}, {"text": "in the deleted experiment"}),
+]
+
+
+@pytest.fixture
+def note_kind():
+    kinds.register(NOTE)
+    yield NOTE
+    kinds.unregister(NOTE.name)
+
+
+def export_with_notes(path: Path) -> None:
+    sink = BundleSink(path)
+    sink.begin(SOURCE, Selection(include_deleted=True))
+    for exp in EXPS:
+        teid = sink.put_experiment(exp).target_experiment_id
+        for run in RUNS.values():
+            if run.experiment_id == exp.experiment_id and run.run_id != "eee5":
+                sink.put_run(run, teid, CONTENT[run.run_id]())
+        for note in NOTES:
+            if note.experiment_id == exp.experiment_id:
+                assert sink.find_unit(note, teid) is None
+                assert sink.put_unit(note, teid) == note.unit_id
+                assert sink.find_unit(note, teid) == note.unit_id
+    sink.finish({})
+    sink.close()
+
+
+def test_units_round_trip_through_a_bundle(tmp_path, note_kind):
+    path = tmp_path / "b"
+    export_with_notes(path)
+    listed = [json.loads(line)["path"] for line in (path / MANIFEST_FILE).read_text().splitlines()]
+    assert {"experiments/1/units/note/n1.json", "experiments/1/units/note/n2.json", "experiments/2/units/note/n3.json"} <= set(listed)
+    root = json.loads((path / ROOT_FILE).read_text())
+    assert root["counts"]["notes"] == 3 and root["counts"]["runs"] == 4
+    assert verify_bundle(path, "full").ok, verify_bundle(path, "full").problems
+    src = BundleSource(path)
+    assert src.unit_kinds() == ["note"]
+    assert list(src.iter_units(NOTE, EXPS[0])) == [NOTES[1], NOTES[0]]  # by id
+    assert list(src.iter_units(NOTE, EXPS[1])) == [NOTES[2]]
+    assert list(src.iter_units(kinds.UnitKind("gadget", "gadgets"), EXPS[0])) == []
+    # The same units written again: the same bytes (no time of export in a document).
+    before = (path / "experiments/1/units/note/n2.json").read_bytes()
+    export_with_notes(tmp_path / "again")
+    assert (tmp_path / "again/experiments/1/units/note/n2.json").read_bytes() == before
+
+
+def test_put_unit_refuses_what_a_reader_would_refuse_and_leaves_nothing(tmp_path, note_kind):
+    sink = BundleSink(tmp_path / "b")
+    sink.begin(SOURCE, Selection())
+    teid = sink.put_experiment(EXPS[0]).target_experiment_id
+    bad = [
+        (Unit("note", "n1", "1", body={"text": 5}), "not valid for a bundle"),
+        (Unit("note", "n1", "1", refs={"run": 7}, body={"text": "x"}), "not valid for a bundle"),
+        (Unit("note", "n1", "1", body={"text": "x", "v": math.nan}), "cannot be written as JSON"),
+        (Unit("note", "../n1", "1", body={"text": "x"}), "cannot be used as a directory name"),
+        (Unit("no/te", "n1", "1", body={"text": "x"}), "cannot be used as a directory name"),
+        (Unit("run", "n1", "1", body={}), "not a unit of a generic kind"),
+    ]
+    for unit, words in bad:
+        with pytest.raises(UnitError, match=words):
+            sink.put_unit(unit, teid)
+    assert not (tmp_path / "b/experiments/1/units").exists()
+    sink.close()
+
+
+def test_a_kind_this_trackport_does_not_know_is_read_and_verified_not_refused(tmp_path, note_kind):
+    path = tmp_path / "b"
+    export_with_notes(path)
+    kinds.unregister(NOTE.name)  # a reader that does not know notes
+    assert verify_bundle(path, "full").ok
+    src = BundleSource(path)
+    assert src.unit_kinds() == ["note"]
+    unknown = kinds.kind("note")
+    assert unknown.schema is None
+    assert [u.unit_id for u in src.iter_units(unknown, EXPS[0])] == ["n1", "n2"]  # bodies not checked
+    kinds.register(NOTE)
+
+
+def test_a_damaged_unit_is_unreadable_and_reported_by_verify(tmp_path, note_kind):
+    path = tmp_path / "b"
+    export_with_notes(path)
+    doc = path / "experiments/1/units/note/n1.json"
+    doc.write_text(doc.read_text().replace('"text": "about the experiment"', '"text": 5'))
+    write_manifest(path)
+    src = BundleSource(path)
+    first, second = src.iter_units(NOTE, EXPS[0])
+    assert isinstance(first, Unreadable) and (first.kind, first.source_id) == ("note", "n1")
+    assert "n1.json" in first.reason and "body does not match" in first.reason
+    assert second == NOTES[0]
+    problems = verify_bundle(path, "full").problems
+    assert [(p.path, p.unit) for p in problems] == [("experiments/1/units/note/n1.json", ("note", "n1"))]
+    assert verify_bundle(path, "fast").ok  # sizes and the manifest agree: only the document is wrong
+
+
+def test_inspect_reports_selection_producer_deleted_and_counts(tmp_path, note_kind):
+    path = tmp_path / "b"
+    export_with_notes(path)
+    info = inspect_bundle(path)
+    assert info["selection"]["include_deleted"] is True
+    assert info["producer"]["name"] == "trackport"
+    assert info["deleted"] == {"experiments": 1, "runs": 1}
+    assert info["counts"]["notes"] == 3 and info["counts"]["runs"] == 4
+    assert [e["runs"] for e in info["experiments"]] == [3, 1]
+    assert info["format_version"] == FORMAT_VERSION
+
+
+def test_an_interrupted_unit_write_leaves_no_document(tmp_path, note_kind):
+    path = tmp_path / "b"
+    sink = BundleSink(path)
+    sink.begin(SOURCE, Selection())
+    teid = sink.put_experiment(EXPS[0]).target_experiment_id
+    sink.put_unit(NOTES[1], teid)
+    stale = path / "experiments/1/units/note/.n2.json.tmp-0123456789ab"
+    stale.write_text("{")  # what a kill during the write leaves
+    assert sink.find_unit(NOTES[0], teid) is None
+    sink.close()
+    sink = BundleSink(path)
+    sink.begin(SOURCE, Selection())
+    assert not stale.exists()
+    sink.finish({})
+    sink.close()
+    assert verify_bundle(path, "full").ok
+
+
+def test_finish_keeps_a_newer_minor_version_and_raises_an_older_one(copy):
+    for version, expected in (("1.0", FORMAT_VERSION), ("1.99", "1.99")):
+        root = json.loads((copy / ROOT_FILE).read_text())
+        root["format_version"] = version
+        (copy / ROOT_FILE).write_text(json.dumps(root))
+        write_manifest(copy)
+        sink = BundleSink(copy)
+        sink.begin(SOURCE, Selection())
+        sink.finish({})
+        sink.close()
+        assert json.loads((copy / ROOT_FILE).read_text())["format_version"] == expected

@@ -218,3 +218,161 @@ def test_demo_text_output(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 differences" in result.stdout and "0 problems" in result.stdout
     assert f"{SAMPLE_COUNTS['metric_points']:,}" in result.stdout
+
+
+# -- bundle inspect ------------------------------------------------------------------------
+
+
+def test_inspect_text_shows_the_descriptor_and_each_experiment_in_columns(sample_bundle):
+    result = CliRunner().invoke(cli, ["bundle", "inspect", str(sample_bundle)])
+    assert result.exit_code == 0, result.output
+    info = json.loads(CliRunner().invoke(cli, ["bundle", "inspect", str(sample_bundle), "--json"]).stdout)
+    lines = result.stdout.splitlines()
+    fields = {line.split("  ")[0]: line for line in lines if line and not line.startswith(" ")}
+    for label in ("format", "producer", "source", "created at", "counts: runs", "counts: metric points"):
+        assert label in fields, (label, result.stdout)
+    assert info["created_at"] in fields["created at"]
+    assert f"{SAMPLE_COUNTS['metric_points']:,}" in fields["counts: metric points"]
+    # The values start in one column.
+    starts = {len(line) - len(line[len(label):].lstrip()) for label, line in fields.items() if label in (
+        "format", "producer", "created at", "counts: runs")}
+    assert len(starts) == 1, result.stdout
+    header = next(line for line in lines if line.split() == ["id", "name", "state", "runs"])
+    table = lines[lines.index(header) + 1:]
+    assert len(table) == len(info["experiments"])
+    for experiment, row in zip(info["experiments"], table):
+        assert row.split()[0] == experiment["experiment_id"] and repr(experiment["name"]) in row
+        assert row.split()[-1] == f"{experiment['runs']:,}" and experiment["lifecycle_stage"] in row
+
+
+def test_inspect_text_tolerates_missing_keys_and_shows_the_selection():
+    from trackport.cli.render import inspect_text
+
+    bare = inspect_text({"format": "trackport-bundle", "format_version": "1.0", "experiments": []})
+    assert "trackport-bundle 1.0" in bare and "producer" in bare
+    full = inspect_text({
+        "format": "trackport-bundle", "format_version": "1.1", "created_at": "2024-01-02T03:04:05+00:00",
+        "producer": {"name": "trackport", "version": "9.9"},
+        "source": {"kind": "sqlite", "uri": "sqlite:///x.db", "mlflow_version": "3.1"},
+        "selection": {"experiments": ["churn"], "run_ids": [], "include_deleted": True, "filter": "metrics.r2 > 0.3"},
+        "counts": {"experiments": 1, "runs": 1, "notes": 2, "metric_points": 12345},
+        "deleted": {"experiments": 0, "runs": 1},
+        "experiments": [
+            {"experiment_id": "7", "name": "churn", "lifecycle_stage": "active", "runs": 1},
+            {"experiment_id": "8", "name": None, "unreadable": "experiment.json is damaged"},
+        ],
+    })
+    lines = [" ".join(line.split()) for line in full.splitlines()]  # the columns' padding aside
+    for expected in ("selection: experiments churn", "selection: run ids all", "selection: include deleted yes",
+                     "selection: filter metrics.r2 > 0.3", "counts: notes 2", "counts: metric points 12,345",
+                     "deleted: runs 1", "2 experiments:", "7 'churn' active 1", "8 unreadable ?",
+                     "experiment 8 is unreadable: experiment.json is damaged"):
+        assert expected in lines, (expected, full)
+
+
+# -- plurals ----------------------------------------------------------------------------------
+
+
+def test_the_summary_table_has_a_row_per_measure_and_says_one_run():
+    from trackport.cli.render import summary_table
+    from trackport.transfer.summary import OUTCOMES, Failure, Summary
+
+    summary = Summary()
+    summary.counts = {
+        "experiments": dict.fromkeys(OUTCOMES, 0), "runs": dict.fromkeys(OUTCOMES, 0),
+        "notes": dict(dict.fromkeys(OUTCOMES, 0), done=3),
+        "metric_points": dict(dict.fromkeys(OUTCOMES, 0), done=12345),
+        "artifact_files": dict.fromkeys(OUTCOMES, 0), "artifact_bytes": dict.fromkeys(OUTCOMES, 0),
+    }
+    summary.failures.append(Failure("run", "r1", "train", "boom"))
+    summary.not_selected[("run", "it is deleted")] = 1
+    summary.not_selected[("experiment", "it is deleted")] = 2
+    lines = summary_table(summary).splitlines()
+    labels = [line.split("  ")[0] for line in lines[1:7]]
+    assert labels == ["experiments", "runs", "notes", "metric points", "artifact files", "artifact bytes"], lines
+    assert "12,345" in lines[4]
+    assert "NOT SELECTED 1 run: it is deleted" in lines
+    assert "NOT SELECTED 2 experiments: it is deleted" in lines
+    assert "FAILED run 'train' (r1): boom" in lines
+
+
+def test_counts_of_one_are_singular(sample_bundle, tmp_path):
+    result = CliRunner().invoke(cli, ["verify", str(sample_bundle), str(sample_bundle), "--level", "fast"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("0 differences")
+    from trackport.cli.render import plural
+
+    assert (plural(1, "difference"), plural(2, "problem"), plural(1234, "file")) == ("1 difference", "2 problems", "1,234 files")
+
+
+# -- internal errors: exit 70, one line --------------------------------------------------------
+
+REPORT_IT = "(a bug in trackport; please report it with the traceback: run again with TRACKPORT_DEBUG=1)"
+
+
+def broken_inspect(exc: Exception):
+    def inspect_bundle(path):
+        raise exc
+
+    return inspect_bundle
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_70(monkeypatch, sample_bundle):
+    monkeypatch.delenv("TRACKPORT_DEBUG", raising=False)
+    monkeypatch.setattr("trackport.bundle.inspect_bundle", broken_inspect(RuntimeError("gremlin")))
+    result = CliRunner().invoke(cli, ["bundle", "inspect", str(sample_bundle)])
+    assert result.exit_code == 70, (result.exit_code, result.output, result.exception)
+    assert result.stderr.splitlines() == [f"error: internal error: RuntimeError: gremlin {REPORT_IT}"]
+
+
+def test_trackport_debug_adds_the_traceback(monkeypatch, sample_bundle):
+    monkeypatch.setenv("TRACKPORT_DEBUG", "1")
+    monkeypatch.setattr("trackport.bundle.inspect_bundle", broken_inspect(RuntimeError("gremlin")))
+    result = CliRunner().invoke(cli, ["bundle", "inspect", str(sample_bundle)])
+    assert result.exit_code == 70
+    assert "Traceback (most recent call last)" in result.stderr and "in inspect_bundle" in result.stderr
+    assert result.stderr.splitlines()[-1] == f"error: internal error: RuntimeError: gremlin {REPORT_IT}"
+
+
+def internal_error(kind: str, source_id: str):
+    from trackport.errors import InternalError
+
+    try:
+        raise ValueError("no such column")
+    except ValueError as cause:
+        error = InternalError(f"internal error in {kind} {source_id}: ValueError: no such column", kind, source_id)
+        error.__cause__ = cause
+        return error
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_internal_error_names_its_unit(monkeypatch, sample_bundle, debug):
+    if debug:
+        monkeypatch.setenv("TRACKPORT_DEBUG", "1")
+    else:
+        monkeypatch.delenv("TRACKPORT_DEBUG", raising=False)
+    monkeypatch.setattr("trackport.bundle.inspect_bundle", broken_inspect(internal_error("run", "abc123")))
+    result = CliRunner().invoke(cli, ["bundle", "inspect", str(sample_bundle)])
+    assert result.exit_code == 70
+    line = f"error: internal error in run abc123: ValueError: no such column {REPORT_IT}"
+    assert result.stderr.splitlines()[-1] == line
+    if debug:  # the traceback of the adapter's exception, not of the InternalError
+        assert 'raise ValueError("no such column")' in result.stderr
+    else:
+        assert result.stderr.splitlines() == [line]
+
+
+def test_an_adapter_bug_during_a_transfer_stops_it_with_exit_70(monkeypatch, sample_sqlite, tmp_path):
+    from trackport.bundle.writer import BundleSink
+
+    def put_run(self, *args, **kwargs):
+        raise RuntimeError("gremlin in put_run")
+
+    monkeypatch.delenv("TRACKPORT_DEBUG", raising=False)
+    monkeypatch.setattr(BundleSink, "put_run", put_run)
+    result = CliRunner().invoke(cli, ["export", sample_sqlite, str(tmp_path / "bundle")])
+    assert result.exit_code == 70, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: internal error in run "), result.stderr
+    assert "RuntimeError: gremlin in put_run" in lines[0] and lines[0].endswith(REPORT_IT)
+    assert "runs" in result.stdout  # what was done before the stop

@@ -6,8 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from trackport.cli.main import cli
+from trackport.config import TransferConfig
 from trackport.samples.sample_store import SAMPLE_COUNTS
-from trackport.stores import open_sink, open_source
+from trackport.opening import open_sink, open_source
 from trackport.stores.base import Selection
 from trackport.transfer import transfer
 from trackport.transfer.compare import compare_stores
@@ -37,7 +38,7 @@ def sink_uri(kind: str, tmp_path) -> str:
 @pytest.mark.parametrize("sink_kind", SINKS)
 def test_transfer_then_compare(source_uri, sink_kind, tmp_path):
     target = sink_uri(sink_kind, tmp_path)
-    summary = run_transfer(source_uri, target, workers=3)
+    summary = run_transfer(source_uri, target, config=TransferConfig(workers=3))
     assert summary.failed == 0, summary.failures
     assert summary.counts["runs"]["done"] == SAMPLE_COUNTS["runs"]
     assert summary.counts["metric_points"]["done"] == SAMPLE_COUNTS["metric_points"]

@@ -16,9 +16,10 @@ from trackport.cli.main import cli
 from trackport.domain import METRIC_SCHEMA
 from trackport.errors import BadInputError
 from trackport.samples.sample_store import SAMPLE_COUNTS
-from trackport.stores import open_sink, open_source
-from trackport.stores import sql_reader
+from trackport.config import TransferConfig
+from trackport.opening import open_sink, open_source
 from trackport.stores.base import Selection
+from trackport.stores.mlflow_db.uri import split_uri_options
 from trackport.transfer.compare import compare_stores
 
 ALL = Selection(include_deleted=True)
@@ -113,7 +114,7 @@ def _plain(table: pa.Table) -> list[tuple]:
     return [(k, s, t, "nan" if math.isnan(v) else v) for k, s, t, v in zip(*cols)]
 
 
-def test_metric_order_across_batches_and_readers(sample_sqlite, monkeypatch):
+def test_metric_order_across_batches_and_readers(sample_sqlite):
     """Points sharing a step are ordered by (timestamp, value) even when a batch boundary
     falls among them; ADBC and sqlite3 read the same points in the same order."""
     store = open_source(sample_sqlite)
@@ -125,15 +126,15 @@ def test_metric_order_across_batches_and_readers(sample_sqlite, monkeypatch):
         assert [r[:3] for r in keyed] == sorted(r[:3] for r in keyed)
     assert sum(t.num_rows for t in reference.values()) == SAMPLE_COUNTS["metric_points"]
     for batch_rows in (1, 2, 3, 7):
-        monkeypatch.setattr(sql_reader, "BATCH_ROWS", batch_rows)
-        for adbc in (store._adbc, None):
-            monkeypatch.setattr(store, "_adbc", adbc)
-            got = _histories(store, runs)
+        small = open_source(sample_sqlite, config=TransferConfig(metric_batch_rows=batch_rows))
+        for adbc in (small._adbc, None):
+            small._adbc = adbc  # the cached reader, replaced for this store alone
+            got = _histories(small, runs)
             assert {k: _plain(v) for k, v in got.items()} == {k: _plain(v) for k, v in reference.items()}
-        monkeypatch.setattr(store, "_index_order", False)  # the database sorts everything
-        got = _histories(store, runs)
+        small._index_order = False  # the database sorts everything
+        got = _histories(small, runs)
         assert {k: _plain(v) for k, v in got.items()} == {k: _plain(v) for k, v in reference.items()}
-        monkeypatch.setattr(store, "_index_order", True)
+        small.close()
 
 
 def test_filter_on_the_direct_reader(sample_sqlite):
@@ -155,7 +156,7 @@ def test_server_database_urls(tmp_path):
     with pytest.raises(BadInputError) as info:
         open_source("postgresql://someone:secret@127.0.0.1:1/mlflow?artifacts_destination=/x")
     assert "secret" not in str(info.value)
-    assert sql_reader.split_uri_options("sqlite:///a.db?artifacts_destination=/srv/a") == ("sqlite:///a.db", "/srv/a")
-    assert sql_reader.split_uri_options("postgresql://h/db?sslmode=require&artifacts_destination=%2Fx") == (
+    assert split_uri_options("sqlite:///a.db?artifacts_destination=/srv/a") == ("sqlite:///a.db", "/srv/a")
+    assert split_uri_options("postgresql://h/db?sslmode=require&artifacts_destination=%2Fx") == (
         "postgresql://h/db?sslmode=require", "/x"
     )

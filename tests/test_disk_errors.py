@@ -166,7 +166,7 @@ def _simulated_full_disk(bundle: Path, tmp_path: Path) -> None:
     first few runs, in process, through the same code."""
     import builtins
 
-    from trackport.stores import _run_folders
+    from trackport.stores.sqlite import run_folders as _run_folders
 
     written = {"bytes": 0}
     real_open = builtins.open

@@ -14,7 +14,7 @@ from faultproxy import FaultProxy, Faults, check_server_copies
 
 from trackport.cli.main import cli
 from trackport.samples.sample_store import SAMPLE_COUNTS
-from trackport.stores import open_sink, open_source
+from trackport.opening import open_sink, open_source
 from trackport.stores.base import Selection
 from trackport.transfer.compare import compare_stores
 from trackport.transfer.idmap import IdMap
@@ -119,7 +119,7 @@ def test_import_through_faults_equals_a_clean_import(sample_bundle, fresh_server
     ids, orphans = check_server_copies(fresh_server.url, source_ids)
     assert len(ids) == SAMPLE_COUNTS["runs"]
     assert orphans >= 1  # the run created behind the lost answer, left deleted
-    assert {source: idmap.run(source) for source in ids} == ids
+    assert {source: idmap.get("run", source) for source in ids} == ids
     differences = list(compare_stores(open_source(str(sample_bundle)), open_source(fresh_server.url), EVERYTHING,
                                       run_id_map=ids.get, clamps_infinity=True))
     assert differences == []

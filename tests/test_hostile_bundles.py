@@ -24,8 +24,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from trackport.bundle import verify_bundle
+from trackport import kinds
+from trackport.bundle import BundleSource, verify_bundle
 from trackport.cli.main import cli
+from trackport.errors import FatalError, UnitError
+from trackport.stores.base import Selection, Unreadable
 
 ROOT = "trackport-bundle.json"
 MANIFEST = "manifest.jsonl"
@@ -508,6 +511,151 @@ def _no_key_column(t: pa.Table, run: str) -> pa.Table:
     return t.drop_columns(["key"])
 
 
+# Damage that verify used to pass while import refused it: the two now share one index
+# and one validator (bundle/index.py, bundle/validator.py), so they agree.
+
+
+def manifest_line_not_utf8(s: Sample) -> Expect:
+    data = (s.bundle / MANIFEST).read_bytes().splitlines(keepends=True)
+    data[-1] = data[-1].replace(b'"path":"', b'"path":"\xff', 1)  # sorts last still
+    (s.bundle / MANIFEST).write_bytes(b"".join(data))
+    return fatal(MANIFEST, f"line {len(data)}", "not UTF-8")
+
+
+def manifest_line_repeated_key(s: Sample) -> Expect:
+    lines = (s.bundle / MANIFEST).read_text().splitlines(keepends=True)
+    entry = json.loads(lines[0])  # the same path twice: which one counts cannot be told
+    lines[0] = '{"path":%s,"path":%s,"sha256":"%s","size":%d}\n' % (
+        json.dumps(entry["path"]), json.dumps(entry["path"]), entry["sha256"], entry["size"])
+    (s.bundle / MANIFEST).write_text("".join(lines))
+    return fatal(MANIFEST, "line 1", "'path' appears twice")
+
+
+def root_descriptor_repeated_key(s: Sample) -> Expect:
+    path = s.bundle / ROOT
+    path.write_text(path.read_text().replace('"format": "trackport-bundle"', '"format": "trackport-bundle", "format": "other"'))
+    s.reseal()
+    return fatal(ROOT, "'format' appears twice")
+
+
+def root_counts_null(s: Sample) -> Expect:
+    s.edit_json(s.bundle / ROOT, lambda d: d.update(counts=None))
+    s.reseal()
+    return fatal(ROOT, "counts are null")
+
+
+def experiment_json_repeated_key(s: Sample) -> Expect:
+    path = s.bundle / "experiments/2/experiment.json"
+    path.write_text(path.read_text().replace('"lifecycle_stage": ', '"lifecycle_stage": "deleted", "lifecycle_stage": ', 1))
+    s.reseal()
+    return Expect(1, ("experiments/2/experiment.json", "'lifecycle_stage' appears twice"), {"2": "experiment"},
+                  s.run_ids_of_experiment("2"))
+
+
+def run_json_nan_in_unknown_field(s: Sample) -> Expect:
+    # The schema allows fields it does not know (newer minor versions): NaN there is still not JSON.
+    path = s.run_dir("killed run") / "run.json"
+    s.edit_json(path, lambda d: d.update(future="FUTURE"))
+    path.write_text(path.read_text().replace('"FUTURE"', "NaN"))
+    s.reseal()
+    return unit(s, "killed run", "run.json", "NaN")
+
+
+def run_json_records_another_sha(s: Sample) -> Expect:
+    # Every file matches the manifest; run.json's own record of an artifact does not.
+    def change(doc: dict) -> None:
+        a = next(a for a in doc["artifacts"] if a["path"] == "data/blob.bin")
+        a["sha256"] = ("0" if a["sha256"][0] != "0" else "1") + a["sha256"][1:]
+
+    s.edit_json(s.run_dir("parent run") / "run.json", change)
+    s.reseal()
+    return unit(s, "parent run", "artifacts/data/blob.bin", "run.json", "disagree")
+
+
+def ledger_line_invalid(s: Sample) -> Expect:
+    # The engine's state of the export, not content: import does not read it (see AGREEMENT_EXCEPTIONS).
+    with open(s.bundle / "transfer/ledger.jsonl", "a") as f:
+        f.write('{"kind": 5}\n')
+    s.reseal()
+    assert any("ledger.jsonl" in p.path for p in verify_bundle(s.bundle, "full").problems)
+    return Expect(0)
+
+
+# Documents of units of generic kinds (format 1.2): experiments/<E>/units/<kind>/<id>.json.
+NOTE = kinds.UnitKind("note", "notes", depends_on=("experiment", "run"), schema={
+    "type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}})
+
+
+def note_doc(unit_id: str, experiment_id: str = "1", kind: str = "note", **body) -> dict:
+    return {"kind": kind, "id": unit_id, "experiment_id": experiment_id, "name": f"note {unit_id}", "refs": {},
+            "body": body or {"text": "hello"}}
+
+
+def add_unit(s: Sample, doc: dict | str, kind: str = "note", unit_id: str = "n1", experiment_id: str = "1") -> Path:
+    """A unit document beside a valid note n0, resealed unless the damage is to be caught by the manifest."""
+    folder = s.bundle / "experiments" / experiment_id / "units" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    (s.bundle / "experiments" / experiment_id / "units/note").mkdir(exist_ok=True)
+    (s.bundle / "experiments" / experiment_id / "units/note/n0.json").write_text(json.dumps(note_doc("n0", experiment_id)))
+    path = folder / f"{unit_id}.json"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc, indent=2))
+    s.reseal()
+    return path
+
+
+def refused_unit(unit_id: str, *words: str) -> Expect:
+    return Expect(1, words, {unit_id: "note"})
+
+
+def units_valid_and_of_an_unknown_kind(s: Sample) -> Expect:
+    # Positive control: a kind this trackport does not know is not refused, its body not checked.
+    add_unit(s, note_doc("n1"))
+    add_unit(s, note_doc("g1", kind="gadget", anything=[1, {"x": None}]), kind="gadget", unit_id="g1")
+    return Expect(0)
+
+
+def unit_repeated_key(s: Sample) -> Expect:
+    add_unit(s, json.dumps(note_doc("n1")).replace('"text": "hello"', '"text": "hello", "text": "bye"'))
+    return refused_unit("n1", "units/note/n1.json", "'text' appears twice")
+
+
+def unit_body_fails_its_schema(s: Sample) -> Expect:
+    add_unit(s, note_doc("n1", text=5))
+    return refused_unit("n1", "units/note/n1.json", "body does not match", "5 is not of type 'string'")
+
+
+def unit_envelope_fails_its_schema(s: Sample) -> Expect:
+    add_unit(s, dict(note_doc("n1"), refs=["run"]))
+    return refused_unit("n1", "units/note/n1.json", "unit schema", "refs")
+
+
+def unit_not_the_one_its_path_names(s: Sample) -> Expect:
+    add_unit(s, note_doc("n2"))
+    return refused_unit("n1", "units/note/n1.json", "not the unit its path names")
+
+
+def unit_flipped(s: Sample) -> Expect:
+    path = add_unit(s, note_doc("n1"))
+    s.flip(path, offset=len(path.read_text()) - 5)
+    return refused_unit("n1", "units/note/n1.json", "sha256")
+
+
+def unit_unknown_kind_infinity(s: Sample) -> Expect:
+    # A kind not known here is still a bundle document: strict JSON is checked (its body is not).
+    # Import moves only the kinds it knows, so it does not read this one (see AGREEMENT_EXCEPTIONS).
+    add_unit(s, json.dumps(note_doc("g1", kind="gadget", size="INF")).replace('"INF"', "Infinity"), kind="gadget", unit_id="g1")
+    assert "Infinity" in next(iter_unreadable_units(s.bundle, "gadget")).reason
+    return Expect(0)
+
+
+def iter_unreadable_units(bundle: Path, kind: str):
+    source = BundleSource(bundle)
+    for experiment in source.list_experiments(Selection(include_deleted=True)):
+        for unit in source.iter_units(kinds.kind(kind), experiment):
+            if isinstance(unit, Unreadable):
+                yield unit
+
+
 CASES: dict[str, Callable[[Sample], Expect]] = {
     "flipped-run-json": flipped_run_json,
     "flipped-experiment-json": flipped_experiment_json,
@@ -560,9 +708,32 @@ CASES: dict[str, Callable[[Sample], Expect]] = {
     "parquet-value-as-int": parquet(_value_as_int, "column 'value' is int64, not float64"),
     "parquet-rows-of-another-run": parquet(_rows_of_another_run, "holds points of run 'eeee"),
     "parquet-no-key-column": parquet(_no_key_column, "has no column 'key'"),
+    "manifest-line-not-utf8": manifest_line_not_utf8,
+    "manifest-line-repeated-key": manifest_line_repeated_key,
+    "root-descriptor-repeated-key": root_descriptor_repeated_key,
+    "root-counts-null": root_counts_null,
+    "experiment-json-repeated-key": experiment_json_repeated_key,
+    "run-json-nan-in-unknown-field": run_json_nan_in_unknown_field,
+    "run-json-records-another-sha": run_json_records_another_sha,
+    "ledger-line-invalid": ledger_line_invalid,
+    "units-valid-and-of-an-unknown-kind": units_valid_and_of_an_unknown_kind,
+    "unit-repeated-key": unit_repeated_key,
+    "unit-body-fails-its-schema": unit_body_fails_its_schema,
+    "unit-envelope-fails-its-schema": unit_envelope_fails_its_schema,
+    "unit-not-the-one-its-path-names": unit_not_the_one_its_path_names,
+    "unit-flipped": unit_flipped,
+    "unit-unknown-kind-infinity": unit_unknown_kind_infinity,
 }
 # These go through the installed console script, as a user runs it (exit codes, stderr).
 THROUGH_SUBPROCESS = {"flipped-artifact", "unknown-major-version", "manifest-lists-outside"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _note_kind():
+    """The corpus's unit documents are of kind "note", registered while these tests run."""
+    kinds.register(NOTE)
+    yield
+    kinds.unregister(NOTE.name)
 
 
 # ---------------------------------------------------------------- running and checking
@@ -609,7 +780,7 @@ def empty_store(tmp_path_factory) -> Path:
     cases whose import is expected to write start from a copy of it (an import into an
     existing empty store). Cases expected to fail fatally start with no target at all and
     must not create one."""
-    from trackport.stores.local_sqlite import SqliteStore
+    from trackport.stores.sqlite.store import SqliteStore
 
     path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
     SqliteStore(f"sqlite:///{path}", create=True).close()
@@ -718,11 +889,76 @@ def check_refusals(report: dict, expect: Expect) -> None:
     assert {k: f["kind"] for k, f in refused.items()} == expect.refused, report["failures"]
     for failure in refused.values():
         assert "\n" not in failure["reason"]
-        if failure["reason"].startswith("its parent run ") or failure["reason"].startswith("its experiment "):
-            assert failure["reason"].split()[3] in refused or "could not be written" in failure["reason"], failure
+        words = failure["reason"].split()
+        if words[0] == "its":  # "its run <id> failed", "its parent run <id> ...", "its experiment <id> ..."
+            named = words[3] if words[1] == "parent" else words[2]
+            assert named in refused or "could not be written" in failure["reason"], failure
             continue
         for word in expect.words:
             assert word in failure["reason"], (word, failure["reason"])
+
+
+# ---------------------------------------------------------------- verify agrees with import
+# Where `bundle verify --level full` and import legitimately differ, and why.
+AGREEMENT_EXCEPTIONS = {
+    # Files the manifest does not list are not part of the bundle: import never reads them,
+    # verify --level complete (and full) reports each one.
+    "extra-unlisted-files": "unlisted files",
+    # transfer/ holds the state of the export that wrote the bundle (ledger, id map, log):
+    # import reads the bundle's units, not that state; verify --level full checks its lines.
+    "ledger-line-invalid": "the export's own state",
+    # Import moves only the unit kinds this trackport knows (the others are named in a
+    # notice); verify checks every document of the bundle as a document, whatever its kind.
+    "unit-unknown-kind-infinity": "a document of a kind import does not read",
+}
+
+
+def refused_by_reader(bundle: Path) -> set[tuple[str, str] | None]:
+    """What import refuses, read straight from BundleSource as the engine reads it (every
+    experiment, run, metric point, artifact byte and unit of a registered kind): None for
+    the whole bundle, else (kind, id) of each refused unit."""
+    try:
+        source = BundleSource(bundle)
+    except FatalError:
+        return {None}
+    refused: set[tuple[str, str] | None] = set()
+    everything = Selection(include_deleted=True)
+    for experiment in source.list_experiments(everything):
+        if isinstance(experiment, Unreadable):
+            refused.add((experiment.kind, experiment.source_id))
+            continue
+        for run in source.iter_runs(experiment, everything):
+            if isinstance(run, Unreadable):
+                refused.add((run.kind, run.source_id))
+                continue
+            try:
+                source.check_run(run)
+            except UnitError:
+                refused.add(("run", run.run_id))
+        for kind in kinds.generic_kinds():
+            refused |= {(u.kind, u.source_id) for u in source.iter_units(kind, experiment) if isinstance(u, Unreadable)}
+    return refused
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_verify_full_passes_exactly_when_import_refuses_nothing(case, bundle_copy, tmp_path):
+    """The same corpus: `verify --level full` passes exactly when import takes everything
+    (test_hostile_bundle asserts the import's exit code; the reader read here agrees with
+    it), and reports each refused unit (or, when import refuses the whole bundle, a
+    problem of the bundle as a whole)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(SECRET)
+    expect = CASES[case](Sample(bundle_copy, outside))
+    refused = refused_by_reader(bundle_copy)
+    assert bool(refused) == (expect.code != 0), refused
+    report = verify_bundle(bundle_copy, "full")
+    if case in AGREEMENT_EXCEPTIONS:
+        assert not report.ok and not refused, report.problems
+        return
+    assert report.ok == (not refused), report.problems
+    reported = {p.unit for p in report.problems}
+    assert refused <= reported, (refused, report.problems)
 
 
 def test_the_corpus_is_large_enough():
@@ -731,11 +967,11 @@ def test_the_corpus_is_large_enough():
 
 # ---------------------------------------------------------------- the checked artifact stream
 def _stream(tmp_path: Path, data: bytes, recorded: bytes):
-    from trackport.bundle.reader import _CheckedArtifact
+    from trackport.bundle.checked_stream import CheckedArtifact
 
     path = tmp_path / "artifact.bin"
     path.write_bytes(data)
-    return _CheckedArtifact(open(path, "rb"), path, len(recorded), hashlib.sha256(recorded).hexdigest())
+    return CheckedArtifact(open(path, "rb"), path, len(recorded), hashlib.sha256(recorded).hexdigest())
 
 
 def test_artifact_stream_withholds_the_last_bytes_of_damaged_content(tmp_path):

@@ -16,11 +16,11 @@ from mlflow.entities import ViewType  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from trackport.domain import METRIC_SCHEMA, Experiment, Run  # noqa: E402
-from trackport.errors import BadInputError  # noqa: E402
+from trackport.errors import BadInputError, UnitError  # noqa: E402
 from trackport.samples import sample_store  # noqa: E402
 from trackport.stores.base import Selection, SourceStore  # noqa: E402
 from trackport.stores.local_mlruns import MlrunsStore, looks_like_mlruns  # noqa: E402
-from trackport.stores.local_sqlite import SqliteStore  # noqa: E402
+from trackport.stores.sqlite.store import SqliteStore  # noqa: E402
 
 ALL = Selection(include_deleted=True)
 
@@ -168,6 +168,18 @@ def test_source_matches_mlflow_client(samples, kind, tmp_path):
             counts["artifact_files"] += len(files)
             counts["artifact_bytes"] += sum(f.size for f in files)
     assert counts == sample_store.SAMPLE_COUNTS
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mlruns"])
+def test_artifact_paths_are_refused_like_in_every_store(samples, kind):
+    """trackport._files.check_relpath decides, before any file is looked at."""
+    store = open_source(kind, samples[kind])
+    exp = next(e for e in store.list_experiments(ALL) if e.name == sample_store.EXPERIMENT_A)
+    run = next(r for r in store.iter_runs(exp, ALL) if r.run_name == "parent run")
+    for bad in ("model\\MLmodel", "../outside.txt", "/etc/passwd", "a/./b", ""):
+        with pytest.raises(UnitError, match=f"^run {run.run_id}: artifact path refused: "):
+            store.open_artifact(run, bad)
+    store.close()
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "mlruns"])

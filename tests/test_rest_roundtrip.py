@@ -11,7 +11,7 @@ from mlflow_snapshot import snapshot
 from trackport.bundle.manifest import write_manifest
 from trackport.cli.main import cli
 from trackport.samples.sample_store import SAMPLE_COUNTS
-from trackport.stores import open_sink, open_source
+from trackport.opening import open_sink, open_source
 from trackport.stores.base import Selection
 from trackport.transfer.compare import compare_stores
 from trackport.transfer.idmap import IdMap
@@ -30,7 +30,7 @@ def run_id_map(target_url: str) -> dict[str, str]:
     sink = open_sink(target_url)
     try:
         idmap = IdMap(sink.state_dir())
-        return {source: idmap.run(source) for source in idmap._runs}
+        return {source: idmap.get("run", source) for source in idmap.source_ids("run")}
     finally:
         sink.close()
 

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_snapshot import snapshot
 from trackport.domain import METRIC_SCHEMA, ArtifactFile, DatasetInput, Experiment, Run
 from trackport.samples.sample_store import SAMPLE_COUNTS
-from trackport.stores import open_source
+from trackport.opening import open_source
 from trackport.stores.base import Selection, SourceStore, StoreDescription
 from trackport.stores.rest.server import connect
 from trackport.stores.rest.sink import RestSink
@@ -364,7 +364,7 @@ def test_long_histories_arrive_whole(target_server, tmp_path):
         source = TinySource(Experiment("7", name), [(run, [("loss", i, i, 1.0 / (i + 1)) for i in range(n)], {})])
         with rest_sink(target_server.url, tmp_path) as sink:
             exp = sink.put_experiment(source.experiment).target_experiment_id
-            from trackport.transfer.runs import _SourceRunContent
+            from trackport.transfer.units import _SourceRunContent
 
             result = sink.put_run(run, exp, _SourceRunContent(source, run))
         assert result.metric_points == n

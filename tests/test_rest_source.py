@@ -1,10 +1,10 @@
 """RestSource against real MLflow servers, checked against what MLflow's own client reads."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import math
-import types
 import uuid
 
 import pyarrow as pa
@@ -15,20 +15,20 @@ from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow_snapshot import snapshot  # noqa: E402
 
+from trackport.config import DEFAULT, TransferConfig  # noqa: E402
 from trackport.domain import METRIC_SCHEMA, Run  # noqa: E402
 from trackport.errors import BadInputError, UnitError  # noqa: E402
 from trackport.samples import sample_store  # noqa: E402
 from trackport.stores.base import Selection  # noqa: E402
-from trackport.stores.rest import source as rest_source  # noqa: E402
 from trackport.stores.rest.server import connect  # noqa: E402
 from trackport.stores.rest.source import RestSource  # noqa: E402
 
 ALL = Selection(include_deleted=True)
 
 
-def open_rest(url: str) -> RestSource:
-    client, info = connect(url, "source")
-    return RestSource(client, url, info)
+def open_rest(url: str, config: TransferConfig = DEFAULT) -> RestSource:
+    client, info = connect(url, "source", config=config)
+    return RestSource(client, url, info, config=config)
 
 
 @pytest.fixture
@@ -177,14 +177,20 @@ def test_history_with_and_without_remembered_keys(source, source_server):
     assert first.num_rows == len(sample_store.PARENT_METRICS) + len(sample_store.EVAL_METRICS)
 
 
-def test_paging_gives_the_same_result(source, expected, monkeypatch):
-    monkeypatch.setattr(rest_source, "EXPERIMENTS_PAGE", 2)
-    monkeypatch.setattr(rest_source, "RUNS_PAGE", 2)
-    # 2 would mean 500 calls for the 1000-point history; 97 still pages it (11 pages, the
-    # last one short) and keeps the test quick.
-    monkeypatch.setattr(rest_source, "HISTORY_PAGE", 97)
-    monkeypatch.setattr(rest_source, "RUN_IDS_PER_FILTER", 2)
-    monkeypatch.setattr(rest_source, "BATCH_ROWS", 3)
+@pytest.fixture
+def paged_source(source_server):
+    # A history page of 2 would mean 500 calls for the 1000-point history; 97 still pages
+    # it (11 pages, the last one short) and keeps the test quick.
+    config = TransferConfig(
+        rest_experiments_page=2, rest_runs_page=2, rest_history_page=97, rest_run_ids_per_filter=2, metric_batch_rows=3
+    )
+    store = open_rest(source_server.url, config)
+    yield store
+    store.close()
+
+
+def test_paging_gives_the_same_result(paged_source, expected, monkeypatch):
+    source = paged_source
     calls = []
     original = source.client.call
 
@@ -238,17 +244,16 @@ def test_unknown_names_are_bad_input(source):
 
 
 def test_filter_is_passed_through(source, expected):
-    """Selection.filter (read with getattr, so any object with the fields will do)."""
-    assert source.supports_filter
+    """Selection.filter goes to the server's search, with run ids beside it."""
+    assert source.features.filter
     b = sample_store.EXPERIMENT_B
     ids = {v["run_name"]: k for e in expected.values() for k, v in e["runs"].items()}
     exp = next(e for e in source.list_experiments(Selection(experiments=(b,))))
-    sel = types.SimpleNamespace(experiments=(b,), run_ids=(), include_deleted=False, filter="attributes.status = 'KILLED'")
+    sel = Selection(experiments=(b,), filter="attributes.status = 'KILLED'")
     assert [r.run_name for r in source.iter_runs(exp, sel)] == ["killed run"]
-    sel.run_ids = (ids["still running"],)
+    sel = dataclasses.replace(sel, run_ids=(ids["still running"],))
     assert [r.run_name for r in source.iter_runs(exp, sel)] == []
-    sel.filter = "params.nothing = 'x'"
-    sel.run_ids = ()
+    sel = dataclasses.replace(sel, filter="params.nothing = 'x'", run_ids=())
     assert list(source.iter_runs(exp, sel)) == []
 
 
@@ -409,11 +414,25 @@ def test_reads_through_basic_auth(auth_server, auth_env):
         store.close()
 
 
-def test_remembered_keys_are_bounded(source, monkeypatch):
-    monkeypatch.setattr(rest_source, "REMEMBERED_RUNS", 1)
+def test_remembered_keys_are_bounded(source_server):
+    source = open_rest(source_server.url, TransferConfig(rest_remembered_runs=1))
+    try:
+        exp = next(e for e in source.list_experiments(ALL) if e.name == sample_store.EXPERIMENT_A)
+        runs = list(source.iter_runs(exp, ALL))
+        assert list(source._metric_keys) == [runs[-1].run_id]
+        parent = runs[0]
+        table = pa.Table.from_batches(list(source.iter_metric_batches(parent)))  # via runs/get
+        assert table.num_rows == len(sample_store.PARENT_METRICS) + len(sample_store.EVAL_METRICS)
+    finally:
+        source.close()
+
+
+def test_artifact_paths_are_refused_like_in_every_store(source):
+    """trackport._files.check_relpath decides, as for the other stores: a backslash is
+    refused, not read as a separator."""
     exp = next(e for e in source.list_experiments(ALL) if e.name == sample_store.EXPERIMENT_A)
-    runs = list(source.iter_runs(exp, ALL))
-    assert list(source._metric_keys) == [runs[-1].run_id]
-    parent = runs[0]
-    table = pa.Table.from_batches(list(source.iter_metric_batches(parent)))  # via runs/get
-    assert table.num_rows == len(sample_store.PARENT_METRICS) + len(sample_store.EVAL_METRICS)
+    run = next(r for r in source.iter_runs(exp, ALL) if isinstance(r, Run))
+    for bad in ("model\\MLmodel", "../outside.txt", "/etc/passwd", "C:/x", "a//b", ""):
+        with pytest.raises(UnitError, match=f"^run {run.run_id}: artifact path refused: "):
+            with source.open_artifact(run, bad):
+                pass

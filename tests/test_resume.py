@@ -33,7 +33,7 @@ from trackport.domain import (
     Experiment,
     Run,
 )
-from trackport.stores import open_bundle_sink, open_sink, open_source
+from trackport.opening import open_bundle_sink, open_sink, open_source
 from trackport.stores.base import Selection, SourceStore, StoreDescription
 from trackport.transfer import transfer
 from trackport.transfer.compare import compare_stores
@@ -212,7 +212,7 @@ def test_import_into_a_server_killed_at_random_moments_converges(big_bundle, fre
     sink = open_sink(fresh_server.url)
     try:
         idmap = IdMap(sink.state_dir())
-        assert {source: idmap.run(source) for source in ids} == ids
+        assert {source: idmap.get("run", source) for source in ids} == ids
     finally:
         sink.close()
     print(f"\nimport into a server: attempts {outcomes}, partial copies replaced: {replaced}, "

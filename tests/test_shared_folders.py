@@ -24,7 +24,7 @@ from test_resume import _trackport_command, kill_and_rerun
 
 from trackport.locking import TargetLock, is_locked
 from trackport.samples.sample_store import SAMPLE_COUNTS
-from trackport.stores import state_dir_for
+from trackport.opening import state_dir_for
 
 
 def hashes(root: Path) -> dict[str, str]:

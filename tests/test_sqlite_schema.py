@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("mlflow")
 
 from trackport.errors import BadInputError  # noqa: E402
-from trackport.stores import _sqlite_schema  # noqa: E402
-from trackport.stores.local_sqlite import SqliteStore  # noqa: E402
+from trackport.stores.sqlite import schema as sqlite_schema  # noqa: E402
+from trackport.stores.sqlite.store import SqliteStore  # noqa: E402
 
 
 def _clauses(sql: str | None) -> list[str]:
@@ -52,7 +52,7 @@ def test_a_new_store_is_what_mlflow_itself_creates(tmp_path):
 
     mine, reference = _dump(ours), _dump(theirs)
     assert mine["schema"] == reference["schema"]
-    assert mine["page_size"] == _sqlite_schema.PAGE_SIZE
+    assert mine["page_size"] == sqlite_schema.PAGE_SIZE
     for table, rows in reference["rows"].items():
         if table != "experiments":
             assert mine["rows"][table] == rows, table
@@ -75,11 +75,11 @@ def test_artifact_locations_are_mlflows(root, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     theirs = resolve_uri_if_local(root)
-    ours = _sqlite_schema.artifact_root_uri(root)
+    ours = sqlite_schema.artifact_root_uri(root)
     assert ours == theirs
-    experiment = _sqlite_schema.experiment_artifact_location(ours, 7)
+    experiment = sqlite_schema.experiment_artifact_location(ours, 7)
     assert experiment == append_to_uri_path(theirs, "7")
-    assert _sqlite_schema.append_to_uri_path(experiment, "ab" * 16, "artifacts") == append_to_uri_path(
+    assert sqlite_schema.append_to_uri_path(experiment, "ab" * 16, "artifacts") == append_to_uri_path(
         experiment, "ab" * 16, "artifacts")
 
 
@@ -98,24 +98,24 @@ def test_a_store_of_another_schema_revision_is_refused_untouched(tmp_path):
 
 def test_a_damaged_template_is_built_again(tmp_path):
     home = tmp_path / "home"
-    version = _sqlite_schema.installed_mlflow_version()
-    first = _sqlite_schema.schema_template(home, version)
+    version = sqlite_schema.installed_mlflow_version()
+    first = sqlite_schema.schema_template(home, version)
     first.path.write_bytes(b"not a database")
-    again = _sqlite_schema.schema_template(home, version)
+    again = sqlite_schema.schema_template(home, version)
     assert again.path == first.path
     assert again.revision == first.revision
-    assert _sqlite_schema.schema_revision(again.path) == first.revision
+    assert sqlite_schema.schema_revision(again.path) == first.revision
     assert [p.name for p in again.path.parent.iterdir()] == [again.path.name]  # no leftovers
 
 
 def test_a_template_build_killed_long_ago_leaves_nothing(tmp_path):
     home = tmp_path / "home"
-    version = _sqlite_schema.installed_mlflow_version()
+    version = sqlite_schema.installed_mlflow_version()
     killed = home / "sqlite-templates" / ".building-k1ll3d"
     killed.mkdir(parents=True)
     (killed / "half.db").write_bytes(b"x")
     os.utime(killed, (0, 0))
-    template = _sqlite_schema.schema_template(home, version)
+    template = sqlite_schema.schema_template(home, version)
     assert [p.name for p in template.path.parent.iterdir()] == [template.path.name]
 
 
@@ -125,7 +125,7 @@ def test_importing_into_sqlite_does_not_import_mlflow(tmp_path, sample_bundle):
     SqliteStore(f"sqlite:///{tmp_path / 'warm.db'}", create=True).close()  # the template exists
     code = (
         "import json, sys\n"
-        "from trackport.stores import open_bundle_source, open_sink\n"
+        "from trackport.opening import open_bundle_source, open_sink\n"
         "from trackport.stores.base import Selection\n"
         "from trackport.transfer import transfer\n"
         f"summary = transfer(open_bundle_source({str(sample_bundle)!r}), open_sink(sys.argv[1]), "
@@ -186,7 +186,7 @@ def test_an_unfinished_fill_that_was_damaged_is_refused(tmp_path):
     _filled_store(db)
     (tmp_path / "mlflow.db.trackport" / "filling").touch()
     data = bytearray(db.read_bytes())
-    page = _sqlite_schema.PAGE_SIZE
+    page = sqlite_schema.PAGE_SIZE
     for start in range(len(data) - 3 * page, len(data), page):  # torn pages, as a power cut leaves them
         data[start + 100 : start + page] = os.urandom(page - 100)
     db.write_bytes(bytes(data))
@@ -216,7 +216,7 @@ def test_an_experiment_without_times_gets_now_as_mlflow_gives_it(tmp_path):
 def test_a_store_left_with_a_hot_journal_is_recovered_before_writing(tmp_path):
     """A writer killed inside a transaction leaves a journal that only a read-write
     connection can roll back; read-only checks alone would call the store foreign."""
-    from trackport.stores.sql_reader import SqliteSource, looks_like_mlflow_db
+    from trackport.stores.mlflow_db.sqlite import SqliteSource, looks_like_mlflow_db
 
     db = tmp_path / "mlflow.db"
     SqliteStore(f"sqlite:///{db}", create=True).close()

@@ -13,10 +13,11 @@ pytest.importorskip("mlflow")
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from trackport.config import TransferConfig  # noqa: E402
 from trackport.domain import METRIC_SCHEMA, Experiment, Run  # noqa: E402
-from trackport.stores import _sqlite_metrics  # noqa: E402
-from trackport.stores._group_commit import CommitError, GroupCommitWriter  # noqa: E402
-from trackport.stores.local_sqlite import SqliteStore  # noqa: E402
+from trackport.stores.sqlite import metrics as sqlite_metrics  # noqa: E402
+from trackport.stores.sqlite.group_commit import CommitError, GroupCommitWriter  # noqa: E402
+from trackport.stores.sqlite.store import SqliteStore  # noqa: E402
 
 
 def _table(path):
@@ -151,10 +152,9 @@ def _expected_latest(batches) -> dict[str, tuple]:
 
 
 @pytest.mark.parametrize("in_memory_points", [10**9, 1000], ids=["in-memory", "spooled"])
-def test_metric_points_arrive_exactly(tmp_path, monkeypatch, in_memory_points):
-    monkeypatch.setattr(_sqlite_metrics, "IN_MEMORY_POINTS", in_memory_points)
+def test_metric_points_arrive_exactly(tmp_path, in_memory_points):
     uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
-    sink = SqliteStore(uri, create=True)
+    sink = SqliteStore(uri, create=True, config=TransferConfig(sqlite_in_memory_points=in_memory_points))
     exp = sink.put_experiment(Experiment(experiment_id="1", name="e")).target_experiment_id
     batches = _history(12_000, seed=in_memory_points % 97)
     run = Run(run_id="b" * 32, experiment_id="1", run_name="r", user_id="u", status="FINISHED",
@@ -181,8 +181,8 @@ def test_metric_points_arrive_exactly(tmp_path, monkeypatch, in_memory_points):
 
 
 def test_metric_insert_sql_numbers_parameters():
-    assert _sqlite_metrics.metric_insert_sql(2, True, False).endswith("VALUES (?2,?3,?4,?1,?5,0),(?2,?6,?7,?1,?8,0)")
-    assert _sqlite_metrics.metric_insert_sql(1, False, True).endswith("VALUES (?2,?3,?4,?1,?5,?6)")
+    assert sqlite_metrics.metric_insert_sql(2, True, False).endswith("VALUES (?2,?3,?4,?1,?5,0),(?2,?6,?7,?1,?8,0)")
+    assert sqlite_metrics.metric_insert_sql(1, False, True).endswith("VALUES (?2,?3,?4,?1,?5,?6)")
 
 
 def test_spools_of_killed_transfers_are_removed_on_open(tmp_path):

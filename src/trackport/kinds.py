@@ -23,8 +23,8 @@ class UnitKind:
     schema: dict | None = None
 
     def count(self, n: int) -> str:
-        """'1 run', '2 runs'."""
-        return f"{n} {self.name if n == 1 else self.plural}"
+        """'1 run', '12,345 runs'."""
+        return f"{n:,} {self.name if n == 1 else self.plural}"
 
 
 @dataclass(frozen=True)

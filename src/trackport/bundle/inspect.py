@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trackport import kinds
+from trackport.domain import DELETED
 from trackport.bundle.layout import ROOT_FILE
 from trackport.bundle.reader import BundleSource
 from trackport.stores.base import Selection, Unreadable
@@ -14,20 +16,46 @@ def is_bundle(path: Path) -> bool:
 
 
 def inspect_bundle(path: Path) -> dict:
-    """The root descriptor plus, per experiment, its id, name, state and run count."""
+    """The root descriptor (its selection, producer and counts also under their own keys),
+    plus, per experiment, its id, name, state and run count; how many experiments and runs
+    are deleted; and counts of every unit kind the bundle holds, by the kind's plural.
+
+    Every document is read and checked as an import reads it: a damaged experiment is
+    listed with the reason it is unreadable."""
     source = BundleSource(path)
     everything = Selection(include_deleted=True)
     experiments = []
+    deleted = {"experiments": 0, "runs": 0}
+    units = dict.fromkeys((kinds.kind(name).plural for name in source.unit_kinds()), 0)
     for experiment in source.list_experiments(everything):
         if isinstance(experiment, Unreadable):
             experiments.append({"experiment_id": experiment.source_id, "name": None, "unreadable": experiment.reason})
             continue
+        runs = list(source.iter_runs(experiment, everything))
+        if experiment.lifecycle_stage == DELETED:
+            deleted["experiments"] += 1
+        deleted["runs"] += sum(1 for run in runs if not isinstance(run, Unreadable) and run.lifecycle_stage == DELETED)
+        for name in source.unit_kinds():
+            kind = kinds.kind(name)
+            units[kind.plural] += sum(1 for _ in source.iter_units(kind, experiment))
         experiments.append(
             {
                 "experiment_id": experiment.experiment_id,
                 "name": experiment.name,
                 "lifecycle_stage": experiment.lifecycle_stage,
-                "runs": sum(1 for _ in source.iter_runs(experiment, everything)),
+                "runs": len(runs),
             }
         )
-    return {**source.root, "experiments": experiments}
+    # The descriptor's counts are the writer's; a kind it did not count (a bundle of an
+    # older trackport, edited since) is counted here.
+    counts = dict(source.root.get("counts") or {})
+    for plural, n in units.items():
+        counts.setdefault(plural, n)
+    return {
+        **source.root,
+        "selection": source.root["selection"],
+        "producer": source.root["producer"],
+        "deleted": deleted,
+        "counts": counts,
+        "experiments": experiments,
+    }

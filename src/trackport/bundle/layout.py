@@ -1,31 +1,22 @@
-"""Where things live in a bundle, what they are called, and how to write them safely.
+"""Where things live in a bundle and what they are called.
 
 Everything path-shaped about bundle format v1 is here: file names, the format name and
-version, checks for ids and artifact paths that become file names, and the atomic
-"temp name, then os.replace" JSON writer the other modules share.
+version, the directories of experiments, runs and unit documents, and the atomic "temp
+name, then os.replace" JSON writer the other modules share. The file-safety helpers
+themselves (atomic writes, hashes, path checks) are trackport._files.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from trackport._files import (  # noqa: F401 - re-exported for the bundle modules
-    CHUNK_SIZE,
-    TMP_MARK,
-    copy_stream,
-    fsync_dir,
-    is_temp_name,
-    sha256_file,
-    temp_name,
-    write_bytes_atomic,
-)
-from trackport._files import check_component, check_relpath, safe_join  # noqa: F401 - re-exported
+from trackport._files import check_component, write_bytes_atomic
+from trackport.bundle.documents import dumps
 
 FORMAT_NAME = "trackport-bundle"
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 FORMAT_MAJOR = 1
 
 ROOT_FILE = "trackport-bundle.json"
@@ -37,6 +28,8 @@ RUNS_DIR = "runs"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.parquet"
 ARTIFACTS_DIR = "artifacts"
+UNITS_DIR = "units"  # experiments/<E>/units/<kind name>/<unit id>.json (format 1.2)
+UNIT_SUFFIX = ".json"
 # The writer's lock (trackport.locking): changes with every writer, so never listed.
 UNLISTED = frozenset({f"{TRANSFER_DIR}/lock"})
 
@@ -52,14 +45,13 @@ def parse_version(text: object) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def resolve_inside(base: Path, relpath: str) -> Path:
-    """base/relpath, checked lexically and after resolving symlinks to stay inside base."""
-    target = safe_join(base, relpath)
-    real_base = os.path.realpath(base)
-    real_target = os.path.realpath(target)
-    if not real_target.startswith(real_base.rstrip(os.sep) + os.sep):
-        raise ValueError(f"path {relpath!r} resolves outside {base}")
-    return Path(real_target)
+def is_component(name: str) -> bool:
+    """Whether name can be an id used as one directory or file name (check_component)."""
+    try:
+        check_component(name, "")
+    except ValueError:
+        return False
+    return True
 
 
 def experiment_dir(root: Path, experiment_id: str) -> Path:
@@ -74,9 +66,20 @@ def run_dir(root: Path, experiment_id: str, run_id: str) -> Path:
     return runs_dir(root, experiment_id) / check_component(run_id, "run id")
 
 
-def dumps(doc: Any) -> str:
-    """The one JSON encoding of bundle documents: sorted keys, UTF-8, 2-space indent."""
-    return json.dumps(doc, sort_keys=True, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+def unit_file(root: Path, experiment_id: str, kind: str, unit_id: str) -> Path:
+    """experiments/<E>/units/<kind>/<id>.json; ValueError when an id or the kind name
+    cannot be a file name."""
+    folder = experiment_dir(root, experiment_id) / UNITS_DIR / check_component(kind, "unit kind")
+    return folder / (check_component(unit_id, f"{kind} id") + UNIT_SUFFIX)
+
+
+def unit_id_of(file_name: str) -> str | None:
+    """The unit id a file name in a kind's folder stands for; None for anything else (a
+    writer's temp file, a file that is not a document)."""
+    if not file_name.endswith(UNIT_SUFFIX):
+        return None
+    unit_id = file_name[: -len(UNIT_SUFFIX)]
+    return unit_id if is_component(unit_id) else None
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:

@@ -1,6 +1,10 @@
 """manifest.jsonl: one {"path","sha256","size"} line per file of the bundle, sorted by
 path, written last. Building it streams over the tree; sha256 values already recorded in
-a run.json (metrics.parquet, artifacts) are reused when the file size still agrees."""
+a run.json (metrics.parquet, artifacts) are reused when the file size still agrees.
+
+`parse_line` is the one parser of a manifest line: the reader, verify and the index all
+see a line the same way.
+"""
 from __future__ import annotations
 
 import json
@@ -10,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from trackport.errors import BadInputError
+from trackport._files import check_relpath, fsync_dir, sha256_file, temp_name
+from trackport.bundle.documents import loads, short
 from trackport.bundle.layout import (
     ARTIFACTS_DIR,
     EXPERIMENTS_DIR,
@@ -18,9 +23,6 @@ from trackport.bundle.layout import (
     RUN_FILE,
     RUNS_DIR,
     UNLISTED,
-    fsync_dir,
-    sha256_file,
-    temp_name,
     walk_files,
 )
 
@@ -38,6 +40,40 @@ class ManifestEntry:
             ensure_ascii=False,
             separators=(",", ":"),
         )
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_line(raw: bytes) -> tuple[ManifestEntry | None, str | None]:
+    """(entry, None), or (None, what is wrong with the line) to follow "line <n> ".
+
+    Strict as every bundle document is read (UTF-8, no NaN/Infinity, no key twice), and
+    the checks of manifest-entry.schema.json written out by hand (a manifest has a line
+    per file, all checked before anything is imported), and a safe path.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "is not UTF-8: the manifest is damaged"
+    try:
+        doc = loads(text)
+    except ValueError as e:
+        return None, f"is invalid: not JSON ({e}); the manifest is damaged"
+    if not isinstance(doc, dict):
+        return None, "is invalid: (top): not a JSON object; the manifest is damaged"
+    path, size, sha = doc.get("path"), doc.get("size"), doc.get("sha256")
+    if not isinstance(path, str) or not path:
+        return None, "is invalid: path: missing or not a non-empty string; the manifest is damaged"
+    if type(size) is not int or size < 0:
+        return None, "is invalid: size: missing or not a non-negative integer; the manifest is damaged"
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        return None, "is invalid: sha256: missing or not 64 lowercase hex digits; the manifest is damaged"
+    try:
+        check_relpath(path)
+    except ValueError as e:
+        return None, f"lists an unsafe {short(str(e))}; refusing the bundle"
+    return ManifestEntry(path, size, sha), None
 
 
 def run_dir_key(relpath: str) -> tuple[str, str] | None:
@@ -105,51 +141,3 @@ def write_manifest(root: Path) -> int:
         raise
     fsync_dir(root)
     return n
-
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def _no_constants(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_line(line: str) -> tuple[ManifestEntry | None, str | None]:
-    """(entry, None) or (None, problem) for one manifest line.
-
-    The checks are those of manifest-entry.schema.json, written out by hand: a manifest
-    has a line per file, and the reader checks every line before it imports anything.
-    """
-    try:
-        doc = json.loads(line, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as e:
-        return None, f"not JSON ({e})"
-    if not isinstance(doc, dict):
-        return None, "(top): not a JSON object"
-    path, size, sha = doc.get("path"), doc.get("size"), doc.get("sha256")
-    if not isinstance(path, str) or not path:
-        return None, "path: missing or not a non-empty string"
-    if type(size) is not int or size < 0:
-        return None, "size: missing or not a non-negative integer"
-    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-        return None, "sha256: missing or not 64 lowercase hex digits"
-    return ManifestEntry(path, size, sha), None
-
-
-def read_manifest(root: Path) -> Iterator[ManifestEntry]:
-    """The manifest's entries; a malformed line raises BadInputError naming it."""
-    path = root / MANIFEST_FILE
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInputError(
-            f"{root} is incomplete (no {MANIFEST_FILE}): the export did not finish; re-run the export"
-        ) from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            entry, problem = parse_line(line)
-            if problem:
-                raise BadInputError(f"{path} line {lineno} is invalid: {problem}")
-            yield entry

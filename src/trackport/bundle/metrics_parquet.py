@@ -232,33 +232,10 @@ def read_metrics(
         pf.close()
 
 
-def check_metrics_file(path: Path) -> tuple[int, list[str]]:
-    """Read the whole file (for verify --full); (rows read, problems)."""
-    problems = []
-    rows = 0
-    try:
-        pf = pq.ParquetFile(path)
-        try:
-            try:
-                check_columns(pf.schema_arrow)
-            except MetricsFileError as e:
-                problems.append(str(e))
-            for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS):
-                rows += batch.num_rows
-            if rows != pf.metadata.num_rows:
-                problems.append(f"read {rows} rows but the footer says {pf.metadata.num_rows}")
-        finally:
-            pf.close()
-    except Exception as e:  # noqa: BLE001 - any read failure is damage to report
-        problems.append(f"unreadable Parquet: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    return rows, problems
-
-
 __all__ = [
     "PARQUET_SCHEMA",
     "DEFAULT_ROW_GROUP_ROWS",
     "MetricsFileError",
     "write_metrics",
     "read_metrics",
-    "check_metrics_file",
 ]

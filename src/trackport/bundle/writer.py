@@ -1,8 +1,10 @@
-"""BundleSink: writes experiments and runs into a bundle directory (format v1).
+"""BundleSink: writes experiments, runs and units of generic kinds into a bundle
+directory (format v1).
 
 Crash safety: each run is written into runs/.<run_id>.tmp-<random>/ and renamed to
-runs/<run_id>/ when whole; single files go through a temp name and os.replace; the
-manifest is written last by finish(). Thread-safe for concurrent put_run of different runs.
+runs/<run_id>/ when whole; single files (experiment.json, unit documents, the root) go
+through a temp name and os.replace; the manifest is written last by finish(). Thread-safe
+for concurrent put_run / put_unit of different units.
 """
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import json
 import os
 import shutil
 import threading
-from dataclasses import asdict
 from pathlib import Path
 
 from trackport.domain import Capabilities, Experiment, Run
@@ -25,7 +26,19 @@ from trackport.stores.base import (
     SinkStore,
     StoreDescription,
 )
-from trackport.bundle import descriptor
+from trackport import kinds
+from trackport._files import (
+    check_component,
+    copy_stream,
+    fsync_dir,
+    is_temp_name,
+    safe_join,
+    temp_name,
+    write_bytes_atomic,
+)
+from trackport.kinds import Unit
+from trackport.bundle import descriptor, schemas
+from trackport.bundle.documents import dumps, experiment_doc, run_doc, short, unit_doc
 from trackport.bundle.layout import (
     ARTIFACTS_DIR,
     EXPERIMENT_FILE,
@@ -36,53 +49,17 @@ from trackport.bundle.layout import (
     RUN_FILE,
     RUNS_DIR,
     TRANSFER_DIR,
-    check_component,
-    copy_stream,
+    UNITS_DIR,
     experiment_dir,
-    fsync_dir,
-    is_temp_name,
     run_dir,
     runs_dir,
-    safe_join,
-    temp_name,
+    unit_file,
+    unit_id_of,
     write_json,
     write_json_atomic,
 )
 from trackport.bundle.manifest import write_manifest
 from trackport.bundle.metrics_parquet import DEFAULT_ROW_GROUP_ROWS, write_metrics
-
-def experiment_doc(experiment: Experiment) -> dict:
-    return {
-        "experiment_id": experiment.experiment_id,
-        "name": experiment.name,
-        "lifecycle_stage": experiment.lifecycle_stage,
-        "artifact_location": experiment.artifact_location,
-        "creation_time": experiment.creation_time,
-        "last_update_time": experiment.last_update_time,
-        "tags": dict(experiment.tags),
-    }
-
-
-def run_doc(run: Run, experiment_id: str, metrics: dict | None, artifacts: list[dict]) -> dict:
-    return {
-        "info": {
-            "run_id": run.run_id,
-            "experiment_id": experiment_id,
-            "run_name": run.run_name,
-            "user_id": run.user_id,
-            "status": run.status,
-            "start_time": run.start_time,
-            "end_time": run.end_time,
-            "lifecycle_stage": run.lifecycle_stage,
-            "deleted_time": run.deleted_time,
-            "artifact_uri": run.artifact_uri,
-        },
-        "params": dict(run.params),
-        "tags": dict(run.tags),
-        "inputs": [asdict(i) for i in run.inputs],
-        "metrics": metrics,
-        "artifacts": artifacts,
-    }
 
 
 def _os_error(e: OSError, what: str) -> TrackportError:
@@ -170,13 +147,16 @@ class BundleSink(SinkStore):
         self._root_doc = doc
 
     def _remove_stale_temps(self) -> None:
-        """Temp files/dirs left by a killed export: top level, experiment dirs, runs dirs."""
+        """Temp files/dirs left by a killed export: top level, experiment dirs, runs dirs,
+        unit kind folders."""
         dirs = [self.path]
         exp_root = self.path / EXPERIMENTS_DIR
         if exp_root.is_dir():
             for e in exp_root.iterdir():
                 if e.is_dir():
-                    dirs += [exp_root, e, e / RUNS_DIR]
+                    dirs += [exp_root, e, e / RUNS_DIR, e / UNITS_DIR]
+                    if (e / UNITS_DIR).is_dir():
+                        dirs += [k for k in (e / UNITS_DIR).iterdir() if k.is_dir() and not k.is_symlink()]
         for d in dict.fromkeys(dirs):
             if not d.is_dir():
                 continue
@@ -194,7 +174,7 @@ class BundleSink(SinkStore):
         root_doc = self._root_doc or descriptor.load_root(self.path)
         self._remove_stale_temps()
         try:
-            root_doc = dict(root_doc, counts=self._count())
+            root_doc = dict(root_doc, format_version=descriptor.newest_version(root_doc), counts=self._count())
             write_json_atomic(self.path / ROOT_FILE, root_doc)
             write_manifest(self.path)
         except OSError as e:
@@ -211,9 +191,7 @@ class BundleSink(SinkStore):
                 continue
             c["experiments"] += 1
             rd = e / RUNS_DIR
-            if not rd.is_dir():
-                continue
-            for r in rd.iterdir():
+            for r in rd.iterdir() if rd.is_dir() else ():
                 if is_temp_name(r.name) or not (r / RUN_FILE).is_file():
                     continue
                 with open(r / RUN_FILE, encoding="utf-8") as f:
@@ -223,6 +201,12 @@ class BundleSink(SinkStore):
                 arts = doc.get("artifacts") or []
                 c["artifact_files"] += len(arts)
                 c["artifact_bytes"] += sum(a.get("size", 0) for a in arts)
+            ud = e / UNITS_DIR
+            for k in sorted(ud.iterdir()) if ud.is_dir() else ():
+                if k.name in kinds.BUILT_IN or not k.is_dir() or is_temp_name(k.name):
+                    continue
+                plural = kinds.kind(k.name).plural
+                c[plural] = c.get(plural, 0) + sum(1 for u in k.iterdir() if unit_id_of(u.name) is not None)
         return c
 
     # -- writes ------------------------------------------------------------------------
@@ -296,6 +280,42 @@ class BundleSink(SinkStore):
         artifacts.sort(key=lambda a: a["path"])
         write_json(tmp / RUN_FILE, run_doc(run, eid, metrics, artifacts))
         return result
+
+    def find_unit(self, unit: Unit, target_experiment_id: str) -> str | None:
+        """The unit's id when its document is there (written whole: it is renamed into place)."""
+        try:
+            path = unit_file(self.path, target_experiment_id, unit.kind, unit.unit_id)
+        except ValueError:
+            return None
+        return unit.unit_id if path.is_file() else None
+
+    def put_unit(self, unit: Unit, target_experiment_id: str) -> str:
+        """Write the unit's document (experiments/<E>/units/<kind>/<id>.json), replacing an
+        earlier copy; returns its id (a bundle keeps ids). A document its reader would
+        refuse is not written: UnitError."""
+        if unit.kind in kinds.BUILT_IN:
+            raise UnitError(f"{unit.kind} {unit.unit_id!r} is not a unit of a generic kind")
+        try:
+            path = unit_file(self.path, target_experiment_id, unit.kind, unit.unit_id)
+        except ValueError as e:
+            raise UnitError(f"{unit.kind} {short(str(unit.unit_id), 80)!r}: {e}") from None
+        doc = unit_doc(unit, target_experiment_id)
+        kind = kinds.kind(unit.kind)
+        errors = schemas.errors(schemas.UNIT, doc)
+        if not errors and kind.schema is not None:
+            errors = schemas.body_errors(kind.schema, doc["body"])
+        if errors:
+            raise UnitError(f"{unit.kind} {unit.unit_id!r} is not valid for a bundle: {errors[0]}")
+        try:
+            data = dumps(doc).encode("utf-8")
+        except (TypeError, ValueError) as e:  # NaN, Infinity or a non-JSON value in the body
+            raise UnitError(f"{unit.kind} {unit.unit_id!r} cannot be written as JSON: {e}") from None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(path, data)
+        except OSError as e:
+            raise _os_error(e, f"{unit.kind} {unit.unit_id!r} into {path.parent}") from None
+        return unit.unit_id
 
     def _publish(self, tmp: Path, final: Path) -> None:
         """Rename the finished temp dir into place. A directory already there without a

@@ -5,71 +5,19 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
 from trackport import __version__
 from trackport.cli import render
-from trackport.cli.running import check_target, fail_cleanly, resolve_selection, run_transfer, show
-from trackport.domain import DEFAULT_WORKERS
+from trackport.cli.options import selection_options, sink_options, transfer_options
+from trackport.cli.running import (
+    check_target, fail_cleanly, internal_error, resolve_selection, run_transfer, show, transfer_config,
+)
 from trackport.errors import ExitCode, VerifyError
-from trackport.stores import open_bundle_sink, open_bundle_source, open_sink, open_source
-from trackport.stores.base import Selection
+from trackport.opening import open_bundle_sink, open_bundle_source, open_sink, open_source
 from trackport.stores.registry import locate
-from trackport.transfer.plan import LONG_VALUE_POLICIES
-
-
-def _selection_options(command):
-    command = click.option(
-        "--filter",
-        "filter_string",
-        metavar="SEARCH",
-        help="Only runs matching MLflow's search syntax, e.g. \"metrics.r2 > 0.3\" (server or sqlite source).",
-    )(command)
-    command = click.option(
-        "--include-deleted/--exclude-deleted",
-        default=None,
-        help="Take deleted experiments and runs too, or leave them out (default: from a bundle, all it"
-        " holds; from a store, leave them out). Left-out units are counted as not selected.",
-    )(command)
-    command = click.option(
-        "--run-id", "run_ids", multiple=True, metavar="ID", help="Only this run (repeatable)."
-    )(command)
-    command = click.option(
-        "--experiment",
-        "experiments",
-        multiple=True,
-        metavar="NAME_OR_ID",
-        help="Only this experiment (repeatable; default: all): a name or an id, or id:ID / name:NAME"
-        " where one experiment's name is another's id.",
-    )(command)
-    return command
-
-
-def _sink_options(command):
-    command = click.option(
-        "--on-long-value",
-        type=click.Choice(LONG_VALUE_POLICIES),
-        default="error",
-        show_default=True,
-        help="A param or tag value longer than the target holds: fail its run, or cut it (recorded).",
-    )(command)
-    command = click.option("--artifact-root", metavar="DIR", help="Where a new local store keeps artifacts.")(command)
-    return command
-
-
-def _transfer_options(command):
-    command = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")(command)
-    command = click.option(
-        "--workers",
-        type=click.IntRange(1, 64),
-        default=DEFAULT_WORKERS,
-        show_default=True,
-        help="Runs moved at the same time.",
-    )(command)
-    return command
 
 
 class _OneLineErrors(click.Group):
@@ -92,6 +40,10 @@ class _OneLineErrors(click.Group):
         except click.ClickException as exc:
             render.error(exc.format_message())
             sys.exit(exc.exit_code)
+        except click.exceptions.Exit as exc:  # a normal end (a RuntimeError): not one for the line below
+            sys.exit(exc.exit_code)
+        except Exception as exc:  # noqa: BLE001 - a bug outside any command: one line, exit 70
+            internal_error(exc)
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,15 +66,16 @@ def cli() -> None:
 @cli.command("export")
 @click.argument("source")
 @click.argument("bundle")
-@_selection_options
-@_transfer_options
+@selection_options
+@transfer_options
 @fail_cleanly
 def export_command(source, bundle, experiments, run_ids, include_deleted, filter_string, workers, as_json):
     """Write SOURCE's experiments and runs into the bundle directory BUNDLE."""
     check_target(source, bundle)
+    config = transfer_config(workers)
     options = (experiments, run_ids, include_deleted, filter_string)
     summary = run_transfer(
-        open_source(source, workers=workers), lambda: open_bundle_sink(bundle), options, workers, as_json
+        open_source(source, config=config), lambda: open_bundle_sink(bundle, config=config), options, config, as_json
     )
     show(summary, as_json)
 
@@ -130,34 +83,36 @@ def export_command(source, bundle, experiments, run_ids, include_deleted, filter
 @cli.command("import")
 @click.argument("bundle")
 @click.argument("target")
-@_selection_options
-@_transfer_options
-@_sink_options
+@selection_options
+@transfer_options
+@sink_options
 @fail_cleanly
 def import_command(bundle, target, experiments, run_ids, include_deleted, filter_string, workers, as_json,
                    artifact_root, on_long_value):
     """Replay the bundle BUNDLE into the store TARGET (all it holds, deleted units included,
     unless --exclude-deleted or another selection says otherwise)."""
     check_target(bundle, target)
+    config = transfer_config(workers)
     options = (experiments, run_ids, include_deleted, filter_string)
-    sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, workers=workers)  # noqa: E731
-    show(run_transfer(open_bundle_source(bundle), sink, options, workers, as_json), as_json)
+    sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, config=config)  # noqa: E731
+    show(run_transfer(open_bundle_source(bundle, config=config), sink, options, config, as_json), as_json)
 
 
 @cli.command("copy")
 @click.argument("source")
 @click.argument("target")
-@_selection_options
-@_transfer_options
-@_sink_options
+@selection_options
+@transfer_options
+@sink_options
 @fail_cleanly
 def copy_command(source, target, experiments, run_ids, include_deleted, filter_string, workers, as_json,
                  artifact_root, on_long_value):
     """Copy straight from store SOURCE to store TARGET, without a bundle."""
     check_target(source, target)
+    config = transfer_config(workers)
     options = (experiments, run_ids, include_deleted, filter_string)
-    sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, workers=workers)  # noqa: E731
-    show(run_transfer(open_source(source, workers=workers), sink, options, workers, as_json), as_json)
+    sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, config=config)  # noqa: E731
+    show(run_transfer(open_source(source, config=config), sink, options, config, as_json), as_json)
 
 
 @cli.command("verify")
@@ -170,12 +125,11 @@ def copy_command(source, target, experiments, run_ids, include_deleted, filter_s
     show_default=True,
     help="fast: runs, point counts and artifact sizes; full: every field, point and byte.",
 )
-@_selection_options
+@selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @fail_cleanly
 def verify_stores_command(source, target, level, experiments, run_ids, include_deleted, filter_string, as_json):
     """Prove that TARGET holds what SOURCE holds (a store or a bundle on either side)."""
-    from trackport.stores.rest.source import RestSource
     from trackport.transfer.compare import compare_stores
 
     locate(target)
@@ -187,8 +141,7 @@ def verify_stores_command(source, target, level, experiments, run_ids, include_d
         raise
     try:
         selection = resolve_selection(expected, experiments, run_ids, include_deleted, filter_string)
-        clamps = isinstance(actual, RestSource) and actual.info.clamps_infinity
-        differences = [str(d) for d in compare_stores(expected, actual, selection, level=level, clamps_infinity=clamps)]
+        differences = [str(d) for d in compare_stores(expected, actual, selection, level=level)]
     finally:
         expected.close()
         actual.close()
@@ -197,7 +150,7 @@ def verify_stores_command(source, target, level, experiments, run_ids, include_d
     else:
         for difference in differences:
             click.echo(difference)
-        click.echo(f"verify --level {level}: {len(differences)} differences")
+        click.echo(f"verify --level {level}: {render.plural(len(differences), 'difference')}")
     if differences:
         sys.exit(ExitCode.VERIFY_FAILED)
 
@@ -210,7 +163,7 @@ def status_command(target, as_json):
     """Show what the transfers into TARGET did: units done, skipped, failed and not selected,
     with reasons, and what the last transfer left still to do. Exits 1 when a unit failed or
     the last transfer did not finish."""
-    from trackport.stores import state_dir_for
+    from trackport.opening import state_dir_for
     from trackport.transfer.status import read_status
 
     status = read_status(state_dir_for(target))
@@ -232,7 +185,7 @@ def idmap_command(target, fmt, kind):
     """Print the map of source ids to TARGET's ids."""
     import csv
 
-    from trackport.stores import state_dir_for
+    from trackport.opening import state_dir_for
     from trackport.transfer.status import read_idmap
 
     entries = [e for e in read_idmap(state_dir_for(target)) if kind in ("all", e["kind"])]
@@ -270,7 +223,10 @@ def verify_command(bundle, level, as_json):
     else:
         for problem in report.problems:
             click.echo(f"{problem.path}: {problem.message}")
-        click.echo(f"{report.files_checked:,} files checked at level {level}: {len(report.problems)} problems")
+        click.echo(
+            f"{render.plural(report.files_checked, 'file')} checked at level {level}:"
+            f" {render.plural(len(report.problems), 'problem')}"
+        )
     if report.problems:
         sys.exit(ExitCode.VERIFY_FAILED)
 
@@ -286,16 +242,8 @@ def inspect_command(bundle, as_json):
     info = inspect_bundle(Path(bundle))
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
-        return
-    click.echo(f"format      {info['format']} {info['format_version']}")
-    click.echo(f"producer    {info['producer']['name']} {info['producer']['version']}")
-    source = info["source"]
-    click.echo(f"source      {source['kind']} {source['uri']} (MLflow {source.get('mlflow_version') or '?'})")
-    click.echo(f"created at  {info['created_at']}")
-    for measure, value in (info.get("counts") or {}).items():
-        click.echo(f"{measure.replace('_', ' '):<12}{value:,}")
-    for experiment in info.get("experiments", []):
-        click.echo(f"  experiment {experiment['experiment_id']} {experiment['name']!r}: {experiment['runs']} runs")
+    else:
+        click.echo(render.inspect_text(info))
 
 
 @cli.command("demo")
@@ -304,54 +252,35 @@ def inspect_command(bundle, as_json):
 @fail_cleanly
 def demo_command(workdir, as_json):
     """Build the sample store, export it, import it into a fresh store and verify."""
-    from trackport.bundle import verify_bundle
-    from trackport.samples.sample_store import build_sample_store
-    from trackport.transfer.compare import compare_stores
+    from trackport.cli.progress import ProgressBars
+    from trackport.demo import run_demo
 
-    root = Path(workdir or tempfile.mkdtemp(prefix="trackport-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
-    source_uri = build_sample_store(root / "source")
-    bundle = root / "bundle"
-    target_uri = f"sqlite:///{root / 'target' / 'mlflow.db'}"
-    everything = Selection(include_deleted=True)
-
-    take_all = ((), (), True, None)
-    exported = run_transfer(open_source(source_uri), lambda: open_bundle_sink(str(bundle)), take_all, DEFAULT_WORKERS)
-    report = verify_bundle(bundle, "full")
-    imported = run_transfer(open_bundle_source(str(bundle)), lambda: open_sink(target_uri), take_all, DEFAULT_WORKERS)
-    source, target = open_source(source_uri), open_source(target_uri)
+    progress = ProgressBars(enabled=not as_json)
     try:
-        differences = [str(d) for d in compare_stores(source, target, everything, level="full")]
+        result = run_demo(Path(workdir) if workdir else None, on_progress=progress)
     finally:
-        source.close()
-        target.close()
-
+        progress.close()
     if as_json:
-        result = {
-            "source": source_uri,
-            "bundle": str(bundle),
-            "target": target_uri,
-            "export": exported.to_json(),
-            "bundle_problems": [f"{p.path}: {p.message}" for p in report.problems],
-            "import": imported.to_json(),
-            "differences": differences,
-        }
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:
-        click.echo(f"sample store: {source_uri}\n\n== export -> {bundle}")
-        click.echo(render.summary_table(exported))
-        click.echo(f"\n== bundle verify --level full: {report.files_checked:,} files, {len(report.problems)} problems")
+        report = result.bundle_report
+        click.echo(f"sample store: {result.source}\n\n== export -> {result.bundle}")
+        click.echo(render.summary_table(result.exported))
+        click.echo(
+            f"\n== bundle verify --level full: {render.plural(report.files_checked, 'file')},"
+            f" {render.plural(len(report.problems), 'problem')}"
+        )
         for problem in report.problems:
             click.echo(f"  {problem.path}: {problem.message}")
-        click.echo(f"\n== import -> {target_uri}")
-        click.echo(render.summary_table(imported))
-        click.echo(f"\n== verify source vs target, field by field: {len(differences)} differences")
-        for difference in differences:
+        click.echo(f"\n== import -> {result.target}")
+        click.echo(render.summary_table(result.imported))
+        click.echo(f"\n== verify source vs target, field by field: {render.plural(len(result.differences), 'difference')}")
+        for difference in result.differences:
             click.echo(f"  {difference}")
-    if exported.failed or imported.failed:
+    if result.failed:
         sys.exit(ExitCode.UNITS_FAILED)
-    if report.problems or differences:
-        raise VerifyError(f"the demo found {len(report.problems) + len(differences)} problems (listed above)")
+    if result.problems:
+        raise VerifyError(f"the demo found {render.plural(result.problems, 'problem')} (listed above)")
 
 
 def _use_system_allocator() -> None:
@@ -375,8 +304,7 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - last resort: one line, never a traceback dump
-        render.error(f"internal error: {type(exc).__name__}: {exc} (please report this)")
-        sys.exit(ExitCode.INTERNAL)
+        internal_error(exc)
 
 
 if __name__ == "__main__":

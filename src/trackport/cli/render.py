@@ -1,23 +1,18 @@
-"""How the CLI shows things: the summary table, live progress, one-line errors and notices."""
+"""How the CLI shows things: the summary table, status, a bundle's description, one-line
+errors and notices. Live progress is in cli/progress.py."""
 from __future__ import annotations
-
-import sys
-import time
 
 import click
 
-from trackport.transfer import ProgressEvent, Summary
+from trackport.kinds import kind
+from trackport.transfer import Summary
 from trackport.transfer.status import TransferStatus
-from trackport.transfer.summary import MEASURES, OUTCOMES
+from trackport.transfer.summary import OUTCOMES
 
-_LABELS = {
-    "experiments": "experiments",
-    "runs": "runs",
-    "metric_points": "metric points",
-    "artifact_files": "artifact files",
-    "artifact_bytes": "artifact bytes",
-}
-_KIND_PLURAL = {"experiment": "experiments", "run": "runs"}
+# Measures that count data rather than units, shown after the unit kinds, in this order.
+# Every other measure in a summary is a kind's plural ("experiments", "runs", "notes"),
+# so a new kind needs nothing here.
+_DATA_MEASURES = ("metric_points", "artifact_files", "artifact_bytes")
 
 
 def error(message: str) -> None:
@@ -28,20 +23,38 @@ def notice(message: str) -> None:
     click.echo(f"note: {message}", err=True)
 
 
-def _units(n: int, kind: str) -> str:
-    return f"{n:,} {kind if n == 1 else _KIND_PLURAL.get(kind, kind + 's')}"
+def plural(n: int, noun: str) -> str:
+    """'1 difference', '2 differences': for the nouns that are not unit kinds (those go
+    through trackport.kinds, which knows each kind's own plural)."""
+    return f"{n:,} {noun if n == 1 else noun + 's'}"
+
+
+def _label(measure: str) -> str:
+    return measure.replace("_", " ")
+
+
+def _measures(counts: dict) -> list[str]:
+    """The unit kinds in the summary's own order, then the data measures: the set is open
+    (a new kind adds a row), so nothing here lists the kinds."""
+    kinds = [m for m in counts if m not in _DATA_MEASURES]
+    return kinds + [m for m in _DATA_MEASURES if m in counts]
+
+
+def _outcome_header(width: int) -> str:
+    return " " * width + "".join(f"{o.replace('_', ' '):>14}" for o in OUTCOMES)
 
 
 def summary_table(summary: Summary) -> str:
-    width = max(len(label) for label in _LABELS.values())
-    lines = [" " * width + "".join(f"{o.replace('_', ' '):>14}" for o in OUTCOMES)]
-    for measure in MEASURES:
+    measures = _measures(summary.counts)
+    width = max([len(_label(m)) for m in measures] + [len("experiments")])
+    lines = [_outcome_header(width)]
+    for measure in measures:
         counts = summary.counts[measure]
-        lines.append(f"{_LABELS[measure]:<{width}}" + "".join(f"{counts[o]:>14,}" for o in OUTCOMES))
+        lines.append(f"{_label(measure):<{width}}" + "".join(f"{counts.get(o, 0):>14,}" for o in OUTCOMES))
     for failure in summary.failures:
         lines.append(f"FAILED {failure.kind} {failure.name!r} ({failure.source_id}): {failure.reason}")
-    for (kind, reason), n in sorted(summary.not_selected.items()):
-        lines.append(f"NOT SELECTED {_units(n, kind)}: {reason}")
+    for (unit_kind, reason), n in sorted(summary.not_selected.items()):
+        lines.append(f"NOT SELECTED {kind(unit_kind).count(n)}: {reason}")
     for loss in summary.losses:
         lines.append(f"LOSS {loss}")
     lines.append(f"in {summary.elapsed_seconds:,.1f} s")
@@ -50,9 +63,12 @@ def summary_table(summary: Summary) -> str:
 
 def status_text(status: TransferStatus) -> str:
     lines = [f"ledger      {status.state_dir}", f"last entry  {status.last_activity}"]
-    lines.append(f"{'':<12}" + "".join(f"{o.replace('_', ' '):>14}" for o in OUTCOMES))
-    for kind, outcomes in status.counts.items():
-        lines.append(f"{_KIND_PLURAL.get(kind, kind):<12}" + "".join(f"{outcomes.get(o, 0):>14,}" for o in OUTCOMES))
+    names = list(status.counts)  # in the status's own order: experiments, runs, then the others
+    width = max([len(kind(k).plural) for k in names] + [len("experiments")]) + 1
+    lines.append(_outcome_header(width))
+    for name in names:
+        outcomes = status.counts[name]
+        lines.append(f"{kind(name).plural:<{width}}" + "".join(f"{outcomes.get(o, 0):>14,}" for o in OUTCOMES))
     for line in status.failed:
         lines.append(f"FAILED {line['kind']} {line['name']!r} ({line['source_id']}): {line['reason']}")
     last = status.last_transfer
@@ -70,37 +86,80 @@ def status_text(status: TransferStatus) -> str:
             todo = last.experiments_still_to_do
             if todo:
                 shown = ", ".join(todo[:10]) + (", ..." if len(todo) > 10 else "")
+                recorded = plural(last.units_recorded, "unit")
                 lines.append(
-                    f"STILL TO DO {_units(len(todo), 'experiment')} of {last.experiments_planned:,} it planned"
-                    f" ({shown}) and their runs: {last.units_recorded:,} units were recorded before it ended;"
-                    " run the same command again to resume"
+                    f"STILL TO DO {kind('experiment').count(len(todo))} of {last.experiments_planned:,} it planned"
+                    f" ({shown}) and their runs: {recorded} {'was' if last.units_recorded == 1 else 'were'}"
+                    " recorded before it ended; run the same command again to resume"
                 )
     return "\n".join(lines)
 
 
-class ProgressLine:
-    """A single self-overwriting status line on stderr, only when stderr is a terminal."""
+def _number(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._last = 0.0
 
-    def __call__(self, event: ProgressEvent) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self._last < 0.2:
-            return
-        self._last = now
-        runs = event.summary.counts["runs"]
-        points = event.summary.counts["metric_points"]["done"]
-        data = event.summary.counts["artifact_bytes"]["done"]
-        click.echo(
-            f"\rruns {runs['done']:,} done, {runs['skipped']:,} skipped, {runs['failed']:,} failed"
-            f" | {points:,} metric points | {data / 1e6:,.1f} MB artifacts ",
-            nl=False,
-            err=True,
-        )
+def _yes_no(value) -> str:
+    return "?" if value is None else "yes" if value else "no"
 
-    def close(self) -> None:
-        if self.enabled and self._last:
-            click.echo("", err=True)
-            self._last = 0.0
+
+def _selection_text(selection: dict) -> list[tuple[str, str]]:
+    """What the export took: each part as the user would have typed it; empty means all."""
+    experiments = selection.get("experiments") or []
+    run_ids = selection.get("run_ids") or []
+    return [
+        ("experiments", ", ".join(map(str, experiments)) if experiments else "all"),
+        ("run ids", ", ".join(map(str, run_ids)) if run_ids else "all"),
+        ("include deleted", _yes_no(selection.get("include_deleted"))),
+        ("filter", selection.get("filter") or "none"),
+    ]
+
+
+def _columns(rows: list[list[str]], numbers: tuple[int, ...] = ()) -> list[str]:
+    """Rows of cells, each column as wide as its widest cell; the columns of numbers
+    right-aligned, so that their digits line up."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.rjust(w) if i in numbers else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        for row in rows
+    ]
+
+
+def inspect_text(info: dict) -> str:
+    """What `inspect_bundle` returns, in aligned columns. Keys a bundle (or an older
+    trackport) does not have are shown as '?' or left out, never a crash."""
+    producer = info.get("producer") or {}
+    source = info.get("source") or {}
+    fields: list[tuple[str, str]] = [
+        ("format", f"{info.get('format', '?')} {info.get('format_version', '?')}"),
+        ("producer", f"{producer.get('name', '?')} {producer.get('version', '?')}"),
+        ("source", f"{source.get('kind', '?')} {source.get('uri', '?')} (MLflow {source.get('mlflow_version') or '?'})"),
+        ("created at", str(info.get("created_at") or "?")),
+    ]
+    selection = info.get("selection")
+    if isinstance(selection, dict):
+        fields += [(f"selection: {name}", value) for name, value in _selection_text(selection)]
+    counts = info.get("counts")
+    if isinstance(counts, dict):
+        fields += [(f"counts: {_label(m)}", _number(counts[m])) for m in _measures(counts)]
+    deleted = info.get("deleted")
+    if isinstance(deleted, dict):
+        fields += [(f"deleted: {_label(m)}", _number(n)) for m, n in deleted.items()]
+    width = max(len(name) for name, _ in fields) + 2
+    lines = [f"{name:<{width}}{value}" for name, value in fields]
+    experiments = info.get("experiments") or []
+    if experiments:
+        rows = [["id", "name", "state", "runs"]]
+        unreadable = []
+        for experiment in experiments:
+            name = experiment.get("name")
+            if experiment.get("unreadable"):
+                # Its reason is a sentence: said below the table, so the columns stay narrow.
+                state, runs = "unreadable", "?"
+                unreadable.append(f"experiment {experiment.get('experiment_id')} is unreadable: {experiment['unreadable']}")
+            else:
+                state, runs = str(experiment.get("lifecycle_stage") or "?"), f"{experiment.get('runs', 0):,}"
+            rows.append([str(experiment.get("experiment_id")), "" if name is None else repr(name), state, runs])
+        lines += ["", f"{kind('experiment').count(len(experiments))}:"] + ["  " + line for line in _columns(rows, numbers=(3,))]
+        lines += unreadable
+    return "\n".join(lines)

@@ -4,18 +4,44 @@ summary, and trackport's errors as one line with their exit code."""
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from functools import wraps
+from typing import NoReturn
 
 import click
 
 from trackport.cli import render
-from trackport.errors import BadInputError, ExitCode, TrackportError, storage_error
+from trackport.cli.progress import ProgressBars
+from trackport.config import TransferConfig
+from trackport.errors import BadInputError, ExitCode, InternalError, TrackportError, reason, storage_error
 from trackport.stores.base import Selection, SinkStore, SourceStore
 from trackport.stores.registry import locate, refuse_same_store
 from trackport.transfer import Summary, transfer
-from trackport.transfer.engine import plan_experiments
-from trackport.transfer.plan import planned_losses
+from trackport.transfer.engine import declared_losses, plan_experiments
+
+DEBUG_VARIABLE = "TRACKPORT_DEBUG"
+_REPORT_IT = f"(a bug in trackport; please report it with the traceback: run again with {DEBUG_VARIABLE}=1)"
+
+
+def internal_error(exc: BaseException) -> NoReturn:
+    """A bug, in trackport or an adapter: one line saying so and how to get the traceback
+    (printed too when TRACKPORT_DEBUG=1), and exit 70. Never a bare Python traceback: it
+    would bury the one line that says what happened."""
+    if isinstance(exc, InternalError):
+        where = " ".join(part for part in (exc.kind, exc.source_id) if part)
+        # The adapter's exception is what a bug report needs: its type and text here, its
+        # traceback with TRACKPORT_DEBUG.
+        cause = exc.__cause__ or exc
+        message = f"internal error{' in ' + where if where else ''}: {reason(cause) if exc.__cause__ else exc}"
+    else:
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        cause = exc
+    if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+        click.echo("".join(traceback.format_exception(type(cause), cause, cause.__traceback__)).rstrip(), err=True)
+    render.error(f"{message} {_REPORT_IT}")
+    sys.exit(ExitCode.INTERNAL)
 
 
 def fail_cleanly(command):
@@ -25,6 +51,8 @@ def fail_cleanly(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except InternalError as exc:  # before TrackportError: it is one, with its own line
+            internal_error(exc)
         except TrackportError as exc:
             render.error(str(exc))
             sys.exit(exc.exit_code)
@@ -35,8 +63,17 @@ def fail_cleanly(command):
         except KeyboardInterrupt:
             render.error("interrupted; run the same command again to resume")
             sys.exit(ExitCode.INTERRUPTED)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own (Exit and Abort are RuntimeErrors): its group handles them
+        except Exception as exc:  # noqa: BLE001 - anything else is a bug: one line, exit 70
+            internal_error(exc)
 
     return wrapper
+
+
+def transfer_config(workers: int) -> TransferConfig:
+    """The one TransferConfig of a command, from its options."""
+    return TransferConfig(workers=workers)
 
 
 def resolve_selection(source: SourceStore, experiments, run_ids, include_deleted, filter_string) -> Selection:
@@ -46,7 +83,7 @@ def resolve_selection(source: SourceStore, experiments, run_ids, include_deleted
     return Selection(experiments, run_ids, deleted, filter_string)
 
 
-def run_transfer(source: SourceStore, make_sink, options: tuple, workers: int, as_json: bool = False) -> Summary:
+def run_transfer(source: SourceStore, make_sink, options: tuple, config: TransferConfig, as_json: bool = False) -> Summary:
     try:
         selection = resolve_selection(source, *options)
         # Plan before the sink exists, so that bad input leaves nothing behind in the target.
@@ -56,11 +93,11 @@ def run_transfer(source: SourceStore, make_sink, options: tuple, workers: int, a
         source.close()
         raise
     if not as_json:
-        for loss in planned_losses(sink.capabilities, sink.on_long_value):
+        for loss in declared_losses(source, sink):
             click.echo(f"the target cannot hold: {loss}", err=True)
-    progress = render.ProgressLine(enabled=False if as_json else None)
+    progress = ProgressBars(enabled=not as_json)  # JSON is for programs: never bars
     try:
-        return transfer(source, sink, selection, workers=workers, on_progress=progress, experiments=planned)
+        return transfer(source, sink, selection, config=config, on_progress=progress, experiments=planned)
     except TrackportError as exc:
         done = getattr(exc, "summary", None)
         if done is not None:  # what was done before the stop, then the one-line error
@@ -68,7 +105,7 @@ def run_transfer(source: SourceStore, make_sink, options: tuple, workers: int, a
             click.echo(json.dumps(done.to_json(), indent=2, sort_keys=True) if as_json else render.summary_table(done))
         raise
     finally:
-        progress.close()
+        progress.close()  # the bars are gone before the summary or an error is printed
         try:
             sink.close()
         finally:

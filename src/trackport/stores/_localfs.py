@@ -9,8 +9,7 @@ from urllib.request import url2pathname
 
 from trackport.domain import ArtifactFile
 from trackport.errors import UnitError
-
-COPY_CHUNK = 1024 * 1024
+from trackport.stores._artifact_path import checked_artifact_path
 
 
 def local_artifact_dir(artifact_uri: str | None, run_id: str) -> Path | None:
@@ -53,8 +52,8 @@ def walk_artifacts(root: Path | None) -> Iterator[ArtifactFile]:
 def open_local_artifact(root: Path | None, path: str, run_id: str) -> BinaryIO:
     if root is None:
         raise UnitError(f"run {run_id} has no artifact location")
-    full = (root / path).resolve()
-    # A path from elsewhere (a bundle, a caller) must not escape the run's artifact root.
+    full = (root / checked_artifact_path(run_id, path)).resolve()
+    # A checked path can still lead out of the run's artifacts through a link.
     if not full.is_relative_to(root.resolve()):
         raise UnitError(f"run {run_id}: artifact path {path!r} is outside the run's artifacts")
     try:

@@ -43,6 +43,16 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class SourceFeatures:
+    """What a source can do beyond reading (rclone's optional features, beside a sink's
+    Capabilities): the parts of a selection it pushes down to the store, and what it is
+    known to change. What a source does not push down, trackport.selection applies."""
+
+    filter: bool = False  # iter_runs applies Selection.filter (MLflow's search syntax)
+    clamps_infinity: bool = False  # it holds ±inf as ±1.7976931348623157e308 (SQL-backed servers)
+
+
+@dataclass(frozen=True)
 class StoreDescription:
     """How a store describes itself in bundles, ledgers and messages: never with secrets."""
 
@@ -68,8 +78,7 @@ class Unreadable:
 
 
 class SourceStore(ABC):
-    # Whether iter_runs applies Selection.filter (MLflow's search syntax).
-    supports_filter: bool = False
+    features: SourceFeatures = SourceFeatures()
     # A bundle holds what its export selected: a transfer from it takes deleted experiments
     # and runs too unless told otherwise. A live store's deleted ones are left out unless asked.
     takes_deleted_by_default: bool = False
@@ -79,14 +88,14 @@ class SourceStore(ABC):
 
     @abstractmethod
     def list_experiments(self, selection: Selection) -> Iterator[Experiment | Unreadable]:
-        """Experiments the selection names (all when it names none), deleted ones only
-        when selection.include_deleted. A named experiment that does not exist raises
-        BadInputError."""
+        """Experiments the selection covers, as trackport.selection.resolve_experiments
+        decides (every source calls it on its own listing)."""
 
     @abstractmethod
     def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run | Unreadable]:
-        """The experiment's runs in the selection, oldest start_time first (so parents
-        tend to come before their children), deleted ones only when include_deleted."""
+        """The experiment's runs in the selection (trackport.selection.select_runs over
+        the source's listing), in trackport.selection.run_order: oldest start time first
+        (so parents tend to come before their children), runs without one last."""
 
     @abstractmethod
     def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
@@ -200,3 +209,7 @@ class SinkStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# What a sink may do with values over its length limits (SinkStore.on_long_value).
+LONG_VALUE_POLICIES = ("error", "truncate")

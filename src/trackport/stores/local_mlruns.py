@@ -12,22 +12,21 @@ from urllib.request import url2pathname
 
 import pyarrow as pa
 
+from trackport.config import DEFAULT, TransferConfig
 from trackport.domain import (
     ACTIVE,
     DELETED,
-    METRIC_BATCH_ROWS as BATCH_ROWS,
-    METRIC_SCHEMA,
     RUN_NAME_TAG,
     ArtifactFile,
     DatasetInput,
     Experiment,
     Run,
-    rebatch,
 )
 from trackport.errors import BadInputError, UnitError
+from trackport.stores._history import history_batches, key_history
 from trackport.stores._localfs import local_artifact_dir, open_local_artifact, walk_artifacts
 from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
-from trackport.stores.experiment_refs import pick_experiment
+from trackport.selection import resolve_experiments, run_order, select_runs
 
 _TRASH = ".trash"
 _RUN_STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
@@ -95,8 +94,9 @@ def _parse_metric_file(path: Path) -> tuple[list[int], list[int], list[float]]:
 
 
 class MlrunsStore(SourceStore):
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, config: TransferConfig = DEFAULT) -> None:
         self.root = _as_path(path)
+        self._config = config
         if not self.root.exists():
             raise BadInputError(f"no mlruns store at {self.root}: check the path")
         if not looks_like_mlruns(self.root):
@@ -158,39 +158,16 @@ class MlrunsStore(SourceStore):
     # -------------------------------------------------------------- source
 
     def list_experiments(self, selection: Selection) -> Iterator[Experiment]:
-        experiments = self._all_experiments()
-        wanted: set[str] | None = None
-        if selection.experiments:
-            by_id = {e.experiment_id: e for e, _ in experiments}
-            by_name = {e.name: e for e, _ in experiments}
-            wanted = {
-                pick_experiment(ref, by_id.get, by_name.get, str(self.root)).experiment_id
-                for ref in selection.experiments
-            }
-        if selection.run_ids:
-            requested = set(selection.run_ids)
-            holding = {
-                exp.experiment_id
-                for exp, d in experiments
-                if any(r.name in requested for r in self._run_dirs(d))
-            }
-            found = {
-                r.name for _, d in experiments for r in self._run_dirs(d) if r.name in requested
-            }
-            missing = [rid for rid in selection.run_ids if rid not in found]
-            if missing:
-                raise BadInputError(f"run(s) not found in {self.root}: {', '.join(missing)}")
-            wanted = holding if wanted is None else wanted & holding
-        for exp, _ in experiments:
-            if wanted is not None and exp.experiment_id not in wanted:
-                continue
-            if exp.lifecycle_stage == DELETED and not selection.include_deleted:
-                continue
-            yield exp
+        experiments = [e for e, _ in self._all_experiments()]
+        return iter(resolve_experiments(selection, experiments, self._locate_runs, str(self.root)))
 
-    def iter_runs(
-        self, experiment: Experiment, selection: Selection
-    ) -> Iterator[Run | Unreadable]:
+    def _locate_runs(self, run_ids: list[str]) -> dict[str, str]:
+        wanted = set(run_ids)
+        return {
+            r.name: exp.experiment_id for exp, d in self._all_experiments() for r in self._run_dirs(d) if r.name in wanted
+        }
+
+    def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run | Unreadable]:
         exp_dir = self._experiment_dir(experiment)
         datasets = self._datasets(exp_dir)
         runs = []
@@ -198,16 +175,11 @@ class MlrunsStore(SourceStore):
             if selection.run_ids and run_dir.name not in selection.run_ids:
                 continue
             try:
-                run = self._read_run(run_dir, experiment.experiment_id, datasets)
+                runs.append(self._read_run(run_dir, experiment.experiment_id, datasets))
             except (OSError, ValueError, self._yaml.YAMLError) as exc:
                 # One damaged run costs that run only; the engine records it by id.
                 yield Unreadable("run", run_dir.name, f"{run_dir}: {exc}")
-                continue
-            if run.lifecycle_stage == DELETED and not selection.include_deleted:
-                continue
-            runs.append(run)
-        runs.sort(key=lambda r: (r.start_time or 0, r.run_id))
-        yield from runs
+        yield from select_runs(sorted(runs, key=run_order), selection)
 
     def _datasets(self, exp_dir: Path) -> dict[str, dict]:
         root = exp_dir / "datasets"
@@ -279,20 +251,9 @@ class MlrunsStore(SourceStore):
         files = {
             f.relative_to(metrics_dir).as_posix(): f for f in metrics_dir.rglob("*") if f.is_file()
         }
-        yield from rebatch((self._history_table(key, files[key]) for key in sorted(files)), BATCH_ROWS)
-
-    @staticmethod
-    def _history_table(key: str, path: Path) -> pa.Table:
-        steps, stamps, values = _parse_metric_file(path)
-        return pa.table(
-            {
-                "key": pa.array([key] * len(steps), pa.string()),
-                "step": pa.array(steps, pa.int64()),
-                "timestamp": pa.array(stamps, pa.int64()),
-                "value": pa.array(values, pa.float64()),
-            },
-            schema=METRIC_SCHEMA,
-        ).sort_by([("step", "ascending"), ("timestamp", "ascending"), ("value", "ascending")])
+        yield from history_batches(
+            sorted(files), lambda key: key_history(key, *_parse_metric_file(files[key])), self._config.metric_batch_rows
+        )
 
     def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
         return walk_artifacts(self._artifact_dir(run))
@@ -312,4 +273,3 @@ class MlrunsStore(SourceStore):
             if beside.is_dir():
                 return beside
         return directory
-

@@ -76,7 +76,7 @@ def location_key(uri: str) -> str:
     location = locate(uri)
     if location.kind in (SQLITE, PATH):
         if location.kind == SQLITE:
-            from trackport.stores._sqlite_files import sqlite_path_from_uri
+            from trackport.stores.sqlite.files import sqlite_path_from_uri
 
             path = sqlite_path_from_uri(uri)
         else:

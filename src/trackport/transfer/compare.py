@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 
 from trackport.domain import METRIC_SCHEMA, PARENT_RUN_ID_TAG, Experiment, Run
 from trackport.stores.base import Selection, SourceStore, Unreadable
-from trackport.transfer.references import (
+from trackport.transfer.units import unit_types
+from trackport.provenance import (
     SOURCE_RUN_ID_TAG,
     is_mlmodel,
     is_provenance_tag,
@@ -47,7 +48,7 @@ def compare_stores(
     *,
     level: str = "full",
     run_id_map: Callable[[str], str | None] | None = None,
-    clamps_infinity: bool = False,
+    clamps_infinity: bool | None = None,
 ) -> Iterator[Difference]:
     """Every difference between what `expected` holds in the selection and what `actual`
     holds for it. `fast` compares counts and sizes; `full` every field, point and byte.
@@ -56,9 +57,11 @@ def compare_stores(
     into targets that assign new ids, or else by id. The comparison allows exactly what a
     transfer changes on purpose: ids (also the run's own id inside its tags and MLmodel
     files), trackport's provenance tags in the target, and ±inf stored clamped when
-    clamps_infinity."""
+    clamps_infinity (by default: when the actual store declares it does)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}")
+    if clamps_infinity is None:
+        clamps_infinity = actual.features.clamps_infinity
     everything = Selection(include_deleted=True)
     actual_experiments = {}
     for e in actual.list_experiments(everything):
@@ -103,6 +106,36 @@ def compare_stores(
                 yield Difference(run_where, "missing")
                 continue
             yield from _compare_run(run_where, expected, run, actual, other_run, level, id_map, clamps_infinity)
+        yield from _compare_units(where, expected, experiment, actual, other, id_map)
+
+
+def _compare_units(
+    where: str, expected: SourceStore, experiment: Experiment, actual: SourceStore, other: Experiment, id_map
+) -> Iterator[Difference]:
+    """Units of the other registered kinds: matched by id, else by name; their bodies
+    equal and their references naming the copies of what they named."""
+    everything = Selection(include_deleted=True)
+    for unit_type in unit_types()[1:]:
+        mine = unit_type.listing(expected, experiment, everything)
+        if mine is None:
+            continue
+        theirs = unit_type.listing(actual, other, everything)
+        found = {} if theirs is None else {u.unit_id: u for u in theirs if not isinstance(u, Unreadable)}
+        by_name = {u.name: u for u in found.values() if u.name}
+        for unit in mine:
+            if isinstance(unit, Unreadable):
+                yield Difference(f"{unit.kind} {unit.source_id}", f"unreadable: {unit.reason}")
+                continue
+            unit_where = f"{where}, {unit.kind} {unit.name or unit.unit_id!r}"
+            copy = found.get(unit.unit_id) or by_name.get(unit.name)
+            if copy is None:
+                yield Difference(unit_where, "missing")
+                continue
+            if copy.body != unit.body:
+                yield Difference(unit_where, "body differs")
+            refs = {k: (id_map(v) if k == "run" else v) for k, v in unit.refs.items() if k != "experiment"}
+            if refs != {k: v for k, v in copy.refs.items() if k != "experiment"}:
+                yield Difference(unit_where, f"references {refs} != {copy.refs}")
 
 
 def _compare_experiment(where: str, a: Experiment, b: Experiment) -> Iterator[Difference]:

@@ -1,36 +1,47 @@
 """The transfer engine: export, import and copy are all `transfer(source, sink)`.
 
 selection → planned experiments (each taken, or left out with the reason) → each
-experiment's runs, parents before children, on a bounded worker pool (transfer/runs.py) →
-id map and ledger at the sink → the summary. Every experiment and run the source holds
-under the selection ends as done, skipped, failed or not selected; a fatal error stops the
-transfer with the summary of what was done attached to it.
+experiment's units, kind by kind in dependency order (transfer/units.py), each unit after
+the units it depends on, on a bounded worker pool (transfer/scheduler.py) → id map and
+ledger at the sink → the summary. Every unit the source holds under the selection ends as
+done, skipped, failed or not selected; a fatal error stops the transfer with the summary
+of what was done attached to it, and an exception that is none of trackport's kinds (a
+bug) stops it as an InternalError naming the unit.
+
+The engine knows kinds only through trackport.kinds and their unit types: a new kind is a
+registration and adapter methods, not a change here.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
-from trackport.domain import DEFAULT_WORKERS, DELETED, Experiment, Run, TargetExperimentId
-from trackport.errors import BadInputError, FatalError, TrackportError, reason as _reason
+from trackport.config import DEFAULT, TransferConfig
+from trackport.domain import DELETED, Experiment, TargetExperimentId
+from trackport.errors import BadInputError, FatalError, InternalError, TrackportError, reason as _reason, storage_error
 from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
 from trackport.transfer.idmap import IdMap
 from trackport.transfer.ledger import Ledger
 from trackport.transfer.plan import planned_losses
-from trackport.transfer.runs import DELETED_REASON, IN_DELETED_EXPERIMENT, move_runs
+from trackport.transfer.scheduler import DELETED_REASON, IN_DELETED_EXPERIMENT, ExperimentUnits
 from trackport.transfer.summary import Failure, Summary
 from trackport.transfer.target_records import claim_records
+from trackport.transfer.units import Moved, UnitType, unit_types
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    kind: str  # "experiment" | "run"
+    kind: str  # a unit kind's name: "experiment", "run", ...
     source_id: str
     name: str
     outcome: str  # "done" | "skipped" | "failed" | "not_selected"
     summary: Summary
+    # Units planned so far, per kind name (absent: not known yet). Experiments are known
+    # from the start; the others as each experiment's listing is read.
+    planned: dict[str, int | None] = dataclasses.field(default_factory=dict)
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -47,7 +58,7 @@ def plan_experiments(source: SourceStore, selection: Selection) -> list[PlannedE
     refuses (before anything is written) a selection that takes nothing, so an empty store
     or a typo never produces an empty target."""
     where = source.describe().uri
-    if selection.filter and not source.supports_filter:
+    if selection.filter and not source.features.filter:
         raise BadInputError(
             f"{where}: --filter needs a source that can search runs (a tracking server or sqlite store)"
         )
@@ -76,7 +87,7 @@ def transfer(
     sink: SinkStore,
     selection: Selection = Selection(),
     *,
-    workers: int = DEFAULT_WORKERS,
+    config: TransferConfig = DEFAULT,
     on_progress: ProgressCallback | None = None,
     experiments: list[PlannedExperiment] | None = None,
 ) -> Summary:
@@ -94,10 +105,16 @@ def transfer(
     state_dir = sink.state_dir()
     notice = claim_records(state_dir, target)
     sink.begin(source_description, selection)
-    run = _Transfer(source, sink, selection, IdMap(state_dir), Ledger(state_dir), workers, on_progress)
+    run = _Transfer(source, sink, selection, IdMap(state_dir), Ledger(state_dir), config, on_progress)
+    run.planned["experiment"] = len(planned)
     if notice:
         run.summary.notices.append(notice)
-    run.summary.planned_losses = planned_losses(sink.capabilities, sink.on_long_value)
+    unknown = sorted(set(getattr(source, "unit_kinds", list)()) - {t.kind.name for t in run.types} - {"experiment"})
+    if unknown:
+        run.summary.notices.append(
+            f"the source holds units of kinds this trackport does not know ({', '.join(unknown)}); they are not moved"
+        )
+    run.summary.planned_losses = declared_losses(source, sink)
     run.ledger.started(
         {"kind": source_description.kind, "uri": source_description.uri},
         selection.to_json(),
@@ -118,6 +135,16 @@ def transfer(
     return run.summary
 
 
+def declared_losses(source: SourceStore, sink: SinkStore) -> list[str]:
+    """What the sink will not hold exactly, said before anything is written: from its
+    capabilities, and the kinds the source may hold that the sink has no place for."""
+    return planned_losses(sink.capabilities, sink.on_long_value) + [
+        f"{t.kind.plural}: the target cannot hold them; each is recorded as skipped"
+        for t in unit_types()
+        if not t.holds(sink) and (hasattr(source, "iter_units") or hasattr(source, f"iter_{t.kind.plural}"))
+    ]
+
+
 class _Transfer:
     def __init__(
         self,
@@ -126,7 +153,7 @@ class _Transfer:
         selection: Selection,
         idmap: IdMap,
         ledger: Ledger,
-        workers: int,
+        config: TransferConfig,
         on_progress: ProgressCallback | None,
     ) -> None:
         self.source = source
@@ -137,13 +164,19 @@ class _Transfer:
         self.ledger = ledger
         self.summary = Summary()
         self.on_progress = on_progress
-        self.workers = max(1, workers)
-        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="trackport")
+        self.config = config
+        self.types = unit_types()
+        self._types = {t.kind.name: t for t in self.types}
+        self.planned: dict[str, int | None] = {}
+        self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="trackport")
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.idmap.close()
         self.ledger.close()
+
+    def unit_type(self, kind: str) -> UnitType:
+        return self._types[kind]
 
     def stopped(self, exc: BaseException) -> None:
         """A fatal error or an interruption ends the transfer: say so in the transfer log
@@ -156,9 +189,26 @@ class _Transfer:
         except TrackportError:
             pass  # the disk that stopped the transfer refuses this line too; the error says it
 
+    def unit_failure(self, exc: Exception, kind: str, source_id: str) -> str:
+        """Why a unit failed, when exc is a unit's failure (one of trackport's errors, or
+        the OS refusing one file); a fatal error, a full or read-only disk, and anything
+        else (a bug) are raised to stop the transfer."""
+        if isinstance(exc, FatalError):
+            raise exc
+        if isinstance(exc, OSError):
+            fatal = storage_error(exc, exc.filename or f"{kind} {source_id}")
+            if fatal:
+                raise fatal from exc
+        elif not isinstance(exc, TrackportError):
+            raise InternalError(f"internal error in {kind} {source_id}: {_reason(exc)}", kind, source_id) from exc
+        return _reason(exc)
+
     def report(self, kind: str, source_id: str, name: str, outcome: str) -> None:
         if self.on_progress:
-            self.on_progress(ProgressEvent(kind, source_id, name, outcome, self.summary))
+            self.on_progress(ProgressEvent(kind, source_id, name, outcome, self.summary, dict(self.planned)))
+
+    def count_planned(self, kind: str, n: int = 1) -> None:
+        self.planned[kind] = (self.planned.get(kind) or 0) + n
 
     # -- recording outcomes ------------------------------------------------------------
 
@@ -175,6 +225,18 @@ class _Transfer:
         self.ledger.record(kind, source_id, name, "not_selected", reason)
         self.report(kind, source_id, name, "not_selected")
 
+    def record_moved(self, kind: str, source_id: str, name: str, moved: Moved) -> None:
+        self.idmap.add(kind, source_id, moved.target_id)
+        self.summary.unit(kind, moved.outcome)
+        for measure, amount in moved.amounts.items():
+            self.summary.add(measure, moved.outcome, amount)
+        for loss in moved.losses:
+            self.summary.lost(f"{kind} {name!r} ({source_id}): {loss}" if name else f"{kind} {source_id}: {loss}")
+        if moved.missing_artifact_folder:
+            self.summary.no_artifact_folder(moved.missing_artifact_folder)
+        self.ledger.record(kind, source_id, name, moved.outcome, moved.reason, losses=moved.losses, notes=moved.notes, **moved.amounts)
+        self.report(kind, source_id, name, moved.outcome)
+
     # -- experiments -------------------------------------------------------------------
 
     def move_experiment(self, planned: PlannedExperiment) -> None:
@@ -184,64 +246,106 @@ class _Transfer:
             return
         exp_id, name = experiment.experiment_id, experiment.name
         if planned.not_selected:
-            problem = self._each_run(
-                experiment, lambda run: self.record_not_selected("run", run.run_id, run.run_name, IN_DELETED_EXPERIMENT)
-            )
+            problem = self._each_unit(experiment, lambda k, i, n: self.record_not_selected(k, i, n, IN_DELETED_EXPERIMENT))
             if problem:
                 self.record_failure("experiment", exp_id, name, f"deleted, and {problem}")
             else:
                 self.record_not_selected("experiment", exp_id, name, planned.not_selected)
             return
+        runs = self._runs_if_needed(experiment)
+        if runs is None:
+            return
         try:
             written = self.sink.put_experiment(experiment)
-        except FatalError:
-            raise
         except Exception as exc:  # noqa: BLE001 - recorded, reported, counted
-            reason = _reason(exc)
-            problem = self._each_run(
+            reason = self.unit_failure(exc, "experiment", exp_id)
+            problem = self._each_unit(
                 experiment,
-                lambda run: self.record_failure("run", run.run_id, run.run_name, f"its experiment could not be written: {reason}"),
+                lambda k, i, n: self.record_failure(k, i, n, f"its experiment could not be written: {reason}"),
+                runs,
             )
             self.record_failure("experiment", exp_id, name, reason + (f"; and {problem}" if problem else ""))
             return
         target = written.target_experiment_id
-        self.idmap.add_experiment(exp_id, target)
-        problem = move_runs(self, experiment, target)
+        self.idmap.add("experiment", exp_id, target)
+        scope = ExperimentUnits(self, experiment, target)
+        problem = None
+        for unit_type in self.types:
+            problem = problem or self._move_kind(scope, unit_type, runs if unit_type.kind.name == "run" else None)
         if problem is None:
             problem = self._finish_experiment(experiment, target)
         if problem:
             self.record_failure("experiment", exp_id, name, problem)
             return
         outcome = "done" if written.created else "skipped"
-        self.summary.add("experiments", outcome)
+        self.summary.unit("experiment", outcome)
         self.ledger.record("experiment", exp_id, name, outcome, None if written.created else "already in the target")
         self.report("experiment", exp_id, name, outcome)
+
+    def _move_kind(self, scope: ExperimentUnits, unit_type: UnitType, listing=None) -> str | None:
+        if listing is None:
+            listing = unit_type.listing(self.source, scope.experiment, self.everything)
+            if listing is None:
+                return None  # the source holds no units of this kind
+        if not unit_type.holds(self.sink):
+            return self._each_of(unit_type, listing, self._cannot_hold(unit_type))
+        return scope.move(unit_type, self._counted(unit_type, listing))
+
+    def _cannot_hold(self, unit_type: UnitType):
+        reason = f"the target cannot hold {unit_type.kind.plural}"
+        return lambda kind, source_id, name: self.record_moved(kind, source_id, name, Moved("", "skipped", reason))
+
+    def _counted(self, unit_type: UnitType, listing):
+        for item in listing:
+            self.count_planned(unit_type.kind.name)
+            yield item
+
+    def _runs_if_needed(self, experiment: Experiment):
+        """The experiment's run listing; None when a selection that picks runs (--filter,
+        --run-id) picks none in it: the experiment is then not selected, and not written,
+        since no selected unit needs it."""
+        runs = self.unit_type("run").listing(self.source, experiment, self.everything)
+        if not (self.selection.filter or self.selection.run_ids):
+            return runs
+        held = []
+        try:
+            for item in runs:
+                held.append(item)
+                if isinstance(item, Unreadable) or self.selection.include_deleted or item.lifecycle_stage != DELETED:
+                    return itertools.chain(held, runs)
+        except Exception:  # noqa: BLE001 - the listing fails again where it is recorded
+            return itertools.chain(held, runs)
+        for run in held:
+            self.record_not_selected("run", run.run_id, run.run_name, DELETED_REASON)
+        reason = "no run in it matches the filter" if self.selection.filter else "none of the selected runs is in it"
+        self.record_not_selected("experiment", experiment.experiment_id, experiment.name, reason)
+        return None
 
     def _finish_experiment(self, experiment: Experiment, target: TargetExperimentId) -> str | None:
         try:
             self.sink.finish_experiment(experiment, target)
-        except FatalError:
-            raise
         except Exception as exc:  # noqa: BLE001 - recorded as the experiment's failure
-            return f"its runs were written, but it could not be finished: {_reason(exc)}"
+            return f"its units were written, but it could not be finished: {self.unit_failure(exc, 'experiment', experiment.experiment_id)}"
         return None
 
-    def _each_run(self, experiment: Experiment, record: Callable[[Run], None]) -> str | None:
-        """Record every run of an experiment that is not moved; the reason the listing
-        broke off, if it did (the runs not reached stay unrecorded: still to do)."""
+    def _each_unit(self, experiment: Experiment, record: Callable[[str, str, str], None], runs=None) -> str | None:
+        """Record every unit of an experiment that is not moved; the reason a listing
+        broke off, if one did (the units not reached stay unrecorded: still to do)."""
+        for unit_type in self.types:
+            listing = runs if runs is not None and unit_type.kind.name == "run" else unit_type.listing(self.source, experiment, self.everything)
+            if listing is not None:
+                problem = self._each_of(unit_type, listing, record)
+                if problem:
+                    return problem
+        return None
+
+    def _each_of(self, unit_type: UnitType, listing, record: Callable[[str, str, str], None]) -> str | None:
         try:
-            for run in self.iter_runs(experiment):
-                if isinstance(run, Unreadable):
-                    self.record_unreadable(run)
+            for item in self._counted(unit_type, listing):
+                if isinstance(item, Unreadable):
+                    self.record_unreadable(item)
                 else:
-                    record(run)
-        except FatalError:
-            raise
+                    record(unit_type.kind.name, unit_type.source_id(item), unit_type.name(item))
         except Exception as exc:  # noqa: BLE001 - recorded as the experiment's failure
-            return f"its runs could not all be listed: {_reason(exc)}"
+            return f"its {unit_type.kind.plural} could not all be listed: {self.unit_failure(exc, unit_type.kind.name, '')}"
         return None
-
-    def iter_runs(self, experiment: Experiment) -> Iterator[Run | Unreadable]:
-        """Every run of the experiment, deleted ones too: those the selection leaves out
-        are counted as not selected, with the reason."""
-        return self.source.iter_runs(experiment, self.everything)

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from trackport.domain import Capabilities
 
-LONG_VALUE_POLICIES = ("error", "truncate")
-
 
 def planned_losses(capabilities: Capabilities, on_long_value: str = "error") -> list[str]:
     """One line per kind of data the sink will not hold exactly, from its capabilities."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from trackport.errors import BadInputError
 from trackport.locking import is_locked
-from trackport.transfer.idmap import IDMAP_FILE
+from trackport.transfer.idmap import IDMAP_FILE, kind_order
 from trackport.transfer.jsonl import read_jsonl
 from trackport.transfer.ledger import LEDGER_FILE, TRANSFERS_FILE
 from trackport.transfer.summary import OUTCOMES
@@ -33,7 +33,7 @@ class LastTransfer:
 @dataclass
 class TransferStatus:
     state_dir: Path
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> outcome -> units
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # kind name -> outcome -> units
     failed: list[dict] = field(default_factory=list)  # ledger lines of units whose latest outcome failed
     last_activity: str | None = None
     last_transfer: LastTransfer | None = None
@@ -64,7 +64,7 @@ def read_status(state_dir: Path) -> TransferStatus:
             last.units_recorded += 1
             if line["kind"] == "experiment":
                 seen_experiments.add(line["source_id"])
-    for (kind, _), line in sorted(latest.items()):
+    for (kind, _), line in sorted(latest.items(), key=lambda item: (kind_order(item[0][0]), item[0][1])):
         outcomes = status.counts.setdefault(kind, dict.fromkeys(OUTCOMES, 0))
         outcomes[line["outcome"]] = outcomes.get(line["outcome"], 0) + 1
         if line["outcome"] == "failed":
@@ -96,11 +96,11 @@ def _last_transfer(state_dir: Path) -> LastTransfer | None:
 
 
 def read_idmap(state_dir: Path) -> list[dict]:
-    """Every source id → target id pair recorded for the target, experiments first."""
+    """Every source id → target id pair recorded for the target, by kind (experiments first)."""
     if not (state_dir / IDMAP_FILE).is_file():
         raise BadInputError(f"no id map for this target (no {state_dir / IDMAP_FILE}); run a transfer into it first")
     latest = {(e["kind"], e["source_id"]): e["target_id"] for e in read_jsonl(state_dir / IDMAP_FILE)}
     return [
         {"kind": kind, "source_id": source_id, "target_id": target_id}
-        for (kind, source_id), target_id in sorted(latest.items())
+        for (kind, source_id), target_id in sorted(latest.items(), key=lambda item: (kind_order(item[0][0]), item[0][1]))
     ]

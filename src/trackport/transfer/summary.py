@@ -1,20 +1,22 @@
-"""Counts of what a transfer did: done / skipped / failed / not selected, per kind of thing
-moved. Every experiment and run the source holds under the selection is in exactly one
-of the four (points and bytes are counted for what was read: done or failed)."""
+"""Counts of what a transfer did: done / skipped / failed / not selected, per kind of unit
+(keyed by the kind's plural: "experiments", "runs", "notes") and for the amounts moved
+(metric points, artifact files and bytes). Every unit the source holds under the
+selection is in exactly one of the four."""
 from __future__ import annotations
 
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
+from trackport.kinds import kind as _kind
+
 OUTCOMES = ("done", "skipped", "failed", "not_selected")
-MEASURES = ("experiments", "runs", "metric_points", "artifact_files", "artifact_bytes")
-MEASURE_OF_KIND = {"experiment": "experiments", "run": "runs"}
+AMOUNTS = ("metric_points", "artifact_files", "artifact_bytes")
 
 
 @dataclass
 class Failure:
-    kind: str  # "experiment" | "run"
+    kind: str  # a unit kind's name: "experiment", "run", ...
     source_id: str
     name: str
     reason: str
@@ -23,7 +25,7 @@ class Failure:
 @dataclass
 class Summary:
     counts: dict[str, dict[str, int]] = field(
-        default_factory=lambda: {m: dict.fromkeys(OUTCOMES, 0) for m in MEASURES}
+        default_factory=lambda: {m: dict.fromkeys(OUTCOMES, 0) for m in ("experiments", "runs", *AMOUNTS)}
     )
     failures: list[Failure] = field(default_factory=list)
     # (kind, reason) -> how many units were left out for it; each one is in the ledger.
@@ -37,19 +39,33 @@ class Summary:
     first_missing_artifact_folder: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
+    def track(self, kind: str) -> None:
+        """Show the kind's counts (zeros too) from now on, units before amounts."""
+        measure = _kind(kind).plural
+        with self._lock:
+            if measure not in self.counts:
+                amounts = {m: self.counts.pop(m) for m in AMOUNTS}
+                self.counts[measure] = dict.fromkeys(OUTCOMES, 0)
+                self.counts.update(amounts)
+
     def add(self, measure: str, outcome: str, amount: int = 1) -> None:
         with self._lock:
-            self.counts[measure][outcome] += amount
+            self.counts.setdefault(measure, dict.fromkeys(OUTCOMES, 0))[outcome] += amount
+
+    def unit(self, kind: str, outcome: str) -> None:
+        """One unit of the kind ended with the outcome."""
+        self.track(kind)
+        self.add(_kind(kind).plural, outcome)
 
     def fail(self, failure: Failure) -> None:
+        self.unit(failure.kind, "failed")
         with self._lock:
             self.failures.append(failure)
-            self.counts[MEASURE_OF_KIND[failure.kind]]["failed"] += 1
 
     def leave_out(self, kind: str, reason: str) -> None:
+        self.unit(kind, "not_selected")
         with self._lock:
             self.not_selected[(kind, reason)] += 1
-            self.counts[MEASURE_OF_KIND[kind]]["not_selected"] += 1
 
     def lost(self, description: str) -> None:
         with self._lock:
@@ -62,14 +78,14 @@ class Summary:
 
     @property
     def failed(self) -> int:
-        return sum(c["failed"] for c in self.counts.values())
+        return sum(c["failed"] for m, c in self.counts.items() if m not in AMOUNTS)
 
     def all_notices(self) -> list[str]:
         notices = list(self.notices)
         if self.missing_artifact_folders:
             n = self.missing_artifact_folders
             notices.append(
-                f"{n} run{'s' if n != 1 else ''} had no artifact folder in the source"
+                f"{_kind('run').count(n)} had no artifact folder in the source"
                 f" (the first: {self.first_missing_artifact_folder}); MLflow reads that as no artifacts."
                 " If they logged some, the source names the wrong place (for a server's database:"
                 " ?artifacts_destination=<its --artifacts-destination>)"

@@ -18,9 +18,12 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from trackport.config import DEFAULT
 from trackport.errors import AuthError, BadInputError, TransientError, UnitError, UnreachableError
 from trackport.stores.rest.auth import Connection
 
+API = "/api/2.0/mlflow"  # MLflow's tracking API
+ARTIFACTS_API = "/api/2.0/mlflow-artifacts"  # the server's proxied artifact service
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 NOT_PROCESSED_STATUSES = frozenset({429, 503})
 
@@ -86,11 +89,12 @@ def _where(url: str) -> str:
 
 
 class RestClient:
-    def __init__(self, connection: Connection, *, pool_size: int = 32) -> None:
+    def __init__(self, connection: Connection, *, pool_size: int = 32, retries: int = DEFAULT.retries) -> None:
         self.connection = connection
         self.base_url = connection.base_url
         self.timeout = _env_number("MLFLOW_HTTP_REQUEST_TIMEOUT", 120)
-        attempts = int(_env_number("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 7))
+        # MLflow's own setting, which its users may have set already, wins over ours.
+        attempts = int(_env_number("MLFLOW_HTTP_REQUEST_MAX_RETRIES", retries))
         self._idempotent = _session(connection, True, pool_size, attempts)
         self._once = _session(connection, False, pool_size, attempts)
         # The first call of a transfer tells at once whether the server is there at all:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from trackport.config import DEFAULT, TransferConfig
 from trackport.errors import BadInputError
 from trackport.stores.rest.auth import resolve_connection
-from trackport.stores.rest.http import NotFoundError, RestClient, RestError
+from trackport.stores.rest.http import API, NotFoundError, RestClient, RestError
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,13 @@ class ServerInfo:
         return self.store_type != "FileStore"
 
 
-def connect(uri: str, side: str, *, pool_size: int = 32) -> tuple[RestClient, ServerInfo]:
+def connect(uri: str, side: str, *, config: TransferConfig = DEFAULT) -> tuple[RestClient, ServerInfo]:
     """A client for the server at uri, checked with one quick call. side is "source" or
-    "target" (it picks TRACKPORT_SOURCE_* / TRACKPORT_TARGET_* settings first)."""
-    client = RestClient(resolve_connection(uri, side), pool_size=pool_size)
+    "target" (it picks TRACKPORT_SOURCE_* / TRACKPORT_TARGET_* settings first). Its
+    connection pool keeps two connections per worker of config."""
+    client = RestClient(resolve_connection(uri, side), pool_size=2 * config.workers, retries=config.retries)
     try:
-        answer = client.probe("/api/2.0/mlflow/experiments/search", {"max_results": 1})
+        answer = client.probe(f"{API}/experiments/search", {"max_results": 1})
         if not isinstance(answer, dict):
             raise BadInputError(f"{client.base_url} does not answer like an MLflow tracking server")
         return client, _server_info(client)
@@ -59,7 +61,7 @@ def _server_info(client: RestClient) -> ServerInfo:
 
 def _identity(client: RestClient) -> str | None:
     try:
-        answer = client.call("GET", "/api/2.0/mlflow/experiments/get", params={"experiment_id": "0"})
+        answer = client.call("GET", f"{API}/experiments/get", params={"experiment_id": "0"})
     except (NotFoundError, RestError, BadInputError):
         return None
     created = (answer.get("experiment") or {}).get("creation_time")

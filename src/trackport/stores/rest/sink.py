@@ -2,26 +2,21 @@
 
 The server assigns run and experiment ids, so every run carries provenance tags naming its
 source, and a completion tag written last: a run without it is the partial copy of an
-interrupted transfer, which the next transfer deletes and writes again. Metrics stream from
-the source in Arrow batches into log-batch calls filled to MLflow's limits; artifacts stream
-through the server's proxied artifact service. mlflow itself is never imported here.
+interrupted transfer, which the next transfer deletes and writes again (copies). Metrics
+stream from the source in Arrow batches into log-batch calls filled to MLflow's limits;
+artifacts stream through the server's proxied artifact service (artifacts). mlflow itself
+is never imported here.
 """
 from __future__ import annotations
 
 import json
-import math
-import os
 import posixpath
 import re
-import shutil
-import tempfile
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
-from urllib.parse import quote, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
-
+from trackport.config import DEFAULT, TransferConfig, state_home
 from trackport.domain import (
     DELETED,
     PARENT_RUN_ID_TAG,
@@ -35,25 +30,27 @@ from trackport.domain import (
 )
 from trackport.errors import TransientError, UnitError, UnreachableError
 from trackport.locking import TargetLock
-from trackport.stores import state_home
-from trackport.stores.base import ExperimentWriteResult, RunContent, RunWriteResult, SinkStore, StoreDescription
-from trackport.stores.rest.http import NotFoundError, RestClient, RestError
-from trackport.stores.rest.metric_json import MetricTexts
-from trackport.stores.rest.server import ServerInfo
-from trackport.transfer.plan import LONG_VALUE_POLICIES
-from trackport.transfer.references import (
+from trackport.provenance import (
     COMPLETE_TAG,
     LOSSES_TAG,
     SOURCE_EXPERIMENT_ID_TAG,
     SOURCE_RUN_ID_TAG,
-    is_mlmodel,
     is_provenance_tag,
-    rewrite_mlmodel,
     rewrite_tag,
 )
-
-API = "/api/2.0/mlflow"
-ARTIFACTS_API = "/api/2.0/mlflow-artifacts"
+from trackport.stores.base import (
+    LONG_VALUE_POLICIES,
+    ExperimentWriteResult,
+    RunContent,
+    RunWriteResult,
+    SinkStore,
+    StoreDescription,
+)
+from trackport.stores.rest.artifacts import ArtifactUploader
+from trackport.stores.rest.copies import COMPLETE_VALUE, Copies
+from trackport.stores.rest.http import API, NotFoundError, RestClient, RestError
+from trackport.stores.rest.metric_json import MetricTexts
+from trackport.stores.rest.server import ServerInfo
 
 # log-batch limits (MLflow's utils/validation.py, enforced by the server).
 MAX_METRICS_PER_BATCH = 1000
@@ -67,27 +64,9 @@ MAX_KEY = 250
 # server that is not Windows): checked before a run is created, so a run the server would
 # refuse half-way is refused before anything of it is there.
 _VALID_KEY = re.compile(r"^[/\w.\- :]*$")
-SEARCH_PAGE = 1000
 # Asking again for a run or experiment whose creation got no answer (the server may have
 # acted): the creation is checked for, and undone or adopted, before each new attempt.
 CREATE_ATTEMPTS = 5
-_SIMPLE_ID = re.compile(r"^[\w\-]+$")
-
-MULTIPART_MIN_SIZE = 500 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE
-MULTIPART_CHUNK = 10 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE
-SMALL_FILE = 1024 * 1024  # read whole and sent as bytes (also avoids chunked empty bodies)
-COPY_CHUNK = 1024 * 1024
-
-COMPLETE_VALUE = "true"
-
-
-@dataclass
-class _Copy:
-    """A run in the target that names a source run in its provenance tag."""
-
-    target_run_id: str
-    complete: bool
-    lifecycle_stage: str
 
 
 def _sanitize(text: str) -> str:
@@ -109,6 +88,7 @@ class RestSink(SinkStore):
         *,
         on_long_value: str = "error",
         state_root: Path | None = None,
+        config: TransferConfig = DEFAULT,
     ) -> None:
         if on_long_value not in LONG_VALUE_POLICIES:
             raise ValueError(f"on_long_value must be one of {LONG_VALUE_POLICIES}, not {on_long_value!r}")
@@ -131,11 +111,8 @@ class RestSink(SinkStore):
             undoes_failed_runs=False,  # runs/delete only marks a run deleted
         )
         self._target_lock = TargetLock(self.state_dir(), self.client.base_url)
-        self._lock = threading.Lock()
-        # target experiment id -> {source run id -> copies found in the target}
-        self._copies: dict[str, dict[str, list[_Copy]]] = {}
-        self._prefetch_locks: dict[str, threading.Lock] = {}
-        self._restored: set[str] = set()  # target experiments this sink restored
+        self._copies = Copies(client, search_page=config.rest_runs_page)  # runs/search pages
+        self._artifacts = ArtifactUploader(client, multipart_uploads=info.multipart_uploads)
 
     # ------------------------------------------------------------------ common
 
@@ -203,9 +180,7 @@ class RestSink(SinkStore):
                 # A retried restore whose first attempt arrived finds it active already.
                 if self._experiment_stage(target_id) == DELETED:
                     raise
-            with self._lock:
-                self._restored.add(target_id)
-                self._copies.pop(target_id, None)
+            self._copies.forget(target_id)
         return ExperimentWriteResult(TargetExperimentId(target_id), created=False)
 
     def finish_experiment(self, experiment: Experiment, target_experiment_id: TargetExperimentId) -> None:
@@ -227,79 +202,13 @@ class RestSink(SinkStore):
 
     # ------------------------------------------------------------------ finding earlier copies
 
-    def _index(self, target_experiment_id: str) -> dict[str, list[_Copy]]:
-        """Every run of the experiment that carries our provenance tag, read once."""
-        with self._lock:
-            index = self._copies.get(target_experiment_id)
-            if index is not None:
-                return index
-            prefetch_lock = self._prefetch_locks.setdefault(target_experiment_id, threading.Lock())
-        with prefetch_lock:
-            with self._lock:
-                index = self._copies.get(target_experiment_id)
-            if index is not None:
-                return index
-            index = {}
-            for found in self._search_copies(target_experiment_id):
-                tags = {t["key"]: t.get("value", "") for t in found.get("data", {}).get("tags", [])}
-                source_id = tags.get(SOURCE_RUN_ID_TAG)
-                if not source_id:
-                    continue
-                info = found["info"]
-                index.setdefault(source_id, []).append(
-                    _Copy(
-                        target_run_id=info.get("run_id") or info["run_uuid"],
-                        complete=tags.get(COMPLETE_TAG) == COMPLETE_VALUE,
-                        lifecycle_stage=info.get("lifecycle_stage", "active"),
-                    )
-                )
-            with self._lock:
-                self._copies[target_experiment_id] = index
-            return index
-
-    def _search_copies(self, target_experiment_id: str) -> Iterator[dict]:
-        body = {
-            "experiment_ids": [target_experiment_id],
-            "filter": f"tags.`{SOURCE_RUN_ID_TAG}` != ''",
-            "run_view_type": "ALL",
-            "max_results": SEARCH_PAGE,
-        }
-        for answer in self.client.pages("POST", f"{API}/runs/search", body):
-            yield from answer.get("runs", [])
-
     def find_run(self, run: Run, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
-        index = self._index(str(target_experiment_id))
-        with self._lock:
-            copies = list(index.get(run.run_id, ()))
-        complete = next((c for c in copies if c.complete), None)
-        partial = [c for c in copies if not c.complete]
-        for copy in partial:
-            if copy.lifecycle_stage != DELETED:
-                # Left by an interrupted transfer: never let it pass for an ordinary run.
-                self._delete_run(copy.target_run_id)
-        if complete is not None and run.lifecycle_stage == DELETED and complete.lifecycle_stage != DELETED:
-            # Restoring the experiment restored all its runs, or an interrupted transfer
-            # stopped between the completion tag and the deletion: put back the deleted state.
-            self._delete_run(complete.target_run_id)
-            complete.lifecycle_stage = DELETED
-        with self._lock:
-            if complete is None:
-                index.pop(run.run_id, None)
-            else:
-                index[run.run_id] = [complete]
-        return TargetRunId(complete.target_run_id) if complete is not None else None
+        found = self._copies.find(run, str(target_experiment_id))
+        return TargetRunId(found) if found is not None else None
 
     def lookup_run(self, source_run_id: SourceRunId, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
-        index = self._index(str(target_experiment_id))
-        with self._lock:
-            complete = next((c for c in index.get(source_run_id, ()) if c.complete), None)
-        return TargetRunId(complete.target_run_id) if complete is not None else None
-
-    def _delete_run(self, target_run_id: str) -> None:
-        try:
-            self._post("runs/delete", {"run_id": target_run_id})
-        except NotFoundError:
-            pass
+        found = self._copies.lookup(source_run_id, str(target_experiment_id))
+        return TargetRunId(found) if found is not None else None
 
     # ------------------------------------------------------------------ writing runs
 
@@ -372,7 +281,7 @@ class RestSink(SinkStore):
                 )
             if run.inputs:
                 self._log_inputs(target_id, run)
-            self._upload_artifacts(run, target_id, info.get("artifact_uri") or "", content, result)
+            self._artifacts.upload(run, target_id, info.get("artifact_uri") or "", content, result)
             update: dict[str, Any] = {"run_id": target_id, "status": run.status}
             if run.end_time is not None:
                 update["end_time"] = run.end_time
@@ -392,10 +301,7 @@ class RestSink(SinkStore):
                 pass
             raise
         result.losses = losses
-        with self._lock:
-            index = self._copies.get(exp_id)
-            if index is not None:
-                index[run.run_id] = [_Copy(target_id, True, run.lifecycle_stage)]
+        self._copies.written(exp_id, run.run_id, target_id, run.lifecycle_stage)
         return result
 
     def _create_run(self, exp_id: str, source_run_id: str, body: dict) -> dict[str, Any]:
@@ -409,28 +315,8 @@ class RestSink(SinkStore):
             except (UnreachableError, TransientError):
                 if attempt >= CREATE_ATTEMPTS:
                     raise
-                for orphan in self._incomplete_copies(exp_id, source_run_id):
-                    self._delete_run(orphan)
+                self._copies.delete_incomplete(exp_id, source_run_id)
         raise AssertionError("unreachable")
-
-    def _incomplete_copies(self, exp_id: str, source_run_id: str) -> list[str]:
-        """Target ids of active runs in the experiment that name source_run_id and are not complete."""
-        if _SIMPLE_ID.match(source_run_id):
-            body = {
-                "experiment_ids": [exp_id],
-                "filter": f"tags.`{SOURCE_RUN_ID_TAG}` = '{source_run_id}'",
-                "run_view_type": "ACTIVE_ONLY",
-                "max_results": SEARCH_PAGE,
-            }
-            found = self._post("runs/search", body).get("runs", [])
-        else:
-            found = [r for r in self._search_copies(exp_id) if r.get("info", {}).get("lifecycle_stage") != DELETED]
-        orphans = []
-        for r in found:
-            tags = {t["key"]: t.get("value", "") for t in r.get("data", {}).get("tags", [])}
-            if tags.get(SOURCE_RUN_ID_TAG) == source_run_id and tags.get(COMPLETE_TAG) != COMPLETE_VALUE:
-                orphans.append(r["info"].get("run_id") or r["info"]["run_uuid"])
-        return orphans
 
     # -- params, tags, metrics
 
@@ -474,93 +360,6 @@ class RestSink(SinkStore):
             datasets.append({"tags": [{"key": k, "value": v} for k, v in ds.tags.items()], "dataset": dataset})
         self._post("runs/log-inputs", {"run_id": run_id, "datasets": datasets})
 
-    # -- artifacts
-
-    def _upload_artifacts(
-        self, run: Run, target_id: str, artifact_uri: str, content: RunContent, result: RunWriteResult
-    ) -> None:
-        root: str | None = None
-        for artifact in content.artifact_files():
-            if root is None:
-                root = _artifact_root(artifact_uri)
-            self._upload_one(run, target_id, root, artifact.path, artifact.size, content, result)
-
-    def _upload_one(
-        self, run: Run, target_id: str, root: str, path: str, size: int, content: RunContent, result: RunWriteResult
-    ) -> None:
-        rel = _quote_path(path)
-        url = f"{ARTIFACTS_API}/artifacts/{root}/{rel}"
-        headers = {"Content-Type": "application/octet-stream"}
-        with content.open_artifact(path) as stream:
-            if is_mlmodel(path):
-                data = stream.read()
-                result.artifact_bytes += len(data)
-                self.client.request("PUT", url, data=rewrite_mlmodel(data, run.run_id, target_id), headers=headers)
-            elif size < SMALL_FILE:
-                data = stream.read()
-                result.artifact_bytes += len(data)
-                self.client.request("PUT", url, data=data, headers=headers)
-            else:
-                with _rewindable(stream) as body:
-                    length = _remaining(body)
-                    sent = (
-                        self.info.multipart_uploads
-                        and length >= MULTIPART_MIN_SIZE
-                        and self._multipart_upload(root, path, body, length)
-                    )
-                    if not sent:
-                        headers["Content-Length"] = str(length)
-                        self.client.request("PUT", url, data=body, headers=headers)
-                    result.artifact_bytes += length
-        result.artifact_files += 1
-
-    def _multipart_upload(self, root: str, path: str, body: BinaryIO, length: int) -> bool:
-        """MLflow's proxied multipart upload (S3-like destinations): parts go straight to
-        presigned URLs, without our credentials. False when the artifact destination does
-        not support it (a plain PUT is then used)."""
-        directory, filename = posixpath.split(path)
-        endpoint_dir = root + ("/" + _quote_path(directory) if directory else "")
-        num_parts = max(1, math.ceil(length / MULTIPART_CHUNK))
-        start = body.tell()
-        try:
-            created = self.client.call(
-                "POST",
-                f"{ARTIFACTS_API}/mpu/create/{endpoint_dir}",
-                body={"path": filename, "num_parts": num_parts},
-                idempotent=False,
-            )
-        except (RestError, TransientError) as exc:
-            if "NOT_IMPLEMENTED" in str(exc) or "HTTP 501" in str(exc):
-                return False
-            raise
-        upload_id = created["upload_id"]
-        try:
-            parts = []
-            for credential in sorted(created.get("credentials", []), key=lambda c: int(c["part_number"])):
-                number = int(credential["part_number"])
-                body.seek(start + (number - 1) * MULTIPART_CHUNK)
-                chunk = body.read(MULTIPART_CHUNK)
-                response = self.client.request(
-                    "PUT", credential["url"], data=chunk, headers=credential.get("headers") or {}, authenticated=False
-                )
-                parts.append({"part_number": number, "etag": response.headers.get("ETag", ""), "url": credential["url"]})
-            self.client.call(
-                "POST",
-                f"{ARTIFACTS_API}/mpu/complete/{endpoint_dir}",
-                body={"path": filename, "upload_id": upload_id, "parts": parts},
-            )
-            return True
-        except BaseException:
-            try:
-                self.client.call(
-                    "POST",
-                    f"{ARTIFACTS_API}/mpu/abort/{endpoint_dir}",
-                    body={"path": filename, "upload_id": upload_id},
-                )
-            except Exception:  # noqa: BLE001 - best effort
-                pass
-            raise
-
 
 def _not_unique(key: str) -> bool:
     """MLflow's path_not_unique: a key must be its own normalised path."""
@@ -576,51 +375,3 @@ def _losses_value(losses: list[str]) -> str:
         kept.pop()
         value = json.dumps(kept + [f"... {len(losses) - len(kept)} more in the transfer ledger"], ensure_ascii=False)
     return value[:MAX_TAG_VALUE]
-
-
-def _artifact_root(artifact_uri: str) -> str:
-    """The proxied path P of a run whose artifact URI is mlflow-artifacts:/P."""
-    parts = urlsplit(artifact_uri)
-    if parts.scheme != "mlflow-artifacts":
-        scheme = parts.scheme or artifact_uri or "an unknown location"
-        raise UnitError(
-            f"target stores artifacts at {scheme} which trackport cannot upload to through the server "
-            "(start the server with --serve-artifacts / --artifacts-destination)"
-        )
-    return _quote_path(parts.path.strip("/"))
-
-
-def _quote_path(path: str) -> str:
-    return "/".join(quote(segment, safe="") for segment in path.split("/"))
-
-
-def _remaining(stream: BinaryIO) -> int:
-    position = stream.tell()
-    end = stream.seek(0, os.SEEK_END)
-    stream.seek(position)
-    return end - position
-
-
-class _rewindable:
-    """The stream itself when it can seek (urllib3 rewinds it on a retry), else a spooled
-    temporary copy of it."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-        self._spool: BinaryIO | None = None
-
-    def __enter__(self) -> BinaryIO:
-        try:
-            if self._stream.seekable():
-                self._stream.tell()
-                return self._stream
-        except (AttributeError, OSError, ValueError):
-            pass
-        self._spool = tempfile.TemporaryFile(prefix="trackport-upload-")
-        shutil.copyfileobj(self._stream, self._spool, COPY_CHUNK)
-        self._spool.seek(0)
-        return self._spool
-
-    def __exit__(self, *exc: object) -> None:
-        if self._spool is not None:
-            self._spool.close()

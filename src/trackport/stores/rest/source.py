@@ -16,40 +16,25 @@ from typing import Any, BinaryIO, Iterator
 from urllib.parse import quote, urlparse
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from trackport.config import DEFAULT, TransferConfig
 from trackport.domain import (
     ACTIVE,
-    DELETED,
-    METRIC_BATCH_ROWS as BATCH_ROWS,
-    METRIC_SCHEMA,
     RUN_NAME_TAG,
     ArtifactFile,
     DatasetInput,
     Experiment,
     Run,
-    rebatch,
 )
 from trackport.errors import BadInputError, TransientError, UnitError
+from trackport.stores._artifact_path import checked_artifact_path
+from trackport.stores._history import history_batches, key_history
 from trackport.stores._localfs import local_artifact_dir, open_local_artifact
-from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
-from trackport.stores.experiment_refs import pick_experiment
-from trackport.stores.rest.http import NotFoundError, RestClient, RestError
+from trackport.selection import resolve_experiments, select_runs
+from trackport.stores.base import Selection, SourceFeatures, SourceStore, StoreDescription, Unreadable
+from trackport.stores.rest.http import API, ARTIFACTS_API, NotFoundError, RestClient
 from trackport.stores.rest.server import ServerInfo
 
-API = "/api/2.0/mlflow"
-PROXY_API = "/api/2.0/mlflow-artifacts/artifacts"
-
-# Page sizes (module constants so tests can shrink them to exercise paging).
-EXPERIMENTS_PAGE = 1000
-RUNS_PAGE = 1000
-HISTORY_PAGE = 25_000  # what MLflow's own client asks for
-RUN_IDS_PER_FILTER = 100
-# Metric keys remembered from runs/search for runs whose history was not read yet (a run
-# the engine skips is never read); beyond this the oldest are forgotten (runs/get then).
-REMEMBERED_RUNS = 10_000
-
-_INT64_MAX = 2**63 - 1
 _RUN_ID = re.compile(r"^[\w\-]+$")
 
 
@@ -113,21 +98,11 @@ def _metric_keys(data: dict) -> list[str]:
     return sorted({m["key"] for m in (data.get("data") or {}).get("metrics") or () if "key" in m})
 
 
-def _id_order(experiment_id: str) -> tuple:
-    return (0, int(experiment_id), "") if experiment_id.isdigit() else (1, 0, experiment_id)
-
-
-def _check_artifact_path(run: Run, path: str) -> str:
-    clean = path.replace("\\", "/")
-    parts = clean.split("/")
-    if (
-        not path
-        or clean.startswith("/")
-        or re.match(r"^[A-Za-z]:", clean)
-        or any(p in ("..", "") for p in parts)
-    ):
-        raise UnitError(f"run {run.run_id}: refusing artifact path {path!r} (absolute, empty or with '..')")
-    return clean
+def _info_order(data: dict) -> tuple:
+    """trackport.selection.run_order of a run as the server sends it."""
+    info = data.get("info") or {}
+    start = info.get("start_time")
+    return (start is None, int(start or 0), str(info.get("run_id") or info.get("run_uuid") or ""))
 
 
 class _Stream:
@@ -161,15 +136,19 @@ class _Stream:
 
 class RestSource(SourceStore):
     """A tracking server as a source. It owns the client it is given: close() closes it
-    (the factory hands the client over and keeps no reference)."""
+    (the factory hands the client over and keeps no reference). Page sizes are config's
+    rest_* (the server's own limits by default)."""
 
-    supports_filter = True  # Selection.filter goes to runs/search as it is
-
-    def __init__(self, client: RestClient, uri: str, info: ServerInfo) -> None:
+    def __init__(self, client: RestClient, uri: str, info: ServerInfo, *, config: TransferConfig = DEFAULT) -> None:
         self.client = client
         self.uri = uri
         self.info = info
-        # Metric keys of runs yielded by iter_runs, so iter_metric_batches needs no call.
+        # Selection.filter goes to runs/search as it is; a SQL-backed server clamps ±inf.
+        self.features = SourceFeatures(filter=True, clamps_infinity=info.clamps_infinity)
+        self._config = config
+        # Metric keys of runs yielded by iter_runs, so iter_metric_batches needs no call;
+        # at most config.rest_remembered_runs runs' (a run the engine skips is never read),
+        # the oldest forgotten first (runs/get then).
         self._metric_keys: dict[str, list[str]] = {}
         self._keys_lock = threading.Lock()  # the engine may read runs from several threads
 
@@ -184,46 +163,9 @@ class RestSource(SourceStore):
 
     # ---------------------------------------------------------------- experiments
 
-    def _experiment_by_id(self, value: str) -> dict | None:
-        if not (value.isdigit() and int(value) <= _INT64_MAX):
-            return None
-        try:
-            return self.client.call("GET", f"{API}/experiments/get", params={"experiment_id": value})["experiment"]
-        except NotFoundError:
-            return None
-        except RestError as exc:
-            if exc.status != 400:  # e.g. INVALID_PARAMETER_VALUE for an id of another form
-                raise
-        return None
-
-    def _experiment_by_name(self, value: str) -> dict | None:
-        try:
-            return self.client.call("GET", f"{API}/experiments/get-by-name", params={"experiment_name": value})[
-                "experiment"
-            ]
-        except NotFoundError:
-            return None
-
-    def _get_experiment(self, ref: str) -> dict:
-        """The experiment --experiment REF names (see experiment_refs), as the server sends it."""
-        fetched: dict[str, dict] = {}
-
-        def remembered(get):
-            def lookup(value: str) -> Experiment | None:
-                data = get(value)
-                if data is None:
-                    return None
-                fetched[str(data["experiment_id"])] = data
-                return _experiment(data)
-
-            return lookup
-
-        found = pick_experiment(ref, remembered(self._experiment_by_id), remembered(self._experiment_by_name), self.uri)
-        return fetched[found.experiment_id]
-
     def _search_experiments(self, include_deleted: bool) -> Iterator[dict]:
         body: dict[str, Any] = {
-            "max_results": EXPERIMENTS_PAGE,
+            "max_results": self._config.rest_experiments_page,
             "view_type": "ALL" if include_deleted else "ACTIVE_ONLY",
         }
         for answer in self.client.pages("POST", f"{API}/experiments/search", body):
@@ -233,46 +175,33 @@ class RestSource(SourceStore):
         return self.client.call("GET", f"{API}/runs/get", params={"run_id": run_id})["run"]
 
     def list_experiments(self, selection: Selection) -> Iterator[Experiment | Unreadable]:
-        found: dict[str, dict] = {}
-        if selection.experiments:
-            for ref in selection.experiments:
-                data = self._get_experiment(ref)
-                found[str(data["experiment_id"])] = data
-        if selection.run_ids:
-            run_exps: set[str] = set()
-            missing = []
-            for run_id in dict.fromkeys(selection.run_ids):
-                try:
-                    run_exps.add(str(self._get_run(run_id)["info"]["experiment_id"]))
-                except NotFoundError:
-                    missing.append(run_id)
-            if missing:
-                raise BadInputError(f"run(s) not found on {self.uri}: {', '.join(missing)}")
-            if selection.experiments:
-                found = {k: v for k, v in found.items() if k in run_exps}
-            else:
-                for exp_id in run_exps:
-                    found[exp_id] = self.client.call(
-                        "GET", f"{API}/experiments/get", params={"experiment_id": exp_id}
-                    )["experiment"]
-        elif not selection.experiments:
-            for data in self._search_experiments(selection.include_deleted):
-                found[str(data["experiment_id"])] = data
-        for exp_id in sorted(found, key=_id_order):
-            data = found[exp_id]
-            if not selection.include_deleted and data.get("lifecycle_stage") == DELETED:
-                continue
+        experiments = []
+        for data in self._search_experiments(include_deleted=True):
             try:
-                yield _experiment(data)
+                experiments.append(_experiment(data))
             except (KeyError, TypeError, ValueError) as exc:
-                yield Unreadable("experiment", exp_id, f"server sent an unusable experiment ({exc!r})")
+                exp_id = str(data.get("experiment_id", "?")) if isinstance(data, dict) else "?"
+                experiments.append(Unreadable("experiment", exp_id, f"server sent an unusable experiment ({exc!r})"))
+        return iter(resolve_experiments(selection, experiments, self._locate_runs, self.uri))
+
+    def _locate_runs(self, run_ids: list[str]) -> dict[str, str]:
+        bad = [i for i in run_ids if not _RUN_ID.match(i)]
+        if bad:
+            raise BadInputError(f"not a run id: {bad[0]!r}")
+        found = {}
+        for run_id in run_ids:
+            try:
+                found[run_id] = str(self._get_run(run_id)["info"]["experiment_id"])
+            except NotFoundError:
+                pass
+        return found
 
     # ---------------------------------------------------------------- runs
 
     def _search_runs(self, experiment_id: str, include_deleted: bool, filter_string: str | None) -> Iterator[dict]:
         body: dict[str, Any] = {
             "experiment_ids": [experiment_id],
-            "max_results": RUNS_PAGE,
+            "max_results": self._config.rest_runs_page,
             "order_by": ["attributes.start_time ASC"],
             "run_view_type": "ALL" if include_deleted else "ACTIVE_ONLY",
         }
@@ -282,27 +211,29 @@ class RestSource(SourceStore):
             yield from answer.get("runs") or ()
 
     def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run | Unreadable]:
-        user_filter = (getattr(selection, "filter", None) or "").strip() or None
+        return select_runs(self._runs(experiment, selection), selection)
+
+    def _runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run | Unreadable]:
+        """The server's search with the selection pushed down: deleted state, the filter,
+        run ids as `attributes.run_id IN (...)` clauses; in run_order, as MLflow sorts
+        `attributes.start_time ASC` (no start time last, ties by run id)."""
+        user_filter = (selection.filter or "").strip() or None
         if selection.run_ids:
             ids = list(dict.fromkeys(selection.run_ids))
             bad = [i for i in ids if not _RUN_ID.match(i)]
             if bad:
                 raise BadInputError(f"not a run id: {bad[0]!r}")
             collected: dict[str, dict] = {}
-            for i in range(0, len(ids), RUN_IDS_PER_FILTER):
-                chunk = ids[i : i + RUN_IDS_PER_FILTER]
+            per_filter = self._config.rest_run_ids_per_filter
+            for i in range(0, len(ids), per_filter):
+                chunk = ids[i : i + per_filter]
                 clause = "attributes.run_id IN ({})".format(", ".join(f"'{r}'" for r in chunk))
                 where = f"{user_filter} AND {clause}" if user_filter else clause
                 for data in self._search_runs(experiment.experiment_id, selection.include_deleted, where):
                     info = data.get("info") or {}
                     collected[info.get("run_id") or info.get("run_uuid") or repr(info)] = data
             # Chunks each come sorted; the whole selection must be too.
-            pages: Iterator[dict] = iter(
-                sorted(
-                    collected.values(),
-                    key=lambda d: (int((d.get("info") or {}).get("start_time") or 0), str((d.get("info") or {}).get("run_id"))),
-                )
-            )
+            pages: Iterator[dict] = iter(sorted(collected.values(), key=_info_order))
         else:
             pages = self._search_runs(experiment.experiment_id, selection.include_deleted, user_filter)
         for data in pages:
@@ -319,7 +250,7 @@ class RestSource(SourceStore):
     def _remember_keys(self, run_id: str, keys: list[str]) -> None:
         with self._keys_lock:
             self._metric_keys[run_id] = keys
-            while len(self._metric_keys) > REMEMBERED_RUNS:
+            while len(self._metric_keys) > self._config.rest_remembered_runs:
                 del self._metric_keys[next(iter(self._metric_keys))]
 
     # ---------------------------------------------------------------- metrics
@@ -328,7 +259,7 @@ class RestSource(SourceStore):
         steps: list[int] = []
         stamps: list[int] = []
         values: list[float] = []
-        params: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE}
+        params: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": self._config.rest_history_page}
         for answer in self.client.pages("GET", f"{API}/metrics/get-history", params, in_body=False):
             metrics = answer.get("metrics") or ()
             # Absent fields are zero (proto JSON drops defaults); float() reads the
@@ -336,30 +267,15 @@ class RestSource(SourceStore):
             steps.extend([int(m.get("step", 0)) for m in metrics])
             stamps.extend([int(m.get("timestamp", 0)) for m in metrics])
             values.extend([float(m.get("value", 0.0)) for m in metrics])
-        n = len(steps)
-        table = pa.Table.from_arrays(
-            [
-                pa.array([key] * n, pa.string()) if n else pa.array([], pa.string()),
-                pa.array(steps, pa.int64()),
-                pa.array(stamps, pa.int64()),
-                pa.array(values, pa.float64()),
-            ],
-            schema=METRIC_SCHEMA,
-        )
-        if n > 1:
-            order = pc.sort_indices(
-                table,
-                sort_keys=[("step", "ascending"), ("timestamp", "ascending"), ("value", "ascending")],
-            )
-            table = table.take(order)
-        return table
+        return key_history(key, steps, stamps, values)
 
     def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
         with self._keys_lock:
             keys = self._metric_keys.pop(run.run_id, None)
         if keys is None:
             keys = _metric_keys(self._get_run(run.run_id))
-        yield from rebatch((self._history(run.run_id, key) for key in keys), BATCH_ROWS)  # keys already sorted
+        # The keys are sorted already (_metric_keys).
+        yield from history_batches(keys, lambda key: self._history(run.run_id, key), self._config.metric_batch_rows)
 
     # ---------------------------------------------------------------- artifacts
 
@@ -403,12 +319,12 @@ class RestSource(SourceStore):
 
     @contextlib.contextmanager
     def open_artifact(self, run: Run, path: str) -> Iterator[BinaryIO]:
-        clean = _check_artifact_path(run, path)
+        clean = checked_artifact_path(run.run_id, path)
         uri = run.artifact_uri or ""
         if uri.startswith("mlflow-artifacts:"):
             prefix = urlparse(uri).path.strip("/")
             full = f"{prefix}/{clean}" if prefix else clean
-            endpoint = f"{PROXY_API}/{quote(full, safe='/')}"
+            endpoint = f"{ARTIFACTS_API}/artifacts/{quote(full, safe='/')}"
             response = self.client.request("GET", endpoint, stream=True)
         else:
             root = self._local_root(run)

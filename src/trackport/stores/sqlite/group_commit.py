@@ -35,7 +35,7 @@ class GroupCommitWriter:
     ) -> None:
         # isolation_level=None: the transaction is ours (BEGIN/SAVEPOINT/COMMIT below).
         self._con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
-        if synchronous_off:  # for the caller's database alone: see local_sqlite
+        if synchronous_off:  # for the caller's database alone: see sqlite.store
             self._con.execute("PRAGMA synchronous = OFF")
         self._max_units = max_units
         self._max_rows = max_rows

@@ -24,8 +24,9 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from trackport._files import CHUNK_SIZE
 from trackport.errors import UnitError, storage_error
-from trackport.stores._localfs import COPY_CHUNK
+from trackport.stores._artifact_path import checked_artifact_path
 from trackport.stores.base import RunContent, RunWriteResult
 
 CLAIMS_DIR = "claims"
@@ -70,12 +71,12 @@ class RunFolders:
         try:
             temp.mkdir()
             for f in files:
-                dest = (temp / f.path).resolve()
-                if not dest.is_relative_to(root) or dest == root:
-                    raise UnitError(f"artifact path {f.path!r} escapes the run's artifact directory")
+                dest = (temp / checked_artifact_path(run_id, f.path)).resolve()
+                if not dest.is_relative_to(root) or dest == root:  # out through a link
+                    raise UnitError(f"run {run_id}: artifact path {f.path!r} escapes the run's artifact directory")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with content.open_artifact(f.path) as src, open(dest, "xb") as dst:
-                    while chunk := src.read(COPY_CHUNK):
+                    while chunk := src.read(CHUNK_SIZE):
                         dst.write(chunk)
                         result.artifact_bytes += len(chunk)
                 result.artifact_files += 1

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 from trackport.errors import BadInputError
-from trackport.stores.sql_reader import read_only_connection
+from trackport.stores.mlflow_db.sqlite import read_only_connection
 
 # A page size is fixed when a database is made. sqlite's default (4 KiB) splits pages four
 # times as often while the metrics table and its three indexes grow; 16 KiB pages write

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trackport.errors import BadInputError
-from trackport.stores._group_commit import BUSY_TIMEOUT_S
-from trackport.stores._sqlite_schema import (
+from trackport.stores.mlflow_db.sqlite import looks_like_mlflow_db, read_only_connection, sqlite_identity
+from trackport.stores.mlflow_db.uri import split_uri_options
+from trackport.stores.sqlite.group_commit import BUSY_TIMEOUT_S
+from trackport.stores.sqlite.schema import (
     SchemaTemplate,
     check_revision,
     create_database,
     refuse_leftover_journal,
 )
-from trackport.stores.sql_reader import looks_like_mlflow_db, read_only_connection, split_uri_options, sqlite_identity
 
 FILLING_MARKER = "filling"
 
@@ -60,7 +61,7 @@ def default_artifact_root(db_path: Path) -> Path:
 @dataclass(frozen=True)
 class OpenedForWriting:
     created_here: bool  # this transfer made the database
-    identity: str | None  # sql_reader.sqlite_identity
+    identity: str | None  # mlflow_db.sqlite.sqlite_identity
     filling_marker: Path
     filling: bool  # written without fsyncs until the marker is removed at close
 

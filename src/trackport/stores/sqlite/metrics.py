@@ -24,13 +24,6 @@ import pyarrow.compute as pc
 from trackport.domain import METRIC_SCHEMA
 
 ROWS_PER_INSERT = 1000  # larger VALUES lists measured slower, smaller ones re-seek more
-# Runs up to this many points stay in memory between prepare and insert (about 8 MB per
-# waiting run); larger ones go through an Arrow file, so memory stays flat however long a
-# history is.
-IN_MEMORY_POINTS = 250_000
-# The statements of a run's first points are made before the writer is asked (about 4 MB of
-# Python values per waiting run); a longer history's rest, inside it.
-AHEAD_POINTS = 50_000
 
 STORED_SCHEMA = pa.schema([
     pa.field("key", pa.string(), nullable=False),
@@ -60,9 +53,14 @@ class PreparedPoints:
 
 
 @contextmanager
-def prepare_points(batches: Iterator[pa.RecordBatch], spool_dir: Path) -> Iterator[PreparedPoints]:
+def prepare_points(
+    batches: Iterator[pa.RecordBatch], spool_dir: Path, in_memory_points: int
+) -> Iterator[PreparedPoints]:
     """Read the source's metric batches into PreparedPoints; a spool file, if one was
-    needed, is removed on exit."""
+    needed, is removed on exit. Runs of up to in_memory_points points stay in memory
+    between prepare and insert (about 8 MB per waiting run at the default of
+    config.sqlite_in_memory_points); larger ones go through an Arrow file, so memory stays
+    flat however long a history is."""
     points = PreparedPoints()
     spool_file = writer = None
     try:
@@ -70,7 +68,7 @@ def prepare_points(batches: Iterator[pa.RecordBatch], spool_dir: Path) -> Iterat
             stored = _stored(batch)
             _update_latest(points.latest, stored)
             points.source_points += stored.num_rows
-            if writer is None and points.source_points <= IN_MEMORY_POINTS:
+            if writer is None and points.source_points <= in_memory_points:
                 points._batches.append(stored)
                 continue
             if writer is None:  # too many for memory: all of it goes to a spool file
@@ -120,12 +118,14 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def metric_inserts(run_id: str, points: PreparedPoints) -> Iterator[tuple[str, list[Any]]]:
+def metric_inserts(run_id: str, points: PreparedPoints, ahead_points: int) -> Iterator[tuple[str, list[Any]]]:
     """The INSERT statements of the prepared points with their values, those of the first
-    AHEAD_POINTS points made now: the writer is sqlite's single thread, so the Python work
-    it need not do while holding it is done on the caller's."""
+    ahead_points points made now (about 4 MB of Python values per waiting run at the
+    default of config.sqlite_ahead_points), the rest inside the writer: the writer is
+    sqlite's single thread, so the Python work it need not do while holding it is done on
+    the caller's."""
     statements = _statements(run_id, points)
-    ahead = list(itertools.islice(statements, max(1, AHEAD_POINTS // rows_per_insert())))
+    ahead = list(itertools.islice(statements, max(1, ahead_points // rows_per_insert())))
     return itertools.chain(ahead, statements)
 
 

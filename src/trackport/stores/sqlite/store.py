@@ -1,11 +1,11 @@
 """A local MLflow sqlite tracking store, as a source and as a sink.
 
-As a source it is sql_reader.SqliteSource: read-only (sqlite mode=ro), never MLflow's
-store layer. As a sink, MLflow is not imported either: a new database is a copy of a
-schema MLflow built once for the installed version (_sqlite_schema), an existing one is
+As a source it is mlflow_db.sqlite.SqliteSource: read-only (sqlite mode=ro), never
+MLflow's store layer. As a sink, MLflow is not imported either: a new database is a copy
+of a schema MLflow built once for the installed version (schema), an existing one is
 written only when its schema revision is that version's, and runs go into MLflow's tables
-over one raw sqlite3 connection, each run in a savepoint of a transaction shared with the
-runs written at the same time (_group_commit), metric points in bulk (_sqlite_metrics).
+(rows) over one raw sqlite3 connection, each run in a savepoint of a transaction shared
+with the runs written at the same time (group_commit), metric points in bulk (metrics).
 That is the only way to keep run ids, experiment ids, times and deleted state, and is far
 faster than the store's per-entity API for large metric histories.
 
@@ -25,14 +25,11 @@ import shutil
 import sqlite3
 import threading
 import time
-import uuid
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from trackport.config import DEFAULT, TransferConfig, state_home
 from trackport.domain import (
-    DEFAULT_WORKERS,
-    RUN_NAME_TAG,
     Capabilities,
     Experiment,
     Run,
@@ -43,29 +40,7 @@ from trackport.domain import (
 from trackport._files import fsync_dir
 from trackport.errors import BadInputError, UnitError, storage_error
 from trackport.locking import TargetLock
-from trackport.stores._group_commit import BUSY_TIMEOUT_S, CommitError, GroupCommitWriter
 from trackport.stores._localfs import local_artifact_dir
-from trackport.stores._run_folders import RunFolders
-from trackport.stores._sqlite_files import (
-    default_artifact_root,
-    open_for_writing,
-    sqlite_path_from_uri,
-    sqlite_state_dir,
-)
-from trackport.stores._sqlite_metrics import (
-    insert_points,
-    metric_inserts,
-    prepare_points,
-    remove_stale_spools,
-)
-from trackport.stores._sqlite_schema import (
-    DEFAULT_EXPERIMENT_ID,
-    append_to_uri_path,
-    artifact_root_uri,
-    experiment_artifact_location,
-    installed_mlflow_version,
-    schema_template,
-)
 from trackport.stores.base import (
     ExperimentWriteResult,
     RunContent,
@@ -73,14 +48,33 @@ from trackport.stores.base import (
     SinkStore,
     StoreDescription,
 )
-from trackport.stores.sql_reader import (
-    SqliteSource,
-    read_only_connection,
-    split_uri_options,
+from trackport.stores.mlflow_db.sqlite import SqliteSource
+from trackport.stores.mlflow_db.uri import split_uri_options
+from trackport.stores.sqlite.files import (
+    default_artifact_root,
+    open_for_writing,
+    sqlite_path_from_uri,
+    sqlite_state_dir,
+)
+from trackport.stores.sqlite.group_commit import BUSY_TIMEOUT_S, CommitError, GroupCommitWriter
+from trackport.stores.sqlite.metrics import (
+    insert_points,
+    metric_inserts,
+    prepare_points,
+    remove_stale_spools,
+)
+from trackport.stores.sqlite.rows import Rows
+from trackport.stores.sqlite.run_folders import RunFolders
+from trackport.stores.sqlite.schema import (
+    DEFAULT_EXPERIMENT_ID,
+    append_to_uri_path,
+    artifact_root_uri,
+    experiment_artifact_location,
+    installed_mlflow_version,
+    schema_template,
 )
 
 _DEFAULT_WORKSPACE = "default"
-_WRITTEN_TABLES = ("experiments", "experiment_tags", "runs", "tags", "params", "datasets", "inputs", "input_tags")
 
 
 class SqliteStore(SqliteSource, SinkStore):
@@ -98,7 +92,7 @@ class SqliteStore(SqliteSource, SinkStore):
     )
 
     def __init__(
-        self, uri: str, *, create: bool, artifact_root: str | None = None, workers: int = DEFAULT_WORKERS
+        self, uri: str, *, create: bool, artifact_root: str | None = None, config: TransferConfig = DEFAULT
     ) -> None:
         bare, artifacts_destination = split_uri_options(uri)
         path = sqlite_path_from_uri(bare)
@@ -110,20 +104,18 @@ class SqliteStore(SqliteSource, SinkStore):
             made_state_dir = not state_dir.exists()
             self._lock = TargetLock(state_dir, str(path))
             try:
-                self._open_for_writing(path, artifact_root, workers)
+                self._open_for_writing(path, artifact_root, config)
             except BaseException:
                 self.close()
                 if made_state_dir and not path.exists():  # refused before anything was made
                     shutil.rmtree(state_dir, ignore_errors=True)
                 raise
-        SqliteSource.__init__(self, uri, path, artifacts_destination=artifacts_destination)
+        SqliteSource.__init__(self, uri, path, artifacts_destination=artifacts_destination, config=config)
         if create:  # what killed transfers into this store left: cleared while holding its lock
             self.__dict__["identity"] = self._folders.store_identity  # read once, while opening
             self._folders.settle(lambda run_id: self.lookup_run(SourceRunId(run_id), None) is not None)
 
-    def _open_for_writing(self, path: Path, artifact_root: str | None, workers: int) -> None:
-        from trackport.stores import state_home
-
+    def _open_for_writing(self, path: Path, artifact_root: str | None, config: TransferConfig) -> None:
         self._mlflow_version = installed_mlflow_version()
         template = schema_template(state_home(), self._mlflow_version)
         self._artifact_root = artifact_root_uri(artifact_root or str(default_artifact_root(path)))
@@ -133,14 +125,14 @@ class SqliteStore(SqliteSource, SinkStore):
         self._created_here = opened.created_here
         self._filling_marker = opened.filling_marker
         self._filling = opened.filling
-        self._columns = _table_columns(path, _WRITTEN_TABLES)
+        self._rows = Rows(path)
         self._readers = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
         self._artifact_locations: dict[int, str] = {}
         if self._filling:  # commits are cheap: no run waits for another's
             self._writer = GroupCommitWriter(path, max_units=1, synchronous_off=True)
         else:  # half the workers may wait for a commit while the others prepare their runs
-            self._writer = GroupCommitWriter(path, max_units=max(1, workers // 2))
+            self._writer = GroupCommitWriter(path, max_units=max(1, config.workers // 2))
         self._folders = RunFolders(sqlite_state_dir(path), opened.identity)
         remove_stale_spools(sqlite_state_dir(path))
 
@@ -199,7 +191,7 @@ class SqliteStore(SqliteSource, SinkStore):
         return ExperimentWriteResult(TargetExperimentId(str(exp_id)), created)
 
     def _put_experiment(self, cursor: sqlite3.Cursor, experiment: Experiment) -> tuple[int, bool]:
-        in_workspace = "workspace" in self._columns["experiments"]
+        in_workspace = "workspace" in self._rows.columns["experiments"]
         where, args = ("name = ? AND workspace = ?", (experiment.name, _DEFAULT_WORKSPACE)) if in_workspace else (
             "name = ?", (experiment.name,))
         existing = cursor.execute(f"SELECT experiment_id FROM experiments WHERE {where}", args).fetchone()
@@ -228,14 +220,14 @@ class SqliteStore(SqliteSource, SinkStore):
                 taken = cursor.execute("SELECT 1 FROM experiments WHERE experiment_id = ?", (wanted,)).fetchone()
                 if taken is None:
                     values["experiment_id"] = wanted
-            self._insert(cursor, "experiments", [values])
+            self._rows.insert(cursor, "experiments", [values])
             exp_id = cursor.execute(f"SELECT experiment_id FROM experiments WHERE {where}", args).fetchone()[0]
             cursor.execute(
                 "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
                 (experiment_artifact_location(self._artifact_root, exp_id), exp_id),
             )
         have = {key for (key,) in cursor.execute("SELECT key FROM experiment_tags WHERE experiment_id = ?", (exp_id,))}
-        self._insert(cursor, "experiment_tags", [
+        self._rows.insert(cursor, "experiment_tags", [
             {"key": k, "value": v, "experiment_id": exp_id} for k, v in experiment.tags.items() if k not in have
         ])
         return exp_id, made_here
@@ -278,12 +270,13 @@ class SqliteStore(SqliteSource, SinkStore):
         elif folder is not None:
             self._folders.refuse_foreign(run.run_id, folder)
         try:
-            with prepare_points(content.metric_batches(), self.state_dir()) as points:
-                inserts = metric_inserts(run.run_id, points)
+            in_memory, ahead = self._config.sqlite_in_memory_points, self._config.sqlite_ahead_points
+            with prepare_points(content.metric_batches(), self.state_dir(), in_memory) as points:
+                inserts = metric_inserts(run.run_id, points, ahead)
 
                 def write_rows(cursor: sqlite3.Cursor) -> int:
-                    self._insert_run(cursor, run, exp_id, artifact_uri)
-                    self._insert_inputs(cursor, run, exp_id)
+                    self._rows.insert_run(cursor, run, exp_id, artifact_uri)
+                    self._rows.insert_inputs(cursor, run, exp_id)
                     return insert_points(cursor, run.run_id, points, inserts)
 
                 try:
@@ -302,75 +295,6 @@ class SqliteStore(SqliteSource, SinkStore):
                 "(MLflow's SQL store keeps one of each)"
             )
         return result
-
-    def _insert(self, cursor: sqlite3.Cursor, table: str, rows: list[dict[str, Any]]) -> None:
-        """INSERT rows (dicts with the same keys) into one of MLflow's tables."""
-        if not rows:
-            return
-        columns = list(rows[0])
-        unknown = [c for c in columns if c not in self._columns[table]]
-        if unknown:  # a column this schema does not have: a bug here, not bad input
-            raise RuntimeError(f"{table} has no column {unknown[0]!r}")
-        cursor.executemany(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [tuple(row[c] for c in columns) for row in rows],
-        )
-
-    def _insert_run(self, cursor: sqlite3.Cursor, run: Run, exp_id: int, artifact_uri: str) -> None:
-        tags = dict(run.tags)
-        name = run.run_name or tags.get(RUN_NAME_TAG, "")
-        if name:
-            tags[RUN_NAME_TAG] = name  # MLflow keeps runs.name and this tag equal
-        self._insert(cursor, "runs", [{
-            "run_uuid": run.run_id,
-            "name": name,
-            "source_type": "UNKNOWN",
-            "source_name": "",
-            "entry_point_name": "",
-            "user_id": run.user_id,
-            "status": run.status,
-            "start_time": run.start_time,
-            "end_time": run.end_time,
-            "deleted_time": run.deleted_time,
-            "source_version": "",
-            "lifecycle_stage": run.lifecycle_stage,
-            "artifact_uri": artifact_uri,
-            "experiment_id": exp_id,
-        }])
-        self._insert(cursor, "params", [{"key": k, "value": v, "run_uuid": run.run_id} for k, v in run.params.items()])
-        self._insert(cursor, "tags", [{"key": k, "value": v, "run_uuid": run.run_id} for k, v in tags.items()])
-
-    def _insert_inputs(self, cursor: sqlite3.Cursor, run: Run, exp_id: int) -> None:
-        for ds in run.inputs:
-            row = cursor.execute(
-                "SELECT dataset_uuid FROM datasets WHERE experiment_id = ? AND name = ? AND digest = ?",
-                (exp_id, ds.name, ds.digest),
-            ).fetchone()
-            if row is not None:
-                dataset_uuid = row[0]
-            else:
-                dataset_uuid = uuid.uuid4().hex
-                self._insert(cursor, "datasets", [{
-                    "dataset_uuid": dataset_uuid,
-                    "experiment_id": exp_id,
-                    "name": ds.name,
-                    "digest": ds.digest,
-                    "dataset_source_type": ds.source_type,
-                    "dataset_source": ds.source,
-                    "dataset_schema": ds.schema,
-                    "dataset_profile": ds.profile,
-                }])
-            input_uuid = uuid.uuid4().hex
-            self._insert(cursor, "inputs", [{
-                "input_uuid": input_uuid,
-                "source_type": "DATASET",
-                "source_id": dataset_uuid,
-                "destination_type": "RUN",
-                "destination_id": run.run_id,
-                "step": 0,
-            }])
-            self._insert(cursor, "input_tags",
-                         [{"input_uuid": input_uuid, "name": k, "value": v} for k, v in ds.tags.items()])
 
 
 def _run_folder(artifact_uri: str, run_id: str, files: list) -> Path | None:
@@ -393,11 +317,6 @@ def _write_error(exc: BaseException, what: str, path: Path) -> Exception:
     """A write the database refused: a full or read-only disk stops the transfer."""
     cause = exc.__cause__ if isinstance(exc, CommitError) else exc
     return storage_error(cause, f"{what} into {path}") or UnitError(f"{what}: {exc}")
-
-
-def _table_columns(path: Path, tables: tuple[str, ...]) -> dict[str, frozenset[str]]:
-    with closing(read_only_connection(path)) as con:
-        return {t: frozenset(row[1] for row in con.execute(f"PRAGMA table_info({t})")) for t in tables}
 
 
 def _int_or_none(value: str) -> int | None:

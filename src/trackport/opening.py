@@ -1,0 +1,144 @@
+"""Opening stores from what users type: URIs and paths.
+
+The factory sits above every store adapter (the stores under trackport.stores and the
+bundle), so that no adapter needs to know the others: stores.registry decides which kind
+a URI names, and the adapter of that kind is imported only when one is opened (a
+transfer between local stores never imports the REST client). Every store is opened with
+the transfer's TransferConfig.
+"""
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from trackport.config import DEFAULT, TransferConfig, state_home
+from trackport.errors import BadInputError, storage_error
+from trackport.stores.base import SinkStore, SourceStore
+from trackport.stores.registry import DATABASE, KNOWN, PATH, REST, SQLITE, local_path, locate
+
+
+def _sqlite_uri(uri: str) -> str:
+    return uri if uri.startswith("sqlite:") else "sqlite:///" + str(Path(uri).expanduser().absolute())
+
+
+@contextmanager
+def _opening(uri: str) -> Iterator[None]:
+    """OS and sqlite errors met while a sink is opened, as trackport's own one-line errors."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        raise (storage_error(exc, f"into {uri}") or BadInputError(f"cannot open {uri} for writing: {exc}")) from None
+
+
+def open_source(uri: str, *, config: TransferConfig = DEFAULT) -> SourceStore:
+    """A store to read from: a tracking server, a local sqlite store, a tracking server's
+    database, a legacy mlruns/ directory or a bundle."""
+    location = locate(uri)
+    if location.kind == REST:
+        from trackport.stores.rest.server import connect
+        from trackport.stores.rest.source import RestSource
+
+        client, info = connect(uri, "source", config=config)
+        return RestSource(client, uri, info, config=config)
+    if location.kind == SQLITE:
+        from trackport.stores.sqlite.store import SqliteStore
+
+        return SqliteStore(_sqlite_uri(uri), create=False, config=config)
+    if location.kind == DATABASE:
+        from trackport.stores.mlflow_db.server import ServerDatabaseSource
+        from trackport.stores.mlflow_db.uri import split_uri_options
+
+        bare, artifacts_destination = split_uri_options(uri)
+        return ServerDatabaseSource(bare, artifacts_destination=artifacts_destination, config=config)
+    path = local_path(uri)
+    if not path.exists():
+        raise BadInputError(f"{uri}: no such file or directory; expected {KNOWN}")
+    from trackport.bundle import BundleSource, is_bundle
+
+    if is_bundle(path):
+        return BundleSource(path)
+    from trackport.stores.local_mlruns import MlrunsStore, looks_like_mlruns
+
+    if looks_like_mlruns(path):
+        return MlrunsStore(path, config=config)
+    raise BadInputError(f"{uri}: not a store trackport can read; expected {KNOWN}")
+
+
+def _bundle_path(uri: str) -> Path:
+    if locate(uri).kind != PATH:
+        raise BadInputError(f"{uri}: a bundle is a local directory; use copy to move between stores")
+    return local_path(uri)
+
+
+def open_bundle_source(uri: str, *, config: TransferConfig = DEFAULT) -> SourceStore:
+    """The bundle at uri, to read from. (BundleSource takes no tunables of config yet.)"""
+    from trackport.bundle import BundleSource
+
+    return BundleSource(_bundle_path(uri))
+
+
+def open_bundle_sink(uri: str, *, config: TransferConfig = DEFAULT) -> SinkStore:
+    """The bundle at uri (made if missing), to write into."""
+    from trackport.bundle import BundleSink
+
+    path = _bundle_path(uri)
+    with _opening(uri):
+        return BundleSink(path, row_group_rows=config.bundle_row_group_rows)
+
+
+def open_sink(
+    uri: str, *, artifact_root: str | None = None, on_long_value: str = "error", config: TransferConfig = DEFAULT
+) -> SinkStore:
+    """A store to write into: a tracking server, a local sqlite store (created if missing)
+    or a bundle. The sink holds the target's lock until it is closed."""
+    location = locate(uri)
+    if location.kind == REST:
+        from trackport.stores.rest.server import connect
+        from trackport.stores.rest.sink import RestSink
+
+        client, info = connect(uri, "target", config=config)
+        try:
+            return RestSink(client, uri, info, on_long_value=on_long_value, config=config)
+        except BaseException:
+            client.close()
+            raise
+    if location.kind == SQLITE:
+        from trackport.stores.sqlite.store import SqliteStore
+
+        with _opening(uri):
+            return SqliteStore(_sqlite_uri(uri), create=True, artifact_root=artifact_root, config=config)
+    if location.kind == DATABASE:
+        raise BadInputError(
+            f"{uri.split('://', 1)[0]}://...: a tracking server's database is read here only as a"
+            " source; write through the tracking server (http(s)://...) instead"
+        )
+    from trackport.stores.local_mlruns import looks_like_mlruns
+
+    if looks_like_mlruns(local_path(uri)):
+        raise BadInputError(
+            f"{uri}: cannot write here; give sqlite:///path/mlflow.db for a local MLflow store"
+            " (the legacy mlruns/ file store is read-only) or a new directory for a bundle"
+        )
+    return open_bundle_sink(uri, config=config)  # it refuses anything else that is not a bundle or empty
+
+
+def state_dir_for(uri: str) -> Path:
+    """The directory where transfers into the store at uri keep their id map and ledger,
+    found without opening the store (nothing is created or contacted)."""
+    location = locate(uri)
+    if location.kind == REST:
+        from trackport.stores.rest.auth import resolve_connection
+        from trackport.stores.rest.sink import state_dir_for_url
+
+        return state_dir_for_url(state_home() / "targets", resolve_connection(uri, "target").base_url)
+    if location.kind == SQLITE:
+        from trackport.stores.sqlite.files import sqlite_path_from_uri, sqlite_state_dir
+
+        return sqlite_state_dir(sqlite_path_from_uri(_sqlite_uri(uri)))
+    if location.kind == DATABASE:
+        raise BadInputError(f"{uri.split('://', 1)[0]}://...: a tracking server's database is never a target")
+    from trackport.bundle.layout import TRANSFER_DIR
+
+    return local_path(uri) / TRANSFER_DIR

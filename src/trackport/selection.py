@@ -1,0 +1,105 @@
+"""What a Selection means, decided once for every source.
+
+A source supplies raw listings (every experiment it holds, where given run ids live, an
+experiment's runs with as much of the selection pushed down as it can, declared in its
+`SourceFeatures`); the rules are here, so every source kind gives the same experiments and
+runs in the same order:
+
+- `--experiment REF`: `id:2`, `name:2`, or a bare `2` that is whichever exists (refused as
+  ambiguous when it is one experiment's id and another's name);
+- `--run-id`: only the experiments that hold those runs; an id the source does not hold is
+  refused, naming it;
+- deleted experiments and runs only with include_deleted;
+- experiments by id (numeric ids by value), runs oldest start time first, runs without a
+  start time last (as MLflow's own search orders them), ties by run id.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from trackport.domain import DELETED, Experiment, Run
+from trackport.errors import BadInputError
+from trackport.stores.base import Selection, Unreadable
+
+T = TypeVar("T")  # anything with .experiment_id and .name (an Experiment, a database row)
+
+
+def parse_ref(ref: str) -> tuple[str | None, str]:
+    """("id" | "name" | None, value)."""
+    for kind in ("id", "name"):
+        if ref.startswith(kind + ":"):
+            return kind, ref[len(kind) + 1 :]
+    return None, ref
+
+
+def pick_experiment(ref: str, by_id: Callable[[str], T | None], by_name: Callable[[str], T | None], where: str) -> T:
+    """The one experiment `--experiment ref` names; BadInputError when none or two do."""
+    kind, value = parse_ref(ref)
+    with_id = by_id(value) if kind in (None, "id") else None
+    with_name = by_name(value) if kind in (None, "name") else None
+    if with_id is not None and with_name is not None and str(with_id.experiment_id) != str(with_name.experiment_id):
+        raise BadInputError(
+            f"--experiment {ref!r} is ambiguous in {where}: {value!r} is the id of experiment {with_id.name!r}"
+            f" and the name of experiment {with_name.experiment_id}; say id:{value} or name:{value}"
+        )
+    found = with_id if with_id is not None else with_name
+    if found is None:
+        what = {"id": "with id", "name": "named", None: "named or with id"}[kind]
+        raise BadInputError(f"no experiment {what} {value!r} in {where}")
+    return found
+
+
+def experiment_order(experiment_id: str) -> tuple:
+    """Numeric ids by value (2 before 10), then the others as text."""
+    return (0, int(experiment_id), "") if experiment_id.isdigit() else (1, 0, experiment_id)
+
+
+def run_order(run: Run) -> tuple:
+    return (run.start_time is None, run.start_time or 0, run.run_id)
+
+
+def resolve_experiments(
+    selection: Selection,
+    experiments: Iterable[Experiment | Unreadable],
+    locate_runs: Callable[[list[str]], dict[str, str]],
+    where: str,
+) -> list[Experiment | Unreadable]:
+    """The experiments the selection covers, in experiment order.
+
+    experiments: every experiment the source holds, deleted ones too. locate_runs: for run
+    ids, the experiment id of each one the source holds (ids it does not hold left out)."""
+    held = sorted(experiments, key=lambda e: experiment_order(_id(e)))
+    chosen = held
+    if selection.experiments:
+        # An unreadable experiment can be named by its id only: its name is in the damage.
+        by_id = {_id(e): e if isinstance(e, Experiment) else Experiment(_id(e), "(unreadable)") for e in held}
+        by_name = {e.name: e for e in held if isinstance(e, Experiment)}
+        wanted = {_id(pick_experiment(ref, by_id.get, by_name.get, where)) for ref in selection.experiments}
+        chosen = [e for e in chosen if _id(e) in wanted]
+    if selection.run_ids:
+        homes = locate_runs(list(dict.fromkeys(selection.run_ids)))
+        missing = [r for r in dict.fromkeys(selection.run_ids) if r not in homes]
+        if missing:
+            raise BadInputError(f"run(s) not found in {where}: {', '.join(missing)}")
+        holding = set(homes.values())
+        chosen = [e for e in chosen if _id(e) in holding]
+    if not selection.include_deleted:
+        chosen = [e for e in chosen if not (isinstance(e, Experiment) and e.lifecycle_stage == DELETED)]
+    return chosen
+
+
+def select_runs(runs: Iterable[Run | Unreadable], selection: Selection) -> Iterator[Run | Unreadable]:
+    """The runs of one experiment the selection covers, from a listing that may hold more
+    (what the source could not push down is applied here)."""
+    wanted = set(selection.run_ids)
+    for run in runs:
+        run_id = run.source_id if isinstance(run, Unreadable) else run.run_id
+        if wanted and run_id not in wanted:
+            continue
+        if isinstance(run, Run) and run.lifecycle_stage == DELETED and not selection.include_deleted:
+            continue
+        yield run
+
+
+def _id(experiment: Experiment | Unreadable) -> str:
+    return experiment.source_id if isinstance(experiment, Unreadable) else experiment.experiment_id

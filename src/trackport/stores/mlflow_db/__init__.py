@@ -1,0 +1,20 @@
+"""MLflow's backend-store database read directly, without MLflow and without its server.
+
+The reader is strictly read-only: sqlite files are opened with `mode=ro`, server databases
+(PostgreSQL, MySQL) in read-only sessions, and nothing here ever creates a table, runs a
+migration or takes a write lock, so it is safe on a live server's database. It reads only
+MLflow's core tables (experiments, experiment_tags, runs, params, tags, metrics,
+latest_metrics for --filter, datasets, inputs, input_tags) through SQLAlchemy core with
+lightweight table constructs (no ORM, no MLflow models), so the same queries serve every
+dialect and reserved words such as `key` are quoted per dialect.
+
+Metric histories, the bulk of the data, are streamed into Arrow in batches of
+config.metric_batch_rows: from sqlite through ADBC (`adbc-driver-sqlite`, column-wise, no
+Python object per value) when it is installed, otherwise through the sqlite3 module; from
+server databases key by key through SQLAlchemy with server-side cursors.
+
+Modules: `uri` (trackport's own URI parameter), `tables` (the table constructs and what a
+schema has), `metric_order` (metric rows into ordered Arrow batches), `source` (the reader
+every dialect shares), `search_filter` (--filter with MLflow's own search semantics),
+`sqlite` and `server` (the two kinds of database).
+"""

@@ -1,0 +1,168 @@
+"""A run's artifacts into a tracking server, through its proxied artifact service.
+
+Small files are sent whole; larger ones stream from a rewindable body (urllib3 rewinds it
+on a retry), in parts straight to presigned URLs where the server's destination supports
+MLflow's multipart upload. An MLmodel file names its run, so it is rewritten for the new
+run id (provenance.rewrite_mlmodel).
+"""
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+import shutil
+import tempfile
+from typing import BinaryIO
+from urllib.parse import quote, urlsplit
+
+from trackport._files import CHUNK_SIZE
+from trackport.domain import Run
+from trackport.errors import TransientError, UnitError
+from trackport.provenance import is_mlmodel, rewrite_mlmodel
+from trackport.stores._artifact_path import checked_artifact_path
+from trackport.stores.base import RunContent, RunWriteResult
+from trackport.stores.rest.http import ARTIFACTS_API, RestClient, RestError
+
+MULTIPART_MIN_SIZE = 500 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE
+MULTIPART_CHUNK = 10 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE
+SMALL_FILE = 1024 * 1024  # read whole and sent as bytes (also avoids chunked empty bodies)
+
+
+class ArtifactUploader:
+    def __init__(self, client: RestClient, *, multipart_uploads: bool) -> None:
+        self.client = client
+        self.multipart_uploads = multipart_uploads  # the server said it takes them
+
+    def upload(self, run: Run, target_id: str, artifact_uri: str, content: RunContent, result: RunWriteResult) -> None:
+        """Every artifact of the source run into the target run (whose artifact URI the
+        server gave), counted into result."""
+        root: str | None = None
+        for artifact in content.artifact_files():
+            if root is None:
+                root = _artifact_root(artifact_uri)
+            path = checked_artifact_path(run.run_id, artifact.path)
+            self._upload_one(run, target_id, root, path, artifact.size, content, result)
+
+    def _upload_one(
+        self, run: Run, target_id: str, root: str, path: str, size: int, content: RunContent, result: RunWriteResult
+    ) -> None:
+        rel = _quote_path(path)
+        url = f"{ARTIFACTS_API}/artifacts/{root}/{rel}"
+        headers = {"Content-Type": "application/octet-stream"}
+        with content.open_artifact(path) as stream:
+            if is_mlmodel(path):
+                data = stream.read()
+                result.artifact_bytes += len(data)
+                self.client.request("PUT", url, data=rewrite_mlmodel(data, run.run_id, target_id), headers=headers)
+            elif size < SMALL_FILE:
+                data = stream.read()
+                result.artifact_bytes += len(data)
+                self.client.request("PUT", url, data=data, headers=headers)
+            else:
+                with _rewindable(stream) as body:
+                    length = _remaining(body)
+                    sent = (
+                        self.multipart_uploads
+                        and length >= MULTIPART_MIN_SIZE
+                        and self._multipart_upload(root, path, body, length)
+                    )
+                    if not sent:
+                        headers["Content-Length"] = str(length)
+                        self.client.request("PUT", url, data=body, headers=headers)
+                    result.artifact_bytes += length
+        result.artifact_files += 1
+
+    def _multipart_upload(self, root: str, path: str, body: BinaryIO, length: int) -> bool:
+        """MLflow's proxied multipart upload (S3-like destinations): parts go straight to
+        presigned URLs, without our credentials. False when the artifact destination does
+        not support it (a plain PUT is then used)."""
+        directory, filename = posixpath.split(path)
+        endpoint_dir = root + ("/" + _quote_path(directory) if directory else "")
+        num_parts = max(1, math.ceil(length / MULTIPART_CHUNK))
+        start = body.tell()
+        try:
+            created = self.client.call(
+                "POST",
+                f"{ARTIFACTS_API}/mpu/create/{endpoint_dir}",
+                body={"path": filename, "num_parts": num_parts},
+                idempotent=False,
+            )
+        except (RestError, TransientError) as exc:
+            if "NOT_IMPLEMENTED" in str(exc) or "HTTP 501" in str(exc):
+                return False
+            raise
+        upload_id = created["upload_id"]
+        try:
+            parts = []
+            for credential in sorted(created.get("credentials", []), key=lambda c: int(c["part_number"])):
+                number = int(credential["part_number"])
+                body.seek(start + (number - 1) * MULTIPART_CHUNK)
+                chunk = body.read(MULTIPART_CHUNK)
+                response = self.client.request(
+                    "PUT", credential["url"], data=chunk, headers=credential.get("headers") or {}, authenticated=False
+                )
+                parts.append({"part_number": number, "etag": response.headers.get("ETag", ""), "url": credential["url"]})
+            self.client.call(
+                "POST",
+                f"{ARTIFACTS_API}/mpu/complete/{endpoint_dir}",
+                body={"path": filename, "upload_id": upload_id, "parts": parts},
+            )
+            return True
+        except BaseException:
+            try:
+                self.client.call(
+                    "POST",
+                    f"{ARTIFACTS_API}/mpu/abort/{endpoint_dir}",
+                    body={"path": filename, "upload_id": upload_id},
+                )
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+            raise
+
+
+def _artifact_root(artifact_uri: str) -> str:
+    """The proxied path P of a run whose artifact URI is mlflow-artifacts:/P."""
+    parts = urlsplit(artifact_uri)
+    if parts.scheme != "mlflow-artifacts":
+        scheme = parts.scheme or artifact_uri or "an unknown location"
+        raise UnitError(
+            f"target stores artifacts at {scheme} which trackport cannot upload to through the server "
+            "(start the server with --serve-artifacts / --artifacts-destination)"
+        )
+    return _quote_path(parts.path.strip("/"))
+
+
+def _quote_path(path: str) -> str:
+    return "/".join(quote(segment, safe="") for segment in path.split("/"))
+
+
+def _remaining(stream: BinaryIO) -> int:
+    position = stream.tell()
+    end = stream.seek(0, os.SEEK_END)
+    stream.seek(position)
+    return end - position
+
+
+class _rewindable:
+    """The stream itself when it can seek (urllib3 rewinds it on a retry), else a spooled
+    temporary copy of it."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._spool: BinaryIO | None = None
+
+    def __enter__(self) -> BinaryIO:
+        try:
+            if self._stream.seekable():
+                self._stream.tell()
+                return self._stream
+        except (AttributeError, OSError, ValueError):
+            pass
+        self._spool = tempfile.TemporaryFile(prefix="trackport-upload-")
+        shutil.copyfileobj(self._stream, self._spool, CHUNK_SIZE)
+        self._spool.seek(0)
+        return self._spool
+
+    def __exit__(self, *exc: object) -> None:
+        if self._spool is not None:
+            self._spool.close()

@@ -1,0 +1,227 @@
+"""How the engine moves a unit of each kind: one `UnitType` per kind, all driven the same way.
+
+A unit type says where the source lists the kind's units (per experiment), which other
+units each one depends on, where a dependency is found in the target, and how one unit is
+written. The engine (transfer/scheduler.py) does the rest for every kind alike: the order
+of dependencies, the bounded pool, the id map, ledger, summary and progress.
+
+Runs are one unit type (`RunUnits`). Every other registered kind (trackport.kinds) is a
+`DocumentUnits` unless a richer type is registered for it: its units are `kinds.Unit`
+documents that a store lists with `iter_units(kind, experiment)` (a bundle, for any kind)
+or `iter_<plural>(experiment)`, and writes with `put_unit(unit, target_experiment_id)` /
+`find_unit(...)` or `put_<name>(...)` / `find_<name>(...)`. A store without those methods
+does not hold the kind.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable, Iterator
+
+import pyarrow as pa
+
+from trackport import kinds
+from trackport.domain import DELETED, PARENT_RUN_ID_TAG, ArtifactFile, Experiment, Run, SourceRunId
+from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
+
+Key = tuple[str, str]  # (kind name, source id)
+
+
+@dataclass
+class Moved:
+    """What writing one unit did."""
+
+    target_id: str
+    outcome: str = "done"  # "done" | "skipped"
+    reason: str | None = None  # why it was skipped
+    amounts: dict[str, int] = field(default_factory=dict)  # "metric_points", ... -> how many
+    losses: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    missing_artifact_folder: str | None = None
+
+
+class UnitType(ABC):
+    kind: kinds.UnitKind
+
+    @abstractmethod
+    def listing(self, source: SourceStore, experiment: Experiment, everything: Selection) -> Iterator[Any] | None:
+        """The experiment's units of this kind (and Unreadable for damaged ones), deleted
+        ones too; None when the source does not hold the kind at all."""
+
+    def holds(self, sink: SinkStore) -> bool:
+        """Whether the sink can hold this kind (if not: declared before writing, and each
+        unit is recorded as skipped with the reason)."""
+        return True
+
+    @abstractmethod
+    def source_id(self, unit: Any) -> str: ...
+
+    def name(self, unit: Any) -> str:
+        return ""
+
+    def deleted(self, unit: Any) -> bool:
+        return False
+
+    def dependencies(self, unit: Any) -> list[Key]:
+        """The units inside the experiment this one refers to (the experiment itself aside)."""
+        return []
+
+    def lookup(self, sink: SinkStore, source_id: str, target_experiment_id: str) -> str | None:
+        """The target id of the target's complete copy of a unit of this kind (no side
+        effect): where a dependency that is not part of this transfer is found."""
+        return None
+
+    def dependency_name(self, dependency: Key) -> str:
+        """How messages name a dependency of this kind's units: "run 3f2a..."."""
+        return f"{dependency[0]} {dependency[1]}"
+
+    @abstractmethod
+    def move(
+        self, source: SourceStore, sink: SinkStore, unit: Any, target_experiment_id: str, targets: dict[Key, str | None]
+    ) -> Moved:
+        """Write one unit whole (or find it complete in the target). targets: each
+        dependency's target id, None where the target holds no copy of it."""
+
+
+class _SourceRunContent:
+    """Lets a sink pull one run's metrics and artifacts from the source as it writes."""
+
+    def __init__(self, source: SourceStore, run: Run) -> None:
+        self._source = source
+        self._run = run
+
+    def metric_batches(self) -> Iterator[pa.RecordBatch]:
+        return self._source.iter_metric_batches(self._run)
+
+    def artifact_files(self) -> Iterator[ArtifactFile]:
+        return self._source.list_artifacts(self._run)
+
+    def open_artifact(self, path: str) -> AbstractContextManager[BinaryIO]:
+        return self._source.open_artifact(self._run, path)
+
+
+class RunUnits(UnitType):
+    """A run depends on its parent run: a child is written after its parent, with the
+    parent link naming the parent's copy in the target."""
+
+    kind = kinds.RUN
+
+    def listing(self, source: SourceStore, experiment: Experiment, everything: Selection) -> Iterator[Run | Unreadable]:
+        return source.iter_runs(experiment, everything)
+
+    def source_id(self, unit: Run) -> str:
+        return unit.run_id
+
+    def name(self, unit: Run) -> str:
+        return unit.run_name
+
+    def deleted(self, unit: Run) -> bool:
+        return unit.lifecycle_stage == DELETED
+
+    def dependencies(self, unit: Run) -> list[Key]:
+        return [("run", unit.parent_run_id)] if unit.parent_run_id else []
+
+    def lookup(self, sink: SinkStore, source_id: str, target_experiment_id: str) -> str | None:
+        return sink.lookup_run(SourceRunId(source_id), target_experiment_id)
+
+    def dependency_name(self, dependency: Key) -> str:
+        return f"parent run {dependency[1]}" if dependency[0] == "run" else super().dependency_name(dependency)
+
+    def move(self, source: SourceStore, sink: SinkStore, run: Run, target_experiment_id: str, targets: dict) -> Moved:
+        remapped, losses = _remap_parent(run, targets)
+        existing = sink.find_run(remapped, target_experiment_id)
+        if existing is not None:
+            return Moved(existing, "skipped", "already complete in the target")
+        if not sink.capabilities.undoes_failed_runs:
+            source.check_run(run)  # a damaged run is refused before anything of it is written
+        missing = source.missing_artifact_folder(run)
+        result = sink.put_run(remapped, target_experiment_id, _SourceRunContent(source, run))
+        return Moved(
+            result.target_run_id,
+            amounts={
+                "metric_points": result.metric_points,
+                "artifact_files": result.artifact_files,
+                "artifact_bytes": result.artifact_bytes,
+            },
+            losses=losses + result.losses,
+            notes=[f"no artifact folder at {missing}"] if missing else [],
+            missing_artifact_folder=missing,
+        )
+
+
+def _remap_parent(run: Run, targets: dict[Key, str | None]) -> tuple[Run, list[str]]:
+    parent = run.parent_run_id
+    if not parent:
+        return run, []
+    target_parent = targets.get(("run", parent))
+    if target_parent is None:
+        return run, [f"parent run {parent} is not in the target; {PARENT_RUN_ID_TAG} keeps its source id"]
+    if target_parent == parent:
+        return run, []
+    return dataclasses.replace(run, tags={**run.tags, PARENT_RUN_ID_TAG: target_parent}), []
+
+
+class DocumentUnits(UnitType):
+    """A registered kind whose units are kinds.Unit documents (see the module docstring)."""
+
+    def __init__(self, kind: kinds.UnitKind) -> None:
+        self.kind = kind
+
+    def listing(self, source: SourceStore, experiment: Experiment, everything: Selection) -> Iterator[Any] | None:
+        if hasattr(source, "iter_units"):  # a store that holds documents of any kind
+            return source.iter_units(self.kind, experiment)
+        read = getattr(source, f"iter_{self.kind.plural}", None)
+        return None if read is None else read(experiment)
+
+    def _sink_method(self, sink: SinkStore, verb: str) -> Callable | None:
+        """sink.put_unit / find_unit (any kind), else put_<kind> / find_<kind>."""
+        return getattr(sink, f"{verb}_unit", None) or getattr(sink, f"{verb}_{self.kind.name}", None)
+
+    def holds(self, sink: SinkStore) -> bool:
+        return self._sink_method(sink, "put") is not None
+
+    def source_id(self, unit: kinds.Unit) -> str:
+        return unit.unit_id
+
+    def name(self, unit: kinds.Unit) -> str:
+        return unit.name
+
+    def dependencies(self, unit: kinds.Unit) -> list[Key]:
+        return [(k, i) for k, i in sorted(unit.refs.items()) if k != "experiment"]
+
+    def lookup(self, sink: SinkStore, source_id: str, target_experiment_id: str) -> str | None:
+        find = getattr(sink, f"lookup_{self.kind.name}", None)
+        return None if find is None else find(source_id, target_experiment_id)
+
+    def move(self, source: SourceStore, sink: SinkStore, unit: kinds.Unit, target_experiment_id: str, targets: dict) -> Moved:
+        refs, losses = {}, []
+        for k, source_ref in unit.refs.items():
+            if k == "experiment":
+                refs[k] = target_experiment_id
+                continue
+            target_ref = targets.get((k, source_ref))
+            if target_ref is None:
+                losses.append(f"its {k} {source_ref} is not in the target; the reference keeps its source id")
+            refs[k] = target_ref or source_ref
+        remapped = dataclasses.replace(unit, refs=refs)
+        find = self._sink_method(sink, "find")
+        existing = find(remapped, target_experiment_id) if find else None
+        if existing is not None:
+            return Moved(existing, "skipped", "already complete in the target")
+        target_id = self._sink_method(sink, "put")(remapped, target_experiment_id)
+        return Moved(target_id, losses=losses)
+
+
+_TYPES: dict[str, UnitType] = {}
+
+
+def register_type(unit_type: UnitType) -> None:
+    """A richer unit type for a registered kind than DocumentUnits (e.g. one with files)."""
+    _TYPES[unit_type.kind.name] = unit_type
+
+
+def unit_types() -> list[UnitType]:
+    """Every kind moved inside an experiment, in dependency order: runs, then the others."""
+    return [RunUnits()] + [_TYPES.get(k.name) or DocumentUnits(k) for k in kinds.generic_kinds()]
