@@ -20,12 +20,9 @@ TargetRunId = NewType("TargetRunId", str)
 
 ACTIVE = "active"
 DELETED = "deleted"
-LIFECYCLE_STAGES = (ACTIVE, DELETED)
-RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 
 PARENT_RUN_ID_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
-NOTE_TAG = "mlflow.note.content"
 
 # One metric point per row; a run's history is a stream of batches of this shape.
 METRIC_SCHEMA = pa.schema(
@@ -36,8 +33,6 @@ METRIC_SCHEMA = pa.schema(
         pa.field("value", pa.float64(), nullable=False),
     ]
 )
-DEFAULT_WORKERS = 4  # runs moved at the same time, unless the caller says otherwise
-METRIC_BATCH_ROWS = 65_536  # the most rows in a metric batch a source yields
 
 
 def rebatch(parts: Iterable[pa.Table | pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:

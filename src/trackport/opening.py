@@ -58,7 +58,7 @@ def open_source(uri: str, *, config: TransferConfig = DEFAULT) -> SourceStore:
     from trackport.bundle import BundleSource, is_bundle
 
     if is_bundle(path):
-        return BundleSource(path)
+        return BundleSource(path, checked_runs=config.bundle_checked_runs)
     from trackport.stores.local_mlruns import MlrunsStore, looks_like_mlruns
 
     if looks_like_mlruns(path):
@@ -73,10 +73,10 @@ def _bundle_path(uri: str) -> Path:
 
 
 def open_bundle_source(uri: str, *, config: TransferConfig = DEFAULT) -> SourceStore:
-    """The bundle at uri, to read from. (BundleSource takes no tunables of config yet.)"""
+    """The bundle at uri, to read from."""
     from trackport.bundle import BundleSource
 
-    return BundleSource(_bundle_path(uri))
+    return BundleSource(_bundle_path(uri), checked_runs=config.bundle_checked_runs)
 
 
 def open_bundle_sink(uri: str, *, config: TransferConfig = DEFAULT) -> SinkStore:

@@ -10,8 +10,9 @@ runs in the same order:
 - `--run-id`: only the experiments that hold those runs; an id the source does not hold is
   refused, naming it;
 - deleted experiments and runs only with include_deleted;
-- experiments by id (numeric ids by value), runs oldest start time first, runs without a
-  start time last (as MLflow's own search orders them), ties by run id.
+- experiments and runs oldest first: experiments by creation time, runs by start time,
+  those without one last (as MLflow's own search orders runs), ties by id (numeric ids by
+  value). Ids differ between stores that hold the same data; times do not.
 """
 from __future__ import annotations
 
@@ -49,9 +50,14 @@ def pick_experiment(ref: str, by_id: Callable[[str], T | None], by_name: Callabl
     return found
 
 
-def experiment_order(experiment_id: str) -> tuple:
+def id_order(experiment_id: str) -> tuple:
     """Numeric ids by value (2 before 10), then the others as text."""
     return (0, int(experiment_id), "") if experiment_id.isdigit() else (1, 0, experiment_id)
+
+
+def experiment_order(experiment: Experiment | Unreadable) -> tuple:
+    created = experiment.creation_time if isinstance(experiment, Experiment) else None
+    return (created is None, created or 0, id_order(_id(experiment)))
 
 
 def run_order(run: Run) -> tuple:
@@ -64,11 +70,11 @@ def resolve_experiments(
     locate_runs: Callable[[list[str]], dict[str, str]],
     where: str,
 ) -> list[Experiment | Unreadable]:
-    """The experiments the selection covers, in experiment order.
+    """The experiments the selection covers, oldest first.
 
     experiments: every experiment the source holds, deleted ones too. locate_runs: for run
     ids, the experiment id of each one the source holds (ids it does not hold left out)."""
-    held = sorted(experiments, key=lambda e: experiment_order(_id(e)))
+    held = sorted(experiments, key=experiment_order)
     chosen = held
     if selection.experiments:
         # An unreadable experiment can be named by its id only: its name is in the damage.

@@ -30,6 +30,7 @@ from typing import BinaryIO, ContextManager, Iterator
 import pyarrow as pa
 
 from trackport._files import CHUNK_SIZE, check_component, check_relpath
+from trackport.config import DEFAULT
 from trackport.domain import ArtifactFile, Experiment, Run
 from trackport.errors import BadInputError, UnitError
 from trackport.kinds import Unit, UnitKind
@@ -42,14 +43,14 @@ from trackport.bundle.index import BundleIndex, Problem, read_index
 from trackport.bundle.layout import MANIFEST_FILE
 from trackport.bundle.validator import Refused, RunPlan
 
-PLAN_CACHE_SIZE = 256  # checked runs kept for the worker threads
 
 
 class BundleSource(SourceStore):
     takes_deleted_by_default = True  # a bundle holds what its export selected
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, checked_runs: int = DEFAULT.bundle_checked_runs):
         self.path = Path(path).absolute()
+        self._checked_runs = checked_runs
         if not self.path.exists():
             raise BadInputError(f"{self.path} does not exist")
         if not self.path.is_dir():
@@ -89,7 +90,7 @@ class BundleSource(SourceStore):
         return self._checked_run(run.experiment_id, run.run_id)
 
     def _checked_run(self, experiment_id: str, run_id: str) -> RunPlan:
-        """validator.check_run, remembered for the last PLAN_CACHE_SIZE runs: a transfer
+        """validator.check_run, remembered for the last `checked_runs` runs: a transfer
         asks for each run up to three times (is there a run at all, the sorted listing,
         the worker). UnitError on its first problem."""
         key = (experiment_id, run_id)
@@ -103,7 +104,7 @@ class BundleSource(SourceStore):
             raise UnitError(self._message(problems[0]))
         with self._plans_lock:
             self._plans[key] = plan
-            while len(self._plans) > PLAN_CACHE_SIZE:
+            while len(self._plans) > self._checked_runs:
                 self._plans.popitem(last=False)
         return plan
 
