@@ -15,6 +15,7 @@ from test_resume import _trackport_command, kill_and_rerun
 
 from trackport.cli.main import cli
 from trackport.errors import TransientError, UnitError
+from trackport.samples import sample_store
 from trackport.samples.sample_store import SAMPLE_COUNTS, SAMPLE_COUNTS_ACTIVE
 from trackport.opening import open_sink, open_source
 from trackport.stores.base import Selection
@@ -171,3 +172,53 @@ def test_runs_without_an_artifact_folder_are_said(source_server, tmp_path):
     assert len(notes) == 1 and f"{SAMPLE_COUNTS_ACTIVE['runs']} runs had no artifact folder" in notes[0], result.stderr
     assert str(wrong) in notes[0] and "artifacts_destination" in notes[0]
     assert json.loads(result.stdout)["notices"] == [notes[0][len("note: "):]]
+
+
+def _target_experiments(db: Path) -> list[str]:
+    with open_source(f"sqlite:///{db}") as target:
+        return sorted(e.name for e in target.list_experiments(Selection(include_deleted=True)) if e.name != "Default")
+
+
+def test_run_ids_from_a_bundle_create_only_the_experiments_that_hold_them(sample_bundle, tmp_path):
+    """Before, a bundle source ignored --run-id when choosing experiments: every experiment
+    of the bundle was created in the target, empty."""
+    with open_source(str(sample_bundle)) as bundle:
+        everything = Selection(include_deleted=True)
+        killed = next(r.run_id for e in bundle.list_experiments(everything) for r in bundle.iter_runs(e, everything)
+                      if r.run_name == "killed run")
+    code, summary = _json(["import", str(sample_bundle), f"sqlite:///{tmp_path / 'one.db'}", "--run-id", killed])
+    assert code == 0
+    assert summary["counts"]["runs"]["done"] == 1 and summary["counts"]["experiments"]["done"] == 1
+    assert _target_experiments(tmp_path / "one.db") == [sample_store.EXPERIMENT_B]
+
+
+def test_a_filter_writes_only_the_experiments_it_selects_runs_in(sample_sqlite, tmp_path):
+    """An experiment with no run matching --filter is not selected, said why, and not
+    created in the target: no selected unit needs it."""
+    db = tmp_path / "killed.db"
+    code, summary = _json(["copy", sample_sqlite, f"sqlite:///{db}", "--filter", "attributes.status = 'KILLED'"])
+    assert code == 0
+    assert summary["counts"]["runs"]["done"] == 1
+    assert summary["counts"]["experiments"]["done"] == 1
+    assert {"kind": "experiment", "reason": "no run in it matches the filter", "units": 2} in summary["not_selected"]
+    assert _target_experiments(db) == [sample_store.EXPERIMENT_B]
+
+
+def test_a_listing_that_breaks_off_before_a_selected_run_fails_its_experiment(tmp_path):
+    """With a selection that picks runs, the engine reads an experiment's listing up to its
+    first selected run before writing the experiment: a listing that breaks off there
+    fails the experiment with the reason, it is not taken for "nothing selected"."""
+    from memory_source import MemorySource
+
+    class Breaking(MemorySource):
+        def iter_runs(self, experiment, selection):
+            raise TransientError("the server went away")
+            yield  # a generator: the error comes with the first run asked for
+
+    source = Breaking(runs=2, artifact_bytes=1)
+    selection = Selection(experiments=("1",), run_ids=(source.runs[0].run_id,))
+    with open_sink(f"sqlite:///{tmp_path / 't.db'}") as sink:
+        summary = transfer(source, sink, selection)
+    assert [(f.kind, f.source_id) for f in summary.failures] == [("experiment", "1")]
+    assert "could not all be listed: the server went away" in summary.failures[0].reason
+    assert not summary.not_selected

@@ -2,6 +2,8 @@
 sink read back as a source must equal the source field by field, point by point, byte by byte."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -93,3 +95,25 @@ def test_a_failed_run_is_counted_reported_and_the_rest_arrives(bundle_copy, tmp_
     runs = {r.run_id for e in open_source(target).list_experiments(EVERYTHING)
             for r in open_source(target).iter_runs(e, EVERYTHING)}
     assert run_dir not in runs and len(runs) == SAMPLE_COUNTS["runs"] - 1
+
+
+def test_the_readme_library_example_runs(sample_sqlite, tmp_path):
+    """The example in README.md's "As a library", with its paths pointed at the sample."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("### As a library", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    example = example.replace("sqlite:///old/mlflow.db", sample_sqlite).replace(
+        "sqlite:///new/mlflow.db", f"sqlite:///{tmp_path / 'new.db'}"
+    ).replace('experiments=("churn",)', "experiments=()")
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    assert namespace["summary"].counts["runs"]["done"] == SAMPLE_COUNTS["runs"]
+
+
+def test_progress_knows_the_totals_from_the_start(sample_bundle, tmp_path):
+    """Every progress event says how many units of each kind the transfer plans: from a
+    source that counts runs without listing them, from the first event on."""
+    events = []
+    run_transfer(str(sample_bundle), f"sqlite:///{tmp_path / 't.db'}", on_progress=events.append)
+    assert {e.kind for e in events} == {"experiment", "run"}
+    assert all(e.planned == {"experiment": SAMPLE_COUNTS["experiments"], "run": SAMPLE_COUNTS["runs"]} for e in events)
+    assert len([e for e in events if e.kind == "run"]) == SAMPLE_COUNTS["runs"]

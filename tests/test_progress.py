@@ -3,39 +3,16 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass, field
 
 from click.testing import CliRunner
 from rich.console import Console
 
 from trackport.cli.main import cli
 from trackport.cli.progress import ProgressBars
+from trackport.transfer import ProgressEvent
 from trackport.transfer.summary import OUTCOMES, Summary
 
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\r\x1b]")
-
-
-@dataclass(frozen=True)
-class FakeEvent:
-    """What the engine reports after each unit (trackport.transfer.engine.ProgressEvent)."""
-
-    kind: str
-    source_id: str
-    name: str
-    outcome: str
-    summary: Summary
-    planned: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class OldEvent:
-    """An event of an engine that did not count planned units yet."""
-
-    kind: str
-    source_id: str
-    name: str
-    outcome: str
-    summary: Summary
 
 
 def terminal() -> tuple[Console, io.StringIO]:
@@ -43,11 +20,11 @@ def terminal() -> tuple[Console, io.StringIO]:
     return Console(file=out, force_terminal=True, width=120, color_system=None), out
 
 
-def finished(summary: Summary, kind: str, plural: str, outcome: str = "done", **planned) -> FakeEvent:
+def finished(summary: Summary, kind: str, plural: str, outcome: str = "done", **planned) -> ProgressEvent:
     """One more unit of that kind with an outcome, as the engine counts it, then its event."""
     summary.counts.setdefault(plural, dict.fromkeys(OUTCOMES, 0))
     summary.add(plural, outcome)
-    return FakeEvent(kind, f"id-{sum(summary.counts[plural].values())}", "", outcome, summary, dict(planned))
+    return ProgressEvent(kind, f"id-{sum(summary.counts[plural].values())}", "", outcome, summary, dict(planned))
 
 
 def last_lines(out: io.StringIO) -> dict[str, str]:
@@ -90,16 +67,6 @@ def test_a_kind_of_unknown_total_shows_its_count_without_a_total_or_time_left():
     assert re.search(r"\b3\b", runs) and not re.search(r"\b3/\d", runs), runs
     assert ":" not in runs, runs  # no time left (h:mm:ss) without a total
     assert "0/1" in last_lines(out)["experiments"]
-
-
-def test_an_engine_without_planned_counts_still_shows_bars():
-    console, out = terminal()
-    bars = ProgressBars(console=console)
-    summary = Summary()
-    summary.add("runs", "done")
-    bars(OldEvent("run", "r1", "", "done", summary))
-    bars.close()
-    assert re.search(r"\b1\b", last_lines(out)["runs"])
 
 
 def test_a_second_transfer_starts_its_bars_again():

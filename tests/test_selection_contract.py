@@ -103,3 +103,16 @@ def test_a_filter_gives_the_same_runs_where_a_source_can_search(sources):
         if not source.features.filter:
             with pytest.raises(BadInputError, match="--filter needs a source that can search runs"):
                 plan_experiments(source, selection)
+
+
+def test_a_run_count_is_what_the_listing_gives(sources):
+    """count_runs (progress totals) is either unknown or exactly the listing's length."""
+    counted = set()
+    for kind, source in sources.items():
+        for selection in (Selection(include_deleted=True), Selection(run_ids=_run_ids(source, {"child"}), include_deleted=True)):
+            for experiment in source.list_experiments(Selection(include_deleted=True)):
+                n = source.count_runs(experiment, selection)
+                if n is not None:
+                    counted.add(kind)
+                    assert n == len(list(source.iter_runs(experiment, selection))), (kind, experiment.name)
+    assert counted == {"sqlite", "database", "mlruns", "bundle"}

@@ -124,3 +124,15 @@ class Capabilities:
     undoes_failed_runs: bool = True
     max_param_value_length: int | None = None
     max_tag_value_length: int | None = None
+
+    @classmethod
+    def lossless(cls) -> "Capabilities":
+        """A sink that holds everything exactly (a bundle, a local store)."""
+        return cls(
+            keeps_run_ids=True,
+            keeps_experiment_ids=True,
+            keeps_times=True,
+            keeps_users=True,
+            keeps_deleted_state=True,
+            keeps_infinity=True,
+        )

@@ -130,6 +130,12 @@ class BundleSource(SourceStore):
         return {run: exp for exp, runs in self._index.runs.items() for run in runs if run in wanted}
 
     # -- runs --------------------------------------------------------------------------
+    def count_runs(self, experiment: Experiment, selection: Selection) -> int | None:
+        if not selection.include_deleted:
+            return None  # their state is inside each run.json
+        names = self._index.runs.get(experiment.experiment_id, {})
+        return sum(1 for n in names if not selection.run_ids or n in selection.run_ids)
+
     def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run | Unreadable]:
         """In trackport.selection.run_order, then an Unreadable for each run whose run.json
         or files are damaged (checked here, so a damaged run is refused before anything

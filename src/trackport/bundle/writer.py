@@ -67,16 +67,7 @@ def _os_error(e: OSError, what: str) -> TrackportError:
 
 
 class BundleSink(SinkStore):
-    capabilities = Capabilities(
-        keeps_run_ids=True,
-        keeps_experiment_ids=True,
-        keeps_times=True,
-        keeps_users=True,
-        keeps_deleted_state=True,
-        keeps_infinity=True,
-        max_param_value_length=None,
-        max_tag_value_length=None,
-    )
+    capabilities = Capabilities.lossless()
 
     def __init__(self, path: str | os.PathLike, *, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS):
         """Opens the bundle directory for writing (made if missing) and takes its lock. A

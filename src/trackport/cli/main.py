@@ -91,11 +91,8 @@ def import_command(bundle, target, experiments, run_ids, include_deleted, filter
                    artifact_root, on_long_value):
     """Replay the bundle BUNDLE into the store TARGET (all it holds, deleted units included,
     unless --exclude-deleted or another selection says otherwise)."""
-    check_target(bundle, target)
-    config = transfer_config(workers)
     options = (experiments, run_ids, include_deleted, filter_string)
-    sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, config=config)  # noqa: E731
-    show(run_transfer(open_bundle_source(bundle, config=config), sink, options, config, as_json), as_json)
+    _into_store(open_bundle_source, bundle, target, options, workers, as_json, artifact_root, on_long_value)
 
 
 @cli.command("copy")
@@ -108,11 +105,16 @@ def import_command(bundle, target, experiments, run_ids, include_deleted, filter
 def copy_command(source, target, experiments, run_ids, include_deleted, filter_string, workers, as_json,
                  artifact_root, on_long_value):
     """Copy straight from store SOURCE to store TARGET, without a bundle."""
+    options = (experiments, run_ids, include_deleted, filter_string)
+    _into_store(open_source, source, target, options, workers, as_json, artifact_root, on_long_value)
+
+
+def _into_store(opener, source, target, options, workers, as_json, artifact_root, on_long_value) -> None:
+    """import and copy: a transfer from what opener opens into the store TARGET."""
     check_target(source, target)
     config = transfer_config(workers)
-    options = (experiments, run_ids, include_deleted, filter_string)
     sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, config=config)  # noqa: E731
-    show(run_transfer(open_source(source, config=config), sink, options, config, as_json), as_json)
+    show(run_transfer(opener(source, config=config), sink, options, config, as_json), as_json)
 
 
 @cli.command("verify")

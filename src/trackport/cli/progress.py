@@ -57,9 +57,9 @@ class ProgressBars:
     def __call__(self, event: ProgressEvent) -> None:
         if not self.enabled:
             return
-        # `planned` may be missing (an older engine) or hold None for a kind whose listing
-        # has not started: such a bar shows count and rate, without a total or time left.
-        planned = getattr(event, "planned", None) or {}
+        # A kind without a total yet (its listing has not started, or a server that counts
+        # only by listing) shows count and rate, without a total or time left.
+        planned = event.planned
         with self._lock:
             progress = self._start()
             if event.summary is not self._summary:

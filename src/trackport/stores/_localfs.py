@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, ContextManager, Iterator
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
-from trackport.domain import ArtifactFile
+from trackport.domain import ArtifactFile, Run
 from trackport.errors import UnitError
 from trackport.stores._artifact_path import checked_artifact_path
 
@@ -60,3 +60,22 @@ def open_local_artifact(root: Path | None, path: str, run_id: str) -> BinaryIO:
         return open(full, "rb")
     except OSError as exc:
         raise UnitError(f"run {run_id}: cannot read artifact {path!r}: {exc}") from exc
+
+
+class LocalArtifacts:
+    """The artifact half of a source that reads them from a local folder per run (an
+    mlruns folder, a database whose artifacts are on this machine): the class gives
+    `_artifact_dir(run)`, None where the run's artifacts are not local."""
+
+    def _artifact_dir(self, run: Run) -> Path | None:
+        raise NotImplementedError
+
+    def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
+        return walk_artifacts(self._artifact_dir(run))
+
+    def missing_artifact_folder(self, run: Run) -> str | None:
+        directory = self._artifact_dir(run)
+        return str(directory) if directory is not None and not directory.is_dir() else None
+
+    def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
+        return open_local_artifact(self._artifact_dir(run), path, run.run_id)

@@ -110,6 +110,11 @@ class SourceStore(ABC):
     def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
         """A binary stream of one artifact file; read it in chunks."""
 
+    def count_runs(self, experiment: Experiment, selection: Selection) -> int | None:
+        """How many runs iter_runs would give (without a filter), when the source can
+        tell cheaply (for progress totals); None where only listing them tells."""
+        return None
+
     def check_run(self, run: Run) -> None:  # noqa: B027 - optional hook
         """Read the run's content through and raise UnitError if any of it is damaged:
         asked before writing into a sink that cannot take back a half-written run. A live

@@ -6,7 +6,7 @@ switch, and it reads step=0 for metric lines that carry a dataset (5 fields).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, BinaryIO, ContextManager, Iterator
+from typing import Any, Iterator
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -17,14 +17,13 @@ from trackport.domain import (
     ACTIVE,
     DELETED,
     RUN_NAME_TAG,
-    ArtifactFile,
     DatasetInput,
     Experiment,
     Run,
 )
 from trackport.errors import BadInputError, UnitError
 from trackport.stores._history import history_batches, key_history
-from trackport.stores._localfs import local_artifact_dir, open_local_artifact, walk_artifacts
+from trackport.stores._localfs import LocalArtifacts, local_artifact_dir
 from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
 from trackport.selection import resolve_experiments, run_order, select_runs
 
@@ -93,7 +92,7 @@ def _parse_metric_file(path: Path) -> tuple[list[int], list[int], list[float]]:
     return steps, stamps, values
 
 
-class MlrunsStore(SourceStore):
+class MlrunsStore(LocalArtifacts, SourceStore):
     def __init__(self, path: str | Path, *, config: TransferConfig = DEFAULT) -> None:
         self.root = _as_path(path)
         self._config = config
@@ -166,6 +165,12 @@ class MlrunsStore(SourceStore):
         return {
             r.name: exp.experiment_id for exp, d in self._all_experiments() for r in self._run_dirs(d) if r.name in wanted
         }
+
+    def count_runs(self, experiment: Experiment, selection: Selection) -> int | None:
+        if not selection.include_deleted:
+            return None  # their state is inside each run's meta.yaml
+        names = [d.name for d in self._run_dirs(self._experiment_dir(experiment))]
+        return sum(1 for n in names if not selection.run_ids or n in selection.run_ids)
 
     def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run | Unreadable]:
         exp_dir = self._experiment_dir(experiment)
@@ -255,15 +260,6 @@ class MlrunsStore(SourceStore):
             sorted(files), lambda key: key_history(key, *_parse_metric_file(files[key])), self._config.metric_batch_rows
         )
 
-    def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
-        return walk_artifacts(self._artifact_dir(run))
-
-    def missing_artifact_folder(self, run: Run) -> str | None:
-        directory = self._artifact_dir(run)
-        return str(directory) if directory is not None and not directory.is_dir() else None
-
-    def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
-        return open_local_artifact(self._artifact_dir(run), path, run.run_id)
 
     def _artifact_dir(self, run: Run) -> Path | None:
         directory = local_artifact_dir(run.artifact_uri, run.run_id)

@@ -107,6 +107,7 @@ def transfer(
     sink.begin(source_description, selection)
     run = _Transfer(source, sink, selection, IdMap(state_dir), Ledger(state_dir), config, on_progress)
     run.planned["experiment"] = len(planned)
+    run.count_runs_up_front([p.unit for p in planned if isinstance(p.unit, Experiment)])
     if notice:
         run.summary.notices.append(notice)
     unknown = sorted(set(getattr(source, "unit_kinds", list)()) - {t.kind.name for t in run.types} - {"experiment"})
@@ -133,6 +134,12 @@ def transfer(
         run.close()
         run.summary.elapsed_seconds = time.monotonic() - started
     return run.summary
+
+
+def _then_raise(items: list, exc: Exception):
+    """The items a listing gave before it broke off, then its error again."""
+    yield from items
+    raise exc
 
 
 def declared_losses(source: SourceStore, sink: SinkStore) -> list[str]:
@@ -168,6 +175,7 @@ class _Transfer:
         self.types = unit_types()
         self._types = {t.kind.name: t for t in self.types}
         self.planned: dict[str, int | None] = {}
+        self.counted_up_front: set[str] = set()
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="trackport")
 
     def close(self) -> None:
@@ -208,7 +216,18 @@ class _Transfer:
             self.on_progress(ProgressEvent(kind, source_id, name, outcome, self.summary, dict(self.planned)))
 
     def count_planned(self, kind: str, n: int = 1) -> None:
-        self.planned[kind] = (self.planned.get(kind) or 0) + n
+        if kind not in self.counted_up_front:
+            self.planned[kind] = (self.planned.get(kind) or 0) + n
+
+    def count_runs_up_front(self, experiments: list[Experiment]) -> None:
+        """Progress totals: the runs every experiment holds, where the source can count
+        them without listing; else the total grows as each experiment is listed."""
+        if self.selection.filter:
+            return
+        counts = [self.source.count_runs(e, self.everything) for e in experiments]
+        if None not in counts:
+            self.planned["run"] = sum(counts)
+            self.counted_up_front.add("run")
 
     # -- recording outcomes ------------------------------------------------------------
 
@@ -313,8 +332,8 @@ class _Transfer:
                 held.append(item)
                 if isinstance(item, Unreadable) or self.selection.include_deleted or item.lifecycle_stage != DELETED:
                     return itertools.chain(held, runs)
-        except Exception:  # noqa: BLE001 - the listing fails again where it is recorded
-            return itertools.chain(held, runs)
+        except Exception as exc:  # noqa: BLE001 - raised again where listings are recorded
+            return _then_raise(held, exc)
         for run in held:
             self.record_not_selected("run", run.run_id, run.run_name, DELETED_REASON)
         reason = "no run in it matches the filter" if self.selection.filter else "none of the selected runs is in it"

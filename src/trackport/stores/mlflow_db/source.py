@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO, ContextManager, Iterator
+from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
@@ -14,14 +14,13 @@ from trackport.domain import (
     ACTIVE,
     DELETED,
     RUN_NAME_TAG,
-    ArtifactFile,
     DatasetInput,
     Experiment,
     Run,
     rebatch,
 )
 from trackport.errors import BadInputError, UnitError
-from trackport.stores._localfs import local_artifact_dir, open_local_artifact, walk_artifacts
+from trackport.stores._localfs import LocalArtifacts, local_artifact_dir
 from trackport.selection import resolve_experiments, select_runs
 from trackport.stores.base import Selection, SourceFeatures, SourceStore, StoreDescription
 from trackport.stores.mlflow_db.metric_order import rows_to_batch
@@ -30,7 +29,7 @@ from trackport.stores.mlflow_db.tables import Database, chunks
 from trackport.stores.mlflow_db.uri import ARTIFACTS_PARAM, artifacts_root
 
 
-class MlflowDatabaseSource(SourceStore):
+class MlflowDatabaseSource(LocalArtifacts, SourceStore):
     """An MLflow tracking database as a source: sqlite file or server database."""
 
     features = SourceFeatures(filter=True)
@@ -110,6 +109,19 @@ class MlflowDatabaseSource(SourceStore):
         return found
 
     # ---------------------------------------------------------------- runs
+
+    def count_runs(self, experiment: Experiment, selection: Selection) -> int | None:
+        if selection.filter:
+            return None
+        db = self._db
+        r = db.tables["runs"]
+        q = db.sa.select(db.sa.func.count()).select_from(r).where(r.c.experiment_id == int(experiment.experiment_id))
+        if not selection.include_deleted:
+            q = q.where(r.c.lifecycle_stage != DELETED)
+        if selection.run_ids:
+            q = q.where(r.c.run_uuid.in_(list(selection.run_ids)))
+        with db.engine.connect() as conn:
+            return conn.execute(q).scalar_one()
 
     def iter_runs(self, experiment: Experiment, selection: Selection) -> Iterator[Run]:
         db = self._db
@@ -248,12 +260,3 @@ class MlflowDatabaseSource(SourceStore):
             return full
         return local_artifact_dir(uri, run.run_id)
 
-    def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
-        return walk_artifacts(self._artifact_dir(run))
-
-    def missing_artifact_folder(self, run: Run) -> str | None:
-        directory = self._artifact_dir(run)
-        return str(directory) if directory is not None and not directory.is_dir() else None
-
-    def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
-        return open_local_artifact(self._artifact_dir(run), path, run.run_id)

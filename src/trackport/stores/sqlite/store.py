@@ -82,14 +82,7 @@ class SqliteStore(SqliteSource, SinkStore):
     (create=True), a database of the installed MLflow's schema, made from its template if
     missing, written in bulk."""
 
-    capabilities = Capabilities(
-        keeps_run_ids=True,
-        keeps_experiment_ids=True,
-        keeps_times=True,
-        keeps_users=True,
-        keeps_deleted_state=True,
-        keeps_infinity=True,
-    )
+    capabilities = Capabilities.lossless()
 
     def __init__(
         self, uri: str, *, create: bool, artifact_root: str | None = None, config: TransferConfig = DEFAULT
