@@ -224,7 +224,10 @@ class _Transfer:
         them without listing; else the total grows as each experiment is listed."""
         if self.selection.filter:
             return
-        counts = [self.source.count_runs(e, self.everything) for e in experiments]
+        try:
+            counts = [self.source.count_runs(e, self.everything) for e in experiments]
+        except Exception:  # noqa: BLE001 - totals only draw progress; the listing meets the error
+            return
         if None not in counts:
             self.planned["run"] = sum(counts)
             self.counted_up_front.add("run")
