@@ -648,6 +648,37 @@ def unit_unknown_kind_infinity(s: Sample) -> Expect:
     return Expect(0)
 
 
+# Units of the whole workspace (the model registry's scope): units/<kind>/<id>.json.
+LABEL = kinds.UnitKind("label", "labels", depends_on=("experiment", "run"), scope="workspace")
+
+
+def add_workspace_unit(s: Sample, doc: dict | str, unit_id: str = "l1") -> None:
+    folder = s.bundle / "units" / "label"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{unit_id}.json").write_text(doc if isinstance(doc, str) else json.dumps(doc, indent=2))
+    s.reseal()
+
+
+def label_doc(unit_id: str = "l1", experiment_id: str | None = None) -> dict:
+    return {"kind": "label", "id": unit_id, "experiment_id": experiment_id, "name": "best", "refs": {}, "body": {}}
+
+
+def workspace_unit_valid(s: Sample) -> Expect:
+    # Positive control: a valid unit of the workspace (the target cannot hold labels: skipped, said).
+    add_workspace_unit(s, label_doc())
+    return Expect(0)
+
+
+def workspace_unit_repeated_key(s: Sample) -> Expect:
+    add_workspace_unit(s, json.dumps(label_doc()).replace('"name": "best"', '"name": "best", "name": "worst"'))
+    return Expect(1, ("units/label/l1.json", "'name' appears twice"), {"l1": "label"})
+
+
+def workspace_unit_claims_an_experiment(s: Sample) -> Expect:
+    add_workspace_unit(s, label_doc(experiment_id="1"))
+    return Expect(1, ("units/label/l1.json", "not the unit its path names"), {"l1": "label"})
+
+
 def iter_unreadable_units(bundle: Path, kind: str):
     source = BundleSource(bundle)
     for experiment in source.list_experiments(Selection(include_deleted=True)):
@@ -723,6 +754,9 @@ CASES: dict[str, Callable[[Sample], Expect]] = {
     "unit-not-the-one-its-path-names": unit_not_the_one_its_path_names,
     "unit-flipped": unit_flipped,
     "unit-unknown-kind-infinity": unit_unknown_kind_infinity,
+    "workspace-unit-valid": workspace_unit_valid,
+    "workspace-unit-repeated-key": workspace_unit_repeated_key,
+    "workspace-unit-claims-an-experiment": workspace_unit_claims_an_experiment,
 }
 # These go through the installed console script, as a user runs it (exit codes, stderr).
 THROUGH_SUBPROCESS = {"flipped-artifact", "unknown-major-version", "manifest-lists-outside"}
@@ -730,10 +764,13 @@ THROUGH_SUBPROCESS = {"flipped-artifact", "unknown-major-version", "manifest-lis
 
 @pytest.fixture(autouse=True, scope="module")
 def _note_kind():
-    """The corpus's unit documents are of kind "note", registered while these tests run."""
+    """The corpus's unit documents are of kinds "note" and "label" (the workspace's),
+    registered while these tests run."""
     kinds.register(NOTE)
+    kinds.register(LABEL)
     yield
     kinds.unregister(NOTE.name)
+    kinds.unregister(LABEL.name)
 
 
 # ---------------------------------------------------------------- running and checking
@@ -937,6 +974,8 @@ def refused_by_reader(bundle: Path) -> set[tuple[str, str] | None]:
                 refused.add(("run", run.run_id))
         for kind in kinds.generic_kinds():
             refused |= {(u.kind, u.source_id) for u in source.iter_units(kind, experiment) if isinstance(u, Unreadable)}
+    for kind in kinds.generic_kinds("workspace"):
+        refused |= {(u.kind, u.source_id) for u in source.iter_units(kind, None) if isinstance(u, Unreadable)}
     return refused
 
 

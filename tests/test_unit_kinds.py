@@ -39,11 +39,18 @@ NOTE = kinds.UnitKind(
 )
 
 
+# A kind of the whole workspace (as the model registry is): a label that names a run of any
+# experiment, moved after every experiment.
+LABEL = kinds.UnitKind("label", "labels", depends_on=("experiment", "run"), scope="workspace")
+
+
 @pytest.fixture(autouse=True)
 def note_kind():
     kinds.register(NOTE)
+    kinds.register(LABEL)
     yield
     kinds.unregister("note")
+    kinds.unregister("label")
 
 
 class NotedSource(MemorySource):
@@ -53,6 +60,10 @@ class NotedSource(MemorySource):
         first = self.runs[0].run_id
         yield kinds.Unit("note", "n1", experiment.experiment_id, "about the experiment", {}, {"text": "all good"})
         yield kinds.Unit("note", "n2", experiment.experiment_id, "about a run", {"run": first}, {"text": "best run"})
+
+    def iter_labels(self):
+        run = self.runs[1]
+        yield kinds.Unit("label", "best", None, "the best run", {"experiment": run.experiment_id, "run": run.run_id}, {})
 
 
 class NotedSqlite(SqliteStore):
@@ -85,6 +96,18 @@ class NotedSqlite(SqliteStore):
             doc = json.loads(path.read_text())
             yield kinds.Unit("note", path.stem, experiment.experiment_id, doc["name"], doc["refs"], doc["body"])
 
+    def put_label(self, unit, target_experiment_id):
+        assert target_experiment_id is None  # a unit of the workspace
+        return self.put_note(unit, "workspace")
+
+    def find_label(self, unit, target_experiment_id):
+        return self.find_note(unit, "workspace")
+
+    def iter_labels(self):
+        for path in sorted((self.folder / "workspace").glob("*.json")):
+            doc = json.loads(path.read_text())
+            yield kinds.Unit("label", path.stem, None, doc["name"], doc["refs"], doc["body"])
+
     def put_run(self, run, target_experiment_id, content):
         if run.run_id == self.refuse_run:
             raise UnitError("refused")
@@ -98,13 +121,14 @@ def _export(tmp_path: Path) -> tuple[NotedSource, Path]:
         summary = transfer(source, sink, EVERYTHING)
     assert summary.failed == 0, summary.failures
     assert summary.counts["notes"]["done"] == 2
+    assert summary.counts["labels"]["done"] == 1
     return source, bundle
 
 
 def test_a_note_goes_through_export_import_resume_status_and_verify(tmp_path):
     source, bundle = _export(tmp_path)
     documents = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*.json") if "/units/" in p.as_posix())
-    assert documents == ["experiments/1/units/note/n1.json", "experiments/1/units/note/n2.json"]
+    assert documents == ["experiments/1/units/note/n1.json", "experiments/1/units/note/n2.json", "units/label/best.json"]
     assert verify_bundle(bundle, level="full").ok
     assert json.loads((bundle / "trackport-bundle.json").read_text())["counts"]["notes"] == 2
 
@@ -123,7 +147,7 @@ def test_a_note_goes_through_export_import_resume_status_and_verify(tmp_path):
 
     status = read_status(state_dir)
     assert status.counts["note"] == {"done": 1, "skipped": 1, "failed": 0, "not_selected": 0}  # latest outcomes
-    assert list(status.counts) == ["experiment", "run", "note"]
+    assert list(status.counts) == ["experiment", "run", "label", "note"]
     assert [line["source_id"] for line in (json.loads(x) for x in (state_dir / "idmap.jsonl").read_text().splitlines())
             if line["kind"] == "note"] == ["n1", "n2"]
 
@@ -136,6 +160,11 @@ def test_a_note_goes_through_export_import_resume_status_and_verify(tmp_path):
         edited["body"]["text"] = "edited"
         target_note.write_text(json.dumps(edited))
         assert [d.what for d in compare_stores(source, copy, EVERYTHING)] == ["body differs"]
+        label = copy.folder / "workspace" / "best.json"
+        moved = json.loads(label.read_text())
+        moved["refs"]["run"] = source.runs[2].run_id
+        label.write_text(json.dumps(moved))
+        assert [d.where for d in compare_stores(source, copy, EVERYTHING)][-1] == "the workspace, label 'the best run'"
 
 
 def test_a_note_on_a_failed_run_fails_with_it(tmp_path):
@@ -149,12 +178,34 @@ def test_a_note_on_a_failed_run_fails_with_it(tmp_path):
     assert summary.counts["notes"]["done"] == 1
 
 
+def test_a_workspace_unit_on_a_run_of_any_experiment_fails_with_it_then_moves(tmp_path):
+    """A workspace unit comes after every experiment; its run, written in this transfer,
+    is found through the experiment it names; when that run failed, it fails too."""
+    source, bundle = _export(tmp_path)
+    labelled = source.runs[1].run_id
+    db = tmp_path / "w.db"
+    with open_bundle_source(str(bundle)) as src, NotedSqlite(db, refuse_run=labelled) as sink:
+        first = transfer(src, sink, EVERYTHING)
+    failures = {(f.kind, f.source_id): f.reason for f in first.failures}
+    assert failures == {("run", labelled): "refused", ("label", "best"): f"its run {labelled} failed"}
+    with open_bundle_source(str(bundle)) as src, NotedSqlite(db) as sink:
+        second = transfer(src, sink, EVERYTHING)
+    assert second.failed == 0, second.failures
+    assert second.counts["labels"] == {"done": 1, "skipped": 0, "failed": 0, "not_selected": 0}
+    assert not second.losses  # its run was found in the target, through its experiment
+    with NotedSqlite(db) as copy:
+        [label] = list(copy.iter_labels())
+        assert label.refs == {"experiment": "1", "run": labelled}
+
+
 def test_a_sink_that_cannot_hold_notes_says_so_before_and_records_each(tmp_path):
     _, bundle = _export(tmp_path)
     with open_bundle_source(str(bundle)) as src, open_sink(f"sqlite:///{tmp_path / 'plain.db'}") as sink:
         summary = transfer(src, sink, EVERYTHING)
     assert "notes: the target cannot hold them; each is recorded as skipped" in summary.planned_losses
+    assert "labels: the target cannot hold them; each is recorded as skipped" in summary.planned_losses
     assert summary.counts["notes"] == {"done": 0, "skipped": 2, "failed": 0, "not_selected": 0}
+    assert summary.counts["labels"] == {"done": 0, "skipped": 1, "failed": 0, "not_selected": 0}
     assert summary.failed == 0
 
 
@@ -174,11 +225,12 @@ def test_a_damaged_note_is_refused_by_verify_and_import_alike(tmp_path):
 def test_a_bundle_with_a_kind_this_trackport_does_not_know_is_imported_with_a_notice(tmp_path):
     _, bundle = _export(tmp_path)
     kinds.unregister("note")
+    kinds.unregister("label")
     assert verify_bundle(bundle, level="full").ok
     with open_bundle_source(str(bundle)) as src, open_sink(f"sqlite:///{tmp_path / 'u.db'}") as sink:
         summary = transfer(src, sink, EVERYTHING)
     assert summary.failed == 0
-    assert any("kinds this trackport does not know (note)" in n for n in summary.all_notices())
+    assert any("kinds this trackport does not know (label, note)" in n for n in summary.all_notices())
 
 
 def _rehash(bundle: Path, rel: str) -> None:

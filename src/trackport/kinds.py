@@ -21,6 +21,9 @@ class UnitKind:
     depends_on: tuple[str, ...] = ()
     # The JSON Schema a bundle checks the body of this kind's documents against.
     schema: dict | None = None
+    # "experiment": each unit belongs to one experiment, moved with it; "workspace": the
+    # units belong to the whole store (the model registry), moved after every experiment.
+    scope: str = "experiment"
 
     def count(self, n: int) -> str:
         """'1 run', '12,345 runs'."""
@@ -33,10 +36,11 @@ class Unit:
 
     kind: str
     unit_id: str  # its id in the store it was read from
-    experiment_id: str  # the experiment it belongs to, in that store
+    experiment_id: str | None  # the experiment it belongs to, in that store; None: the workspace
     name: str = ""
     # The units it refers to, by kind: {"run": "<run id>"}. The engine rewrites them to the
-    # target's ids before a sink sees the unit.
+    # target's ids before a sink sees the unit. A workspace unit that refers to a run names
+    # the run's experiment too ({"experiment": ..., "run": ...}): runs are found in it.
     refs: dict[str, str] = field(default_factory=dict)
     body: dict = field(default_factory=dict)  # JSON-able content
 
@@ -51,6 +55,8 @@ BUILT_IN = frozenset(_KINDS)
 def register(kind: UnitKind) -> UnitKind:
     if kind.name in BUILT_IN:
         raise ValueError(f"unit kind {kind.name!r} is built in")
+    if kind.scope not in ("experiment", "workspace"):
+        raise ValueError(f"unit kind {kind.name!r}: scope must be 'experiment' or 'workspace'")
     _KINDS[kind.name] = kind
     return kind
 
@@ -66,10 +72,10 @@ def kind(name: str) -> UnitKind:
     return _KINDS.get(name) or UnitKind(name, name + "s")
 
 
-def generic_kinds() -> Iterator[UnitKind]:
-    """The registered kinds beyond experiments and runs, dependencies first."""
-    done: set[str] = set(BUILT_IN)
-    pending = [k for k in _KINDS.values() if k.name not in BUILT_IN]
+def generic_kinds(scope: str = "experiment") -> Iterator[UnitKind]:
+    """The registered kinds beyond experiments and runs of that scope, dependencies first."""
+    done: set[str] = set(BUILT_IN) | {k.name for k in _KINDS.values() if k.scope != scope}
+    pending = [k for k in _KINDS.values() if k.name not in BUILT_IN and k.scope == scope]
     while pending:
         ready = [k for k in pending if all(d in done or d not in _KINDS for d in k.depends_on if d != k.name)]
         if not ready:

@@ -131,7 +131,7 @@ def run_from_doc(doc: dict) -> Run:
 
 
 # -- units/<kind>/<id>.json ------------------------------------------------------------------
-def unit_doc(unit: Unit, experiment_id: str) -> dict:
+def unit_doc(unit: Unit, experiment_id: str | None) -> dict:
     """The envelope of a generic unit (unit.schema.json); its body is the kind's own."""
     return {
         "kind": unit.kind,

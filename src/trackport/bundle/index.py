@@ -55,6 +55,11 @@ def unit_of(rel: str) -> UnitKey | None:
     """The unit a listed file belongs to, by its path; None for the bundle's own files
     (root descriptor, transfer/) and for names no unit can have (a writer's temp name)."""
     parts = rel.split("/")
+    if len(parts) == 3 and parts[0] == UNITS_DIR:  # a unit of the workspace
+        unit_id = unit_id_of(parts[2])
+        if is_component(parts[1]) and parts[1] not in BUILT_IN and unit_id is not None:
+            return (parts[1], unit_id)
+        return None
     if len(parts) < 3 or parts[0] != EXPERIMENTS_DIR or not is_component(parts[1]):
         return None
     if len(parts) == 3 and parts[2] == EXPERIMENT_FILE:
@@ -81,7 +86,7 @@ class BundleIndex:
     experiments: dict[str, ManifestEntry | None] = field(default_factory=dict)  # id -> experiment.json entry
     runs: dict[str, dict[str, list[tuple[int, int]]]] = field(default_factory=dict)  # exp -> run -> spans
     run_homes: dict[str, list[str]] = field(default_factory=dict)  # run id -> experiments with a directory of it
-    units: dict[str, dict[str, dict[str, ManifestEntry]]] = field(default_factory=dict)  # exp -> kind -> id -> entry
+    units: dict[str | None, dict[str, dict[str, ManifestEntry]]] = field(default_factory=dict)  # exp (None: workspace) -> kind -> id -> entry
     problems: list[Problem] = field(default_factory=list)  # of the manifest itself: all bundle-wide
 
     @cached_property
@@ -170,9 +175,12 @@ def _add(index: BundleIndex, entry: ManifestEntry, start: int, end: int, current
     if unit is None:
         return None
     parts = entry.path.split("/")
+    kind, unit_id = unit
+    if parts[0] == UNITS_DIR:
+        index.units.setdefault(None, {}).setdefault(kind, {}).setdefault(unit_id, entry)
+        return None
     exp_id = parts[1]
     index.experiments.setdefault(exp_id, None)
-    kind, unit_id = unit
     if kind == "experiment":
         index.experiments[exp_id] = entry
         return None

@@ -28,7 +28,9 @@ RUNS_DIR = "runs"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.parquet"
 ARTIFACTS_DIR = "artifacts"
-UNITS_DIR = "units"  # experiments/<E>/units/<kind name>/<unit id>.json (format 1.2)
+# experiments/<E>/units/<kind name>/<unit id>.json, and units/<kind name>/<unit id>.json
+# for the kinds of the whole workspace (format 1.2)
+UNITS_DIR = "units"
 UNIT_SUFFIX = ".json"
 # The writer's lock (trackport.locking): changes with every writer, so never listed.
 UNLISTED = frozenset({f"{TRANSFER_DIR}/lock"})
@@ -66,10 +68,12 @@ def run_dir(root: Path, experiment_id: str, run_id: str) -> Path:
     return runs_dir(root, experiment_id) / check_component(run_id, "run id")
 
 
-def unit_file(root: Path, experiment_id: str, kind: str, unit_id: str) -> Path:
-    """experiments/<E>/units/<kind>/<id>.json; ValueError when an id or the kind name
-    cannot be a file name."""
-    folder = experiment_dir(root, experiment_id) / UNITS_DIR / check_component(kind, "unit kind")
+def unit_file(root: Path, experiment_id: str | None, kind: str, unit_id: str) -> Path:
+    """experiments/<E>/units/<kind>/<id>.json, or units/<kind>/<id>.json for a unit of the
+    workspace (experiment_id None); ValueError when an id or the kind name cannot be a file
+    name."""
+    base = root if experiment_id is None else experiment_dir(root, experiment_id)
+    folder = base / UNITS_DIR / check_component(kind, "unit kind")
     return folder / (check_component(unit_id, f"{kind} id") + UNIT_SUFFIX)
 
 

@@ -209,11 +209,11 @@ class BundleSource(SourceStore):
         this trackport or not (the caller decides what it moves)."""
         return self._index.unit_kinds()
 
-    def iter_units(self, kind: UnitKind, experiment: Experiment) -> Iterator[Unit | Unreadable]:
-        """The experiment's units of that kind, by unit id; an Unreadable in place of each
-        one whose document is damaged. The body is checked against kind.schema, when the
-        kind has one."""
-        experiment_id = experiment.experiment_id
+    def iter_units(self, kind: UnitKind, experiment: Experiment | None) -> Iterator[Unit | Unreadable]:
+        """The experiment's units of that kind (the workspace's when experiment is None),
+        by unit id; an Unreadable in place of each one whose document is damaged. The body
+        is checked against kind.schema, when the kind has one."""
+        experiment_id = None if experiment is None else experiment.experiment_id
         for unit_id in sorted(self._index.units.get(experiment_id, {}).get(kind.name, {})):
             unit, problems = validator.check_unit(self._index, experiment_id, kind.name, unit_id, kind.schema)
             yield unit if unit is not None else Unreadable(kind.name, unit_id, self._message(problems[0]))

@@ -241,12 +241,13 @@ def metric_batches(index: BundleIndex, plan: RunPlan) -> Iterator[pa.RecordBatch
 
 
 def check_unit(
-    index: BundleIndex, experiment_id: str, kind: str, unit_id: str, body_schema: dict | None
+    index: BundleIndex, experiment_id: str | None, kind: str, unit_id: str, body_schema: dict | None
 ) -> tuple[Unit | None, list[Problem]]:
     """A generic unit's document: read and checked like every document, its envelope
     naming the unit its path names, and its body against its kind's schema when the kind
     has one (a kind this trackport does not know has none: its bodies are not checked)."""
-    rel = f"{EXPERIMENTS_DIR}/{experiment_id}/{UNITS_DIR}/{kind}/{unit_id}{UNIT_SUFFIX}"
+    home = "" if experiment_id is None else f"{EXPERIMENTS_DIR}/{experiment_id}/"  # None: the workspace's
+    rel = f"{home}{UNITS_DIR}/{kind}/{unit_id}{UNIT_SUFFIX}"
     key = (kind, unit_id)
     entry = index.units.get(experiment_id, {}).get(kind, {}).get(unit_id)
     doc, problems = _document(index, rel, entry, schemas.UNIT)
@@ -254,7 +255,7 @@ def check_unit(
         return None, [Problem(rel, p, key) for p in problems]
     if (doc["kind"], doc["id"], doc["experiment_id"]) != (kind, unit_id, experiment_id):
         return None, [Problem(rel, f"holds {short(doc['kind'], 80)} {short(doc['id'], 80)!r} of experiment "
-                                   f"{short(doc['experiment_id'], 80)!r}, not the unit its path names", key)]
+                                   f"{short(str(doc['experiment_id']), 80)!r}, not the unit its path names", key)]
     if body_schema is not None:
         errors = schemas.body_errors(body_schema, doc["body"])
         if errors:

@@ -140,7 +140,9 @@ class BundleSink(SinkStore):
     def _remove_stale_temps(self) -> None:
         """Temp files/dirs left by a killed export: top level, experiment dirs, runs dirs,
         unit kind folders."""
-        dirs = [self.path]
+        dirs = [self.path, self.path / UNITS_DIR]
+        if (self.path / UNITS_DIR).is_dir():
+            dirs += [k for k in (self.path / UNITS_DIR).iterdir() if k.is_dir() and not k.is_symlink()]
         exp_root = self.path / EXPERIMENTS_DIR
         if exp_root.is_dir():
             for e in exp_root.iterdir():
@@ -175,9 +177,7 @@ class BundleSink(SinkStore):
     def _count(self) -> dict:
         c = dict.fromkeys(descriptor.COUNT_KEYS, 0)
         exp_root = self.path / EXPERIMENTS_DIR
-        if not exp_root.is_dir():
-            return c
-        for e in sorted(exp_root.iterdir()):
+        for e in sorted(exp_root.iterdir()) if exp_root.is_dir() else ():
             if not (e / EXPERIMENT_FILE).is_file():
                 continue
             c["experiments"] += 1
@@ -192,12 +192,8 @@ class BundleSink(SinkStore):
                 arts = doc.get("artifacts") or []
                 c["artifact_files"] += len(arts)
                 c["artifact_bytes"] += sum(a.get("size", 0) for a in arts)
-            ud = e / UNITS_DIR
-            for k in sorted(ud.iterdir()) if ud.is_dir() else ():
-                if k.name in kinds.BUILT_IN or not k.is_dir() or is_temp_name(k.name):
-                    continue
-                plural = kinds.kind(k.name).plural
-                c[plural] = c.get(plural, 0) + sum(1 for u in k.iterdir() if unit_id_of(u.name) is not None)
+            _count_units(e / UNITS_DIR, c)
+        _count_units(self.path / UNITS_DIR, c)  # the workspace's
         return c
 
     # -- writes ------------------------------------------------------------------------
@@ -272,7 +268,7 @@ class BundleSink(SinkStore):
         write_json(tmp / RUN_FILE, run_doc(run, eid, metrics, artifacts))
         return result
 
-    def find_unit(self, unit: Unit, target_experiment_id: str) -> str | None:
+    def find_unit(self, unit: Unit, target_experiment_id: str | None) -> str | None:
         """The unit's id when its document is there (written whole: it is renamed into place)."""
         try:
             path = unit_file(self.path, target_experiment_id, unit.kind, unit.unit_id)
@@ -280,8 +276,9 @@ class BundleSink(SinkStore):
             return None
         return unit.unit_id if path.is_file() else None
 
-    def put_unit(self, unit: Unit, target_experiment_id: str) -> str:
-        """Write the unit's document (experiments/<E>/units/<kind>/<id>.json), replacing an
+    def put_unit(self, unit: Unit, target_experiment_id: str | None) -> str:
+        """Write the unit's document (experiments/<E>/units/<kind>/<id>.json, or
+        units/<kind>/<id>.json for the workspace's), replacing an
         earlier copy; returns its id (a bundle keeps ids). A document its reader would
         refuse is not written: UnitError."""
         if unit.kind in kinds.BUILT_IN:
@@ -332,3 +329,12 @@ def _empty_but_for_a_lock(path: Path) -> bool:
         if [e.name for e in entry.iterdir()] not in ([], [LOCK_FILE]):
             return False
     return True
+
+
+def _count_units(units_dir: Path, counts: dict) -> None:
+    """The unit documents in one units/ folder, added to counts under each kind's plural."""
+    for k in sorted(units_dir.iterdir()) if units_dir.is_dir() else ():
+        if k.name in kinds.BUILT_IN or not k.is_dir() or is_temp_name(k.name):
+            continue
+        plural = kinds.kind(k.name).plural
+        counts[plural] = counts.get(plural, 0) + sum(1 for u in k.iterdir() if unit_id_of(u.name) is not None)

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from trackport.domain import METRIC_SCHEMA, PARENT_RUN_ID_TAG, Experiment, Run
 from trackport.stores.base import Selection, SourceStore, Unreadable
-from trackport.transfer.units import unit_types
+from trackport.transfer.units import unit_types, workspace_unit_types
 from trackport.provenance import (
     SOURCE_RUN_ID_TAG,
     is_mlmodel,
@@ -69,6 +69,8 @@ def compare_stores(
             yield Difference(f"experiment {e.source_id}", f"unreadable in the target: {e.reason}")
         else:
             actual_experiments[e.name] = e
+    # Source -> target ids of what was compared, for the references of workspace units.
+    matched: dict[tuple[str, str], str | None] = {}
     for experiment in expected.list_experiments(selection):
         if isinstance(experiment, Unreadable):
             yield Difference(f"experiment {experiment.source_id}", f"unreadable: {experiment.reason}")
@@ -80,6 +82,7 @@ def compare_stores(
             continue
         if level == "full":
             yield from _compare_experiment(where, experiment, other)
+        matched[("experiment", experiment.experiment_id)] = other.experiment_id
         copies: dict[str, list[Run]] = {}
         for r in actual.iter_runs(other, everything):
             if isinstance(r, Unreadable):
@@ -98,6 +101,7 @@ def compare_stores(
                 yield Difference(f"run {run.source_id}", f"unreadable: {run.reason}")
                 continue
             run_where = f"run {run.run_name!r} ({run.run_id})"
+            matched[("run", run.run_id)] = id_map(run.run_id)
             if run_id_map is None and len(copies.get(run.run_id, ())) > 1:
                 ids = ", ".join(r.run_id for r in copies[run.run_id])
                 yield Difference(run_where, f"{len(copies[run.run_id])} copies in the target ({ids})")
@@ -106,16 +110,18 @@ def compare_stores(
                 yield Difference(run_where, "missing")
                 continue
             yield from _compare_run(run_where, expected, run, actual, other_run, level, id_map, clamps_infinity)
-        yield from _compare_units(where, expected, experiment, actual, other, id_map)
+        yield from _compare_units(where, expected, experiment, actual, other, lambda k, i: id_map(i) if k == "run" else i)
+    yield from _compare_units("the workspace", expected, None, actual, None, lambda k, i: matched.get((k, i), i))
 
 
 def _compare_units(
-    where: str, expected: SourceStore, experiment: Experiment, actual: SourceStore, other: Experiment, id_map
+    where: str, expected: SourceStore, experiment: Experiment | None, actual: SourceStore, other: Experiment | None, id_map
 ) -> Iterator[Difference]:
-    """Units of the other registered kinds: matched by id, else by name; their bodies
-    equal and their references naming the copies of what they named."""
+    """Units of the other registered kinds (the workspace's when experiment is None):
+    matched by id, else by name; their bodies equal and their references naming the copies
+    of what they named (id_map(kind, source id))."""
     everything = Selection(include_deleted=True)
-    for unit_type in unit_types()[1:]:
+    for unit_type in unit_types()[1:] if experiment is not None else workspace_unit_types():
         mine = unit_type.listing(expected, experiment, everything)
         if mine is None:
             continue
@@ -133,8 +139,9 @@ def _compare_units(
                 continue
             if copy.body != unit.body:
                 yield Difference(unit_where, "body differs")
-            refs = {k: (id_map(v) if k == "run" else v) for k, v in unit.refs.items() if k != "experiment"}
-            if refs != {k: v for k, v in copy.refs.items() if k != "experiment"}:
+            skip = "experiment" if experiment is not None else None  # an experiment unit's own
+            refs = {k: id_map(k, v) for k, v in unit.refs.items() if k != skip}
+            if refs != {k: v for k, v in copy.refs.items() if k != skip}:
                 yield Difference(unit_where, f"references {refs} != {copy.refs}")
 
 

@@ -30,7 +30,7 @@ from trackport.transfer.plan import planned_losses
 from trackport.transfer.scheduler import DELETED_REASON, IN_DELETED_EXPERIMENT, ExperimentUnits
 from trackport.transfer.summary import Failure, Summary
 from trackport.transfer.target_records import claim_records
-from trackport.transfer.units import Moved, UnitType, unit_types
+from trackport.transfer.units import Moved, UnitType, unit_types, workspace_unit_types
 
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -110,7 +110,7 @@ def transfer(
     run.count_runs_up_front([p.unit for p in planned if isinstance(p.unit, Experiment)])
     if notice:
         run.summary.notices.append(notice)
-    unknown = sorted(set(getattr(source, "unit_kinds", list)()) - {t.kind.name for t in run.types} - {"experiment"})
+    unknown = sorted(set(getattr(source, "unit_kinds", list)()) - set(run._types) - {"experiment"})
     if unknown:
         run.summary.notices.append(
             f"the source holds units of kinds this trackport does not know ({', '.join(unknown)}); they are not moved"
@@ -124,6 +124,7 @@ def transfer(
     try:
         for experiment in planned:
             run.move_experiment(experiment)
+        run.move_workspace()
         run.idmap.compact()
         run.ledger.ended("finished", run.summary.counts)
         sink.finish(run.summary.counts)
@@ -147,7 +148,7 @@ def declared_losses(source: SourceStore, sink: SinkStore) -> list[str]:
     capabilities, and the kinds the source may hold that the sink has no place for."""
     return planned_losses(sink.capabilities, sink.on_long_value) + [
         f"{t.kind.plural}: the target cannot hold them; each is recorded as skipped"
-        for t in unit_types()
+        for t in unit_types() + workspace_unit_types()
         if not t.holds(sink) and (hasattr(source, "iter_units") or hasattr(source, f"iter_{t.kind.plural}"))
     ]
 
@@ -173,7 +174,9 @@ class _Transfer:
         self.on_progress = on_progress
         self.config = config
         self.types = unit_types()
-        self._types = {t.kind.name: t for t in self.types}
+        self.workspace_types = workspace_unit_types()
+        self._types = {t.kind.name: t for t in self.types + self.workspace_types}
+        self.failed: set[tuple[str, str]] = set()  # units failed in this transfer: their dependents fail too
         self.planned: dict[str, int | None] = {}
         self.counted_up_front: set[str] = set()
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="trackport")
@@ -235,6 +238,7 @@ class _Transfer:
     # -- recording outcomes ------------------------------------------------------------
 
     def record_failure(self, kind: str, source_id: str, name: str, reason: str) -> None:
+        self.failed.add((kind, source_id))
         self.summary.fail(Failure(kind, source_id, name, reason))
         self.ledger.record(kind, source_id, name, "failed", reason)
         self.report(kind, source_id, name, "failed")
@@ -303,6 +307,15 @@ class _Transfer:
         self.summary.unit("experiment", outcome)
         self.ledger.record("experiment", exp_id, name, outcome, None if written.created else "already in the target")
         self.report("experiment", exp_id, name, outcome)
+
+    def move_workspace(self) -> None:
+        """The units of the whole workspace (the kinds of scope "workspace"), after every
+        experiment, so that the runs they refer to are settled."""
+        scope = ExperimentUnits(self, None, None)
+        for unit_type in self.workspace_types:
+            problem = self._move_kind(scope, unit_type)
+            if problem:
+                self.record_failure(unit_type.kind.name, "", f"the workspace's {unit_type.kind.plural}", problem)
 
     def _move_kind(self, scope: ExperimentUnits, unit_type: UnitType, listing=None) -> str | None:
         if listing is None:

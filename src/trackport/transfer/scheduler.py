@@ -1,4 +1,5 @@
-"""The units of one experiment on the worker pool, each after the units it depends on.
+"""The units of one experiment (or of the whole workspace) on the worker pool, each after
+the units it depends on.
 
 Kinds are moved one after another in dependency order (runs, then the kinds that refer to
 runs); inside a kind, a unit that depends on another unit of the same kind (a child run on
@@ -32,7 +33,10 @@ IN_DELETED_EXPERIMENT = "its experiment is deleted; add --include-deleted to tak
 
 
 class ExperimentUnits:
-    def __init__(self, transfer: _Transfer, experiment: Experiment, target: TargetExperimentId) -> None:
+    """experiment and target None: the workspace's units, after every experiment; their
+    dependencies are found through the experiments they name (Unit.refs)."""
+
+    def __init__(self, transfer: _Transfer, experiment: Experiment | None, target: TargetExperimentId | None) -> None:
         self.t = transfer
         self.experiment = experiment
         self.target = target
@@ -52,7 +56,8 @@ class ExperimentUnits:
                     while len(self.in_flight) >= 2 * self.t.config.workers:
                         self._settle_some()
             except Exception as exc:  # noqa: BLE001 - the listing broke off: recorded below
-                problem = f"its {unit_type.kind.plural} could not all be listed: {self.t.unit_failure(exc, 'experiment', self.experiment.experiment_id)}"
+                where = ("experiment", self.experiment.experiment_id) if self.experiment else (unit_type.kind.name, "")
+                problem = f"its {unit_type.kind.plural} could not all be listed: {self.t.unit_failure(exc, *where)}"
             while self.in_flight or self.waiting_for:
                 if self.in_flight:
                     self._settle_some()
@@ -94,14 +99,14 @@ class ExperimentUnits:
         """Submit the unit, fail it (and the units waiting for it) if a dependency failed,
         or hold it until a dependency of its own kind that may still come is settled."""
         for dependency in unit_type.dependencies(unit):
-            if self.settled.get(dependency) is False:
+            if self.settled.get(dependency) is False or dependency in self.t.failed:
                 self._fail_family(unit_type, unit, f"its {unit_type.dependency_name(dependency)} failed")
                 return
             if (
                 dependency[0] == unit_type.kind.name
                 and dependency not in self.settled
                 and dependency not in self.outside
-                and self._in_target(unit_type, dependency) is None
+                and self._in_target(unit_type, unit, dependency) is None
             ):
                 self.waiting_for.setdefault(dependency, []).append((unit_type, unit))
                 return
@@ -126,9 +131,16 @@ class ExperimentUnits:
         for waiting in self.waiting_for.pop(key, []):
             self._release(*waiting)
 
-    def _in_target(self, unit_type: UnitType, key: Key) -> str | None:
+    def _in_target(self, unit_type: UnitType, unit: Any, key: Key) -> str | None:
+        """The target's copy of a dependency of unit (asked of the target, in the target
+        experiment the dependency lives in), or None."""
+        if key[0] == "experiment":  # a workspace unit's: the experiment written for it
+            return self.t.idmap.get("experiment", key[1])
+        target = self.target if self.experiment is not None else self.t.idmap.get("experiment", unit_type.home_experiment(unit) or "")
+        if target is None:
+            return None
         try:
-            return self.t.unit_type(key[0]).lookup(self.t.sink, key[1], self.target)
+            return self.t.unit_type(key[0]).lookup(self.t.sink, key[1], target)
         except Exception as exc:  # noqa: BLE001 - not found for now: asked again later
             self.t.unit_failure(exc, key[0], key[1])  # fatal and internal errors still stop
             return None
@@ -139,7 +151,7 @@ class ExperimentUnits:
         """One unit. False when it failed (already recorded)."""
         kind, source_id, name = unit_type.kind.name, unit_type.source_id(unit), unit_type.name(unit)
         try:
-            targets = {d: self.moved.get(d) or self._in_target(unit_type, d) for d in unit_type.dependencies(unit)}
+            targets = {d: self.moved.get(d) or self._in_target(unit_type, unit, d) for d in unit_type.dependencies(unit)}
             moved = unit_type.move(self.t.source, self.t.sink, unit, self.target, targets)
         except Exception as exc:  # noqa: BLE001 - recorded, reported, counted (or re-raised)
             self.t.record_failure(kind, source_id, name, self.t.unit_failure(exc, kind, source_id))

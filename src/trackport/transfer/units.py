@@ -77,6 +77,11 @@ class UnitType(ABC):
         """How messages name a dependency of this kind's units: "run 3f2a..."."""
         return f"{dependency[0]} {dependency[1]}"
 
+    def home_experiment(self, unit: Any) -> str | None:
+        """The source experiment the unit's dependencies live in (for a workspace unit,
+        the one it names), where their copies are looked up in the target."""
+        return None
+
     @abstractmethod
     def move(
         self, source: SourceStore, sink: SinkStore, unit: Any, target_experiment_id: str, targets: dict[Key, str | None]
@@ -169,11 +174,12 @@ class DocumentUnits(UnitType):
     def __init__(self, kind: kinds.UnitKind) -> None:
         self.kind = kind
 
-    def listing(self, source: SourceStore, experiment: Experiment, everything: Selection) -> Iterator[Any] | None:
+    def listing(self, source: SourceStore, experiment: Experiment | None, everything: Selection) -> Iterator[Any] | None:
+        """experiment None: the workspace's units (iter_units(kind, None) / iter_<plural>())."""
         if hasattr(source, "iter_units"):  # a store that holds documents of any kind
             return source.iter_units(self.kind, experiment)
         read = getattr(source, f"iter_{self.kind.plural}", None)
-        return None if read is None else read(experiment)
+        return None if read is None else read(*(() if experiment is None else (experiment,)))
 
     def _sink_method(self, sink: SinkStore, verb: str) -> Callable | None:
         """sink.put_unit / find_unit (any kind), else put_<kind> / find_<kind>."""
@@ -189,17 +195,20 @@ class DocumentUnits(UnitType):
         return unit.name
 
     def dependencies(self, unit: kinds.Unit) -> list[Key]:
-        return [(k, i) for k, i in sorted(unit.refs.items()) if k != "experiment"]
+        return [(k, i) for k, i in sorted(unit.refs.items()) if k != "experiment" or unit.experiment_id is None]
+
+    def home_experiment(self, unit: kinds.Unit) -> str | None:
+        return unit.experiment_id or unit.refs.get("experiment")
 
     def lookup(self, sink: SinkStore, source_id: str, target_experiment_id: str) -> str | None:
         find = getattr(sink, f"lookup_{self.kind.name}", None)
         return None if find is None else find(source_id, target_experiment_id)
 
-    def move(self, source: SourceStore, sink: SinkStore, unit: kinds.Unit, target_experiment_id: str, targets: dict) -> Moved:
+    def move(self, source: SourceStore, sink: SinkStore, unit: kinds.Unit, target_experiment_id: str | None, targets: dict) -> Moved:
         refs, losses = {}, []
         for k, source_ref in unit.refs.items():
             if k == "experiment":
-                refs[k] = target_experiment_id
+                refs[k] = targets.get((k, source_ref)) or target_experiment_id or source_ref
                 continue
             target_ref = targets.get((k, source_ref))
             if target_ref is None:
@@ -225,3 +234,8 @@ def register_type(unit_type: UnitType) -> None:
 def unit_types() -> list[UnitType]:
     """Every kind moved inside an experiment, in dependency order: runs, then the others."""
     return [RunUnits()] + [_TYPES.get(k.name) or DocumentUnits(k) for k in kinds.generic_kinds()]
+
+
+def workspace_unit_types() -> list[UnitType]:
+    """The kinds of the whole workspace, moved after every experiment, in dependency order."""
+    return [_TYPES.get(k.name) or DocumentUnits(k) for k in kinds.generic_kinds("workspace")]
