@@ -245,3 +245,25 @@ def _rehash(bundle: Path, rel: str) -> None:
             entry.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
         lines.append(json.dumps(entry, sort_keys=True))
     manifest.write_text("\n".join(lines) + "\n")
+
+
+def test_a_reference_to_a_unit_an_earlier_transfer_wrote_is_found_in_the_target(tmp_path):
+    """A unit that refers to another of its kind which is not in this transfer: the
+    reference names the target's copy when the target holds one (asked of the target:
+    the bundle's lookup_unit), else it keeps the source id, recorded as a loss."""
+    _, bundle = _export(tmp_path)
+
+    class Later(NotedSource):
+        def iter_notes(self, experiment):
+            yield kinds.Unit("note", "n3", experiment.experiment_id, "after n1", {"note": "n1"}, {"text": "see n1"})
+            yield kinds.Unit("note", "n4", experiment.experiment_id, "after n9", {"note": "n9"}, {"text": "see n9"})
+
+        def iter_labels(self):
+            return iter(())
+
+    with open_bundle_sink(str(bundle)) as sink:  # the same source again: an incremental export
+        summary = transfer(Later(runs=3, artifact_bytes=10), sink, EVERYTHING)
+    assert summary.failed == 0, summary.failures
+    assert summary.counts["notes"]["done"] == 2 and summary.counts["runs"]["skipped"] == 3
+    assert summary.losses == ["note 'after n9' (n4): its note n9 is not in the target; the reference keeps its source id"]
+    assert verify_bundle(bundle, level="full").ok

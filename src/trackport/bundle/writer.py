@@ -276,6 +276,12 @@ class BundleSink(SinkStore):
             return None
         return unit.unit_id if path.is_file() else None
 
+    def lookup_unit(self, kind: str, source_id: str, target_experiment_id: str | None) -> str | None:
+        """The id of the complete document of that unit, where a reference to it is
+        resolved (a bundle keeps ids)."""
+        probe = Unit(kind, source_id, target_experiment_id)
+        return self.find_unit(probe, target_experiment_id)
+
     def put_unit(self, unit: Unit, target_experiment_id: str | None) -> str:
         """Write the unit's document (experiments/<E>/units/<kind>/<id>.json, or
         units/<kind>/<id>.json for the workspace's), replacing an

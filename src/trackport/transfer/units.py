@@ -200,7 +200,10 @@ class DocumentUnits(UnitType):
     def home_experiment(self, unit: kinds.Unit) -> str | None:
         return unit.experiment_id or unit.refs.get("experiment")
 
-    def lookup(self, sink: SinkStore, source_id: str, target_experiment_id: str) -> str | None:
+    def lookup(self, sink: SinkStore, source_id: str, target_experiment_id: str | None) -> str | None:
+        """sink.lookup_unit(kind name, ...) (any kind), else lookup_<kind>(...)."""
+        if hasattr(sink, "lookup_unit"):
+            return sink.lookup_unit(self.kind.name, source_id, target_experiment_id)
         find = getattr(sink, f"lookup_{self.kind.name}", None)
         return None if find is None else find(source_id, target_experiment_id)
 

@@ -46,7 +46,6 @@ class MlflowDatabaseSource(LocalArtifacts, SourceStore):
                 f"{ARTIFACTS_PARAM}={artifacts_destination}: no such directory; give the directory the tracking"
                 " server was started with (--artifacts-destination)"
             )
-        self._artifacts_destination = artifacts_destination
         self._db_lock = threading.Lock()
         self._db_opened: Database | None = None
 
