@@ -215,7 +215,7 @@ def test_a_listing_that_breaks_off_before_a_selected_run_fails_its_experiment(tm
             raise TransientError("the server went away")
             yield  # a generator: the error comes with the first run asked for
 
-    source = Breaking(runs=2, artifact_bytes=1)
+    source = Breaking.workload(runs=2, artifact_bytes=1)
     selection = Selection(experiments=("1",), run_ids=(source.runs[0].run_id,))
     with open_sink(f"sqlite:///{tmp_path / 't.db'}") as sink:
         summary = transfer(source, sink, selection)

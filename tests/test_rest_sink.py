@@ -9,15 +9,15 @@ import json
 import math
 import uuid
 
-import pyarrow as pa
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from memory_source import MemorySource
 from mlflow_snapshot import snapshot
-from trackport.domain import METRIC_SCHEMA, ArtifactFile, DatasetInput, Experiment, Run
+from trackport.domain import DatasetInput, Experiment, Run
 from trackport.samples.sample_store import SAMPLE_COUNTS
 from trackport.opening import open_source
-from trackport.stores.base import Selection, SourceStore, StoreDescription
+from trackport.stores.base import Selection, SourceStore
 from trackport.stores.rest.server import connect
 from trackport.stores.rest.sink import RestSink
 from trackport.transfer import transfer
@@ -82,39 +82,13 @@ class _NonSeekable(io.RawIOBase):
         return len(chunk)
 
 
-class TinySource(SourceStore):
-    """A hand-written source: one experiment, runs given as (Run, metric rows, artifacts)."""
-
-    def __init__(self, experiment: Experiment, runs: list[tuple[Run, list[tuple], dict[str, bytes]]]) -> None:
-        self.experiment = experiment
-        self.runs = {run.run_id: (run, metrics, artifacts) for run, metrics, artifacts in runs}
-
-    def describe(self):
-        return StoreDescription(kind="tiny", uri="tiny://test")
-
-    def list_experiments(self, selection):
-        yield self.experiment
-
-    def iter_runs(self, experiment, selection):
-        for run, _, _ in self.runs.values():
-            if selection.include_deleted or run.lifecycle_stage != "deleted":
-                yield run
-
-    def iter_metric_batches(self, run):
-        rows = sorted(self.runs[run.run_id][1], key=lambda r: (r[0], r[1], r[2], r[3]))
-        for i in range(0, len(rows), 4096):
-            chunk = rows[i : i + 4096]
-            yield pa.RecordBatch.from_arrays(
-                [pa.array([r[j] for r in chunk], f.type) for j, f in enumerate(METRIC_SCHEMA)], schema=METRIC_SCHEMA
-            )
-
-    def list_artifacts(self, run):
-        for path, data in sorted(self.runs[run.run_id][2].items()):
-            yield ArtifactFile(path, len(data))
-
-    @contextlib.contextmanager
-    def open_artifact(self, run, path):
-        yield _NonSeekable(self.runs[run.run_id][2][path])
+def TinySource(experiment: Experiment, runs: list[tuple[Run, list[tuple], dict[str, bytes]]]) -> MemorySource:
+    """One experiment, runs given as (Run, metric rows, artifacts); artifacts read like an
+    HTTP body (no seeking)."""
+    return MemorySource(
+        [experiment], [run for run, _, _ in runs], {run.run_id: rows for run, rows, _ in runs},
+        {run.run_id: files for run, _, files in runs}, uri="tiny://test", open_bytes=_NonSeekable,
+    )
 
 
 def tiny_run(name: str, **kwargs) -> Run:
@@ -304,7 +278,7 @@ def test_long_values_infinities_and_refused_runs(target_server, tmp_path):
     # on_long_value="error": the long run fails by name before anything of it is written.
     name = f"tiny-error-{uuid.uuid4().hex[:8]}"
     source, runs = _tiny_source(name)
-    del source.runs[runs["bad"].run_id]
+    source.runs.remove(runs["bad"])
     with rest_sink(target_server.url, tmp_path, on_long_value="error") as sink:
         summary = transfer(source, sink, Selection(include_deleted=True))
     assert summary.failed == 1
@@ -341,7 +315,7 @@ def test_long_values_infinities_and_refused_runs(target_server, tmp_path):
     # refuses fails by name with the server's message and leaves nothing active.
     name = f"tiny-truncate-{uuid.uuid4().hex[:8]}"
     source, runs = _tiny_source(name)
-    del source.runs[runs["ok"].run_id]
+    source.runs.remove(runs["ok"])
     with rest_sink(target_server.url, tmp_path, on_long_value="truncate") as sink:
         summary = transfer(source, sink, Selection(include_deleted=True))
     assert summary.failed == 1
@@ -363,7 +337,7 @@ def test_long_histories_arrive_whole(target_server, tmp_path):
         run = tiny_run("rate")
         source = TinySource(Experiment("7", name), [(run, [("loss", i, i, 1.0 / (i + 1)) for i in range(n)], {})])
         with rest_sink(target_server.url, tmp_path) as sink:
-            exp = sink.put_experiment(source.experiment).target_experiment_id
+            exp = sink.put_experiment(source.experiments[0]).target_experiment_id
             from trackport.transfer.units import _SourceRunContent
 
             result = sink.put_run(run, exp, _SourceRunContent(source, run))
@@ -389,7 +363,7 @@ def test_deleted_experiment_and_restored_target(target_server, tmp_path):
 
     # The source experiment is active again: the target one is restored (which restores
     # all its runs), the run deleted in the source is deleted again, nothing is rewritten.
-    source.experiment = dataclasses.replace(source.experiment, lifecycle_stage="active")
+    source.experiments[0] = dataclasses.replace(source.experiments[0], lifecycle_stage="active")
     with rest_sink(target_server.url, tmp_path) as sink:
         summary = transfer(source, sink, Selection(include_deleted=True))
     assert summary.counts["runs"] == {"done": 0, "skipped": 2, "failed": 0, "not_selected": 0}

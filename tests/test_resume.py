@@ -8,8 +8,6 @@ checked (the process was still running), not timed.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -23,18 +21,18 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from faultproxy import check_server_copies
+from memory_source import MemorySource
 
 from trackport.bundle.layout import MANIFEST_FILE
 from trackport.domain import (
     ACTIVE,
     DELETED,
     METRIC_SCHEMA,
-    ArtifactFile,
     Experiment,
     Run,
 )
 from trackport.opening import open_bundle_sink, open_sink, open_source
-from trackport.stores.base import Selection, SourceStore, StoreDescription
+from trackport.stores.base import Selection
 from trackport.transfer import transfer
 from trackport.transfer.compare import compare_stores
 from trackport.transfer.idmap import IdMap
@@ -57,74 +55,52 @@ def _trackport_command() -> list[str]:
     return [script]
 
 
-class _SyntheticSource(SourceStore):
-    """An in-memory store, larger than the sample: 16 runs (parents and children, one
-    deleted), 1,500 metric points (NaN included) and 2 artifacts each. Cheap to make; the
-    bundle written from it is the source of truth the targets are compared with."""
-
-    def __init__(self) -> None:
-        rng = random.Random(SEED)
-        base = 1_700_000_000_000
-        self.experiments = [
-            Experiment(str(e + 1), name, creation_time=base, last_update_time=base, tags={"team": f"team-{e}"})
-            for e, name in enumerate(BIG_EXPERIMENTS)
-        ]
-        self.runs: dict[str, list[Run]] = {}
-        self.metrics: dict[str, pa.RecordBatch] = {}
-        self.artifacts: dict[str, dict[str, bytes]] = {}
-        for e, experiment in enumerate(self.experiments):
-            runs = self.runs[experiment.experiment_id] = []
-            parent = None
-            for i in range(BIG_RUNS_PER_EXPERIMENT):
-                run_id = f"{rng.getrandbits(128):032x}"
-                tags = {"mlflow.user": "resumer", "mlflow.runName": f"run {e}-{i}", "note": f"run {i}"}
-                if parent is not None and i % 3:
-                    tags["mlflow.parentRunId"] = parent
-                if i % 3 == 0:
-                    parent = run_id
-                deleted = e == 1 and i == BIG_RUNS_PER_EXPERIMENT - 1
-                runs.append(Run(
-                    run_id=run_id, experiment_id=experiment.experiment_id, run_name=f"run {e}-{i}",
-                    user_id="resumer", status="FINISHED" if i % 5 else "FAILED",
-                    start_time=base + e * 10_000 + i, end_time=base + 99_000 + i,
-                    lifecycle_stage=DELETED if deleted else ACTIVE, deleted_time=base + 100_000 if deleted else None,
-                    params={f"p{k}": str(rng.random()) for k in range(20)}, tags=tags,
-                ))
-                per_key = BIG_POINTS // 3
-                keys = sorted(("loss", "acc", "lr"))
-                self.metrics[run_id] = pa.RecordBatch.from_arrays([
-                    pa.array([k for k in keys for _ in range(per_key)], pa.string()),
-                    pa.array([j for _ in keys for j in range(per_key)], pa.int64()),
-                    pa.array([base + j for _ in keys for j in range(per_key)], pa.int64()),
-                    pa.array([rng.random() if j % 97 else math.nan for _ in keys for j in range(per_key)],
-                             pa.float64()),
-                ], schema=METRIC_SCHEMA)
-                self.artifacts[run_id] = {f"dir/file-{k}.bin": rng.randbytes(2_000 * (k + 1))
-                                          for k in range(BIG_ARTIFACTS)}
-
-    def describe(self) -> StoreDescription:
-        return StoreDescription(kind="synthetic", uri="synthetic:resume")
-
-    def list_experiments(self, selection: Selection):
-        return iter(self.experiments)
-
-    def iter_runs(self, experiment: Experiment, selection: Selection):
-        return iter(self.runs[experiment.experiment_id])
-
-    def iter_metric_batches(self, run: Run):
-        return iter([self.metrics[run.run_id]])
-
-    def list_artifacts(self, run: Run):
-        return iter(ArtifactFile(path, len(data)) for path, data in sorted(self.artifacts[run.run_id].items()))
-
-    def open_artifact(self, run: Run, path: str):
-        return contextlib.nullcontext(io.BytesIO(self.artifacts[run.run_id][path]))
+def _synthetic_source() -> MemorySource:
+    """A source larger than the sample: 16 runs (parents and children, one deleted), 1,500
+    metric points (NaN included) and 2 artifacts each. Cheap to make; the bundle written
+    from it is the source of truth the targets are compared with."""
+    rng = random.Random(SEED)
+    base = 1_700_000_000_000
+    experiments = [
+        Experiment(str(e + 1), name, creation_time=base, last_update_time=base, tags={"team": f"team-{e}"})
+        for e, name in enumerate(BIG_EXPERIMENTS)
+    ]
+    runs: list[Run] = []
+    metrics: dict[str, pa.RecordBatch] = {}
+    artifacts: dict[str, dict[str, bytes]] = {}
+    for e, experiment in enumerate(experiments):
+        parent = None
+        for i in range(BIG_RUNS_PER_EXPERIMENT):
+            run_id = f"{rng.getrandbits(128):032x}"
+            tags = {"mlflow.user": "resumer", "mlflow.runName": f"run {e}-{i}", "note": f"run {i}"}
+            if parent is not None and i % 3:
+                tags["mlflow.parentRunId"] = parent
+            if i % 3 == 0:
+                parent = run_id
+            deleted = e == 1 and i == BIG_RUNS_PER_EXPERIMENT - 1
+            runs.append(Run(
+                run_id=run_id, experiment_id=experiment.experiment_id, run_name=f"run {e}-{i}",
+                user_id="resumer", status="FINISHED" if i % 5 else "FAILED",
+                start_time=base + e * 10_000 + i, end_time=base + 99_000 + i,
+                lifecycle_stage=DELETED if deleted else ACTIVE, deleted_time=base + 100_000 if deleted else None,
+                params={f"p{k}": str(rng.random()) for k in range(20)}, tags=tags,
+            ))
+            per_key = BIG_POINTS // 3
+            keys = sorted(("loss", "acc", "lr"))
+            metrics[run_id] = pa.RecordBatch.from_arrays([
+                pa.array([k for k in keys for _ in range(per_key)], pa.string()),
+                pa.array([j for _ in keys for j in range(per_key)], pa.int64()),
+                pa.array([base + j for _ in keys for j in range(per_key)], pa.int64()),
+                pa.array([rng.random() if j % 97 else math.nan for _ in keys for j in range(per_key)], pa.float64()),
+            ], schema=METRIC_SCHEMA)
+            artifacts[run_id] = {f"dir/file-{k}.bin": rng.randbytes(2_000 * (k + 1)) for k in range(BIG_ARTIFACTS)}
+    return MemorySource(experiments, runs, metrics, artifacts, uri="synthetic:resume")
 
 
 @pytest.fixture(scope="module")
 def big_bundle(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("big-bundle") / "bundle"
-    summary = transfer(_SyntheticSource(), open_bundle_sink(str(path)), EVERYTHING)
+    summary = transfer(_synthetic_source(), open_bundle_sink(str(path)), EVERYTHING)
     assert summary.failed == 0, summary.failures
     return path
 

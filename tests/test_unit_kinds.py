@@ -115,7 +115,7 @@ class NotedSqlite(SqliteStore):
 
 
 def _export(tmp_path: Path) -> tuple[NotedSource, Path]:
-    source = NotedSource(runs=3, artifact_bytes=10)
+    source = NotedSource.workload(runs=3, artifact_bytes=10)
     bundle = tmp_path / "bundle"
     with open_bundle_sink(str(bundle)) as sink:
         summary = transfer(source, sink, EVERYTHING)
@@ -262,7 +262,7 @@ def test_a_reference_to_a_unit_an_earlier_transfer_wrote_is_found_in_the_target(
             return iter(())
 
     with open_bundle_sink(str(bundle)) as sink:  # the same source again: an incremental export
-        summary = transfer(Later(runs=3, artifact_bytes=10), sink, EVERYTHING)
+        summary = transfer(Later.workload(runs=3, artifact_bytes=10), sink, EVERYTHING)
     assert summary.failed == 0, summary.failures
     assert summary.counts["notes"]["done"] == 2 and summary.counts["runs"]["skipped"] == 3
     assert summary.losses == ["note 'after n9' (n4): its note n9 is not in the target; the reference keeps its source id"]
