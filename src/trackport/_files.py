@@ -11,7 +11,8 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from contextlib import contextmanager
+from typing import IO, Any, BinaryIO, Iterator
 
 CHUNK_SIZE = 1 << 20  # artifacts and hashes are streamed in 1 MiB chunks
 TMP_MARK = ".tmp-"  # temp names are ".<final name>.tmp-<random hex>"
@@ -40,18 +41,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp name in the same directory, fsync, then os.replace."""
+@contextmanager
+def atomic_open(path: Path, mode: str = "wb", **options: Any) -> Iterator[IO]:
+    """A file that appears at path only whole: written under a temp name in the same
+    directory (the file's .name), fsynced, then moved into place; removed on error."""
     tmp = path.with_name(temp_name(path.name))
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        with open(tmp, mode, **options) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def sha256_file(path: Path) -> tuple[str, int]:

@@ -8,13 +8,12 @@ see a line the same way.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from trackport._files import check_relpath, fsync_dir, sha256_file, temp_name
+from trackport._files import atomic_open, check_relpath, fsync_dir, sha256_file
 from trackport.bundle.documents import loads, short
 from trackport.bundle.layout import (
     ARTIFACTS_DIR,
@@ -125,19 +124,10 @@ def iter_entries(root: Path, exclude: frozenset[str] = frozenset()) -> Iterator[
 
 def write_manifest(root: Path) -> int:
     """Build and atomically write root/manifest.jsonl; returns the number of entries."""
-    final = root / MANIFEST_FILE
-    tmp = root / temp_name(MANIFEST_FILE)
     n = 0
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for e in iter_entries(root, frozenset([tmp.name])):
-                f.write(e.to_line() + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(root / MANIFEST_FILE, "w", encoding="utf-8", newline="\n") as f:
+        for e in iter_entries(root, frozenset([Path(f.name).name])):  # not the manifest's own temp file
+            f.write(e.to_line() + "\n")
+            n += 1
     fsync_dir(root)
     return n
