@@ -512,7 +512,7 @@ def export_with_notes(path: Path) -> None:
         for note in NOTES:
             if note.experiment_id == exp.experiment_id:
                 assert sink.find_unit(note, teid) is None
-                assert sink.put_unit(note, teid) == note.unit_id
+                assert sink.put_unit(note, teid).target_id == note.unit_id
                 assert sink.find_unit(note, teid) == note.unit_id
     sink.finish({})
     sink.close()
@@ -545,7 +545,7 @@ def test_put_unit_refuses_what_a_reader_would_refuse_and_leaves_nothing(tmp_path
         (Unit("note", "n1", "1", body={"text": 5}), "not valid for a bundle"),
         (Unit("note", "n1", "1", refs={"run": 7}, body={"text": "x"}), "not valid for a bundle"),
         (Unit("note", "n1", "1", body={"text": "x", "v": math.nan}), "cannot be written as JSON"),
-        (Unit("note", "../n1", "1", body={"text": "x"}), "cannot be used as a directory name"),
+        (Unit("note", "", "1", body={"text": "x"}), "is empty"),
         (Unit("no/te", "n1", "1", body={"text": "x"}), "cannot be used as a directory name"),
         (Unit("run", "n1", "1", body={}), "not a unit of a generic kind"),
     ]
@@ -553,6 +553,13 @@ def test_put_unit_refuses_what_a_reader_would_refuse_and_leaves_nothing(tmp_path
         with pytest.raises(UnitError, match=words):
             sink.put_unit(unit, teid)
     assert not (tmp_path / "b/experiments/1/units").exists()
+    # Any id is a file name of its own inside its kind's folder (percent-encoded): none leads out.
+    for unit_id, name in (("../n1", "%2E.%2Fn1"), ("churn/3", "churn%2F3"), ("x" * 300, None)):
+        sink.put_unit(Unit("note", unit_id, "1", body={"text": "x"}), teid)
+        written = [p.name for p in (tmp_path / "b/experiments/1/units/note").iterdir() if p.name.startswith((name or "x")[:3])]
+        assert len(written) == 1 and len(written[0]) <= 205, written
+        assert name is None or written == [name + ".json"]
+        (tmp_path / "b/experiments/1/units/note" / written[0]).unlink()
     sink.close()
 
 

@@ -120,10 +120,14 @@ def test_unit_of_names_the_unit_a_path_belongs_to():
     assert unit_of("experiments/1/runs/r1/run.json") == ("run", "r1")
     assert unit_of("experiments/1/runs/r1/artifacts/a/b.txt") == ("run", "r1")
     assert unit_of("experiments/1/units/note/n1.json") == ("note", "n1")
+    # A unit's files are in the folder named like its document (format 1.3).
+    assert unit_of("experiments/1/units/note/sub/n1.json") == ("note", "sub")
+    assert unit_of("units/model_version/churn%2F3.json") == ("model_version", "churn%2F3")
+    assert unit_of("experiments/1/units/logged_model/m-1/artifacts/MLmodel") == ("logged_model", "m-1")
     for bundle_wide in [ROOT_FILE, "transfer/ledger.jsonl", "experiments/1/notes.txt",
                         "experiments/1/runs/.r1.tmp-abc/run.json", "experiments/1/units/note/.n1.json.tmp-abc",
                         "experiments/1/units/note/n1.txt", "experiments/1/units/run/r1.json",
-                        "experiments/1/units/note/sub/n1.json"]:
+                        "experiments/1/units/note/.sub/n1.json"]:
         assert unit_of(bundle_wide) is None, bundle_wide
 
 

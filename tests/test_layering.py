@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS = [
     ["trackport.errors"],
     ["trackport.domain", "trackport.config", "trackport._files", "trackport.kinds", "trackport.locking"],
-    ["trackport.stores.base", "trackport.provenance"],
+    ["trackport.stores.base", "trackport.provenance", "trackport.models"],
     ["trackport.selection"],
     ["trackport.transfer", "trackport.stores", "trackport.bundle"],
     ["trackport.opening"],

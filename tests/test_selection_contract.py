@@ -13,7 +13,7 @@ from trackport.opening import open_source
 from trackport.samples import sample_store
 from trackport.stores.base import Selection, Unreadable
 from trackport.stores.mlflow_db.sqlite import SqliteSource
-from trackport.transfer.engine import plan_experiments
+from trackport.transfer.plan import plan_experiments
 
 KINDS = ["rest", "sqlite", "database", "mlruns", "bundle"]
 

@@ -61,7 +61,7 @@ class NotedSource(MemorySource):
         yield kinds.Unit("note", "n1", experiment.experiment_id, "about the experiment", {}, {"text": "all good"})
         yield kinds.Unit("note", "n2", experiment.experiment_id, "about a run", {"run": first}, {"text": "best run"})
 
-    def iter_labels(self):
+    def iter_labels(self, selection=None):
         run = self.runs[1]
         yield kinds.Unit("label", "best", None, "the best run", {"experiment": run.experiment_id, "run": run.run_id}, {})
 
@@ -103,7 +103,7 @@ class NotedSqlite(SqliteStore):
     def find_label(self, unit, target_experiment_id):
         return self.find_note(unit, "workspace")
 
-    def iter_labels(self):
+    def iter_labels(self, selection=None):
         for path in sorted((self.folder / "workspace").glob("*.json")):
             doc = json.loads(path.read_text())
             yield kinds.Unit("label", path.stem, None, doc["name"], doc["refs"], doc["body"])
@@ -258,7 +258,7 @@ def test_a_reference_to_a_unit_an_earlier_transfer_wrote_is_found_in_the_target(
             yield kinds.Unit("note", "n3", experiment.experiment_id, "after n1", {"note": "n1"}, {"text": "see n1"})
             yield kinds.Unit("note", "n4", experiment.experiment_id, "after n9", {"note": "n9"}, {"text": "see n9"})
 
-        def iter_labels(self):
+        def iter_labels(self, selection=None):
             return iter(())
 
     with open_bundle_sink(str(bundle)) as sink:  # the same source again: an incremental export

@@ -124,6 +124,10 @@ class Capabilities:
     undoes_failed_runs: bool = True
     max_param_value_length: int | None = None
     max_tag_value_length: int | None = None
+    # Logged model ids (a server makes new ones) and the times of logged models, registered
+    # models and versions and the users of versions (a server sets them when writing).
+    keeps_model_ids: bool = True
+    keeps_registry_times: bool = True
 
     @classmethod
     def lossless(cls) -> "Capabilities":

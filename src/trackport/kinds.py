@@ -9,8 +9,13 @@ registration plus the adapter methods of the stores that hold it.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
+
+# The JSON Schemas shipped with trackport (bundle documents and the bodies of unit kinds).
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,12 @@ class UnitKind:
     # "experiment": each unit belongs to one experiment, moved with it; "workspace": the
     # units belong to the whole store (the model registry), moved after every experiment.
     scope: str = "experiment"
+    # Its units carry files (a logged model's artifacts): stores list and open them, and
+    # a sink is handed them as it writes the unit.
+    has_files: bool = False
+    # Body fields a verify does not compare: what a target may set itself (creation times
+    # on a server) or what only says where the source kept something.
+    compare_ignores: tuple[str, ...] = ()
 
     def count(self, n: int) -> str:
         """'1 run', '12,345 runs'."""
@@ -38,11 +49,23 @@ class Unit:
     unit_id: str  # its id in the store it was read from
     experiment_id: str | None  # the experiment it belongs to, in that store; None: the workspace
     name: str = ""
-    # The units it refers to, by kind: {"run": "<run id>"}. The engine rewrites them to the
-    # target's ids before a sink sees the unit. A workspace unit that refers to a run names
-    # the run's experiment too ({"experiment": ..., "run": ...}): runs are found in it.
+    # The units it refers to, by name: {"run": "<run id>"}. A name is a kind's name, or the
+    # kind's name, "#" and a label where a unit refers to several units of one kind
+    # ({"run": ..., "run#2": ...}; see ref_kind); the body names them by these names, never
+    # by id, so a body is the same in every store. The engine rewrites them to the target's
+    # ids before a sink sees the unit. A workspace unit that refers to a run names the
+    # run's experiment too ({"experiment": ..., "run": ...}): runs are found in it.
     refs: dict[str, str] = field(default_factory=dict)
     body: dict = field(default_factory=dict)  # JSON-able content
+    # Set by the engine on the unit a sink is handed: the names of refs whose unit the
+    # target does not hold (they keep the source id; the loss is recorded). A sink that
+    # gives new ids leaves those references out.
+    missing: frozenset[str] = frozenset()
+
+
+def ref_kind(ref_name: str) -> str:
+    """The kind a reference of that name names: "run#2" -> "run"."""
+    return ref_name.split("#", 1)[0]
 
 
 EXPERIMENT = UnitKind("experiment", "experiments")
@@ -61,6 +84,27 @@ def register(kind: UnitKind) -> UnitKind:
     return kind
 
 
+def _schema(name: str) -> dict:
+    with open(SCHEMA_DIR / f"{name}.schema.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+# MLflow 3's model objects (trackport.models builds their units; docs/bundle-format.md).
+LOGGED_MODEL = register(UnitKind(
+    "logged_model", "logged_models", depends_on=("experiment", "run"), schema=_schema("logged-model"),
+    has_files=True, compare_ignores=("artifact_location", "creation_timestamp", "last_updated_timestamp"),
+))
+REGISTERED_MODEL = register(UnitKind(
+    "registered_model", "registered_models", depends_on=("experiment",), schema=_schema("registered-model"),
+    scope="workspace", compare_ignores=("creation_timestamp", "last_updated_timestamp"),
+))
+MODEL_VERSION = register(UnitKind(
+    "model_version", "model_versions", depends_on=("registered_model", "model_version", "experiment", "run", "logged_model"),
+    schema=_schema("model-version"), scope="workspace",
+    compare_ignores=("creation_timestamp", "last_updated_timestamp", "user_id", "source", "deleted_after"),
+))
+
+
 def unregister(name: str) -> None:
     if name not in BUILT_IN:
         _KINDS.pop(name, None)
@@ -70,6 +114,11 @@ def kind(name: str) -> UnitKind:
     """The registered kind of that name; a kind no longer registered (read back from an
     old ledger) is still named sensibly."""
     return _KINDS.get(name) or UnitKind(name, name + "s")
+
+
+def names() -> list[str]:
+    """Every registered kind's name: experiments and runs first."""
+    return list(_KINDS)
 
 
 def generic_kinds(scope: str = "experiment") -> Iterator[UnitKind]:

@@ -89,10 +89,17 @@ def open_bundle_sink(uri: str, *, config: TransferConfig = DEFAULT) -> SinkStore
 
 
 def open_sink(
-    uri: str, *, artifact_root: str | None = None, on_long_value: str = "error", config: TransferConfig = DEFAULT
+    uri: str,
+    *,
+    artifact_root: str | None = None,
+    on_long_value: str = "error",
+    on_existing_model: str = "fail",
+    config: TransferConfig = DEFAULT,
 ) -> SinkStore:
     """A store to write into: a tracking server, a local sqlite store (created if missing)
-    or a bundle. The sink holds the target's lock until it is closed."""
+    or a bundle. The sink holds the target's lock until it is closed. on_existing_model:
+    what to do with a registered model of the target trackport did not write (fail, skip,
+    append); a bundle has none."""
     location = locate(uri)
     if location.kind == REST:
         from trackport.stores.rest.server import connect
@@ -100,7 +107,9 @@ def open_sink(
 
         client, info = connect(uri, "target", config=config)
         try:
-            return RestSink(client, uri, info, on_long_value=on_long_value, config=config)
+            return RestSink(
+                client, uri, info, on_long_value=on_long_value, on_existing_model=on_existing_model, config=config
+            )
         except BaseException:
             client.close()
             raise
@@ -108,7 +117,10 @@ def open_sink(
         from trackport.stores.sqlite.store import SqliteStore
 
         with _opening(uri):
-            return SqliteStore(_sqlite_uri(uri), create=True, artifact_root=artifact_root, config=config)
+            return SqliteStore(
+                _sqlite_uri(uri), create=True, artifact_root=artifact_root, on_existing_model=on_existing_model,
+                config=config,
+            )
     if location.kind == DATABASE:
         raise BadInputError(
             f"{uri.split('://', 1)[0]}://...: a tracking server's database is read here only as a"

@@ -10,6 +10,9 @@ SOURCE_RUN_ID_TAG = "trackport.source.run_id"
 SOURCE_EXPERIMENT_ID_TAG = "trackport.source.experiment_id"
 LOSSES_TAG = "trackport.losses"
 COMPLETE_TAG = "trackport.complete"  # written last: a run without it is a partial copy
+# On a unit of another kind that a target gives a new id (a logged model) or that the target
+# may hold already (a registered model, a version appended to one): the source unit's id.
+SOURCE_UNIT_TAG = "trackport.source.id"
 
 # Tags whose values embed the run's own id (JSON or plain).
 SELF_REFERENCING_TAGS = ("mlflow.log-model.history", "mlflow.rootRunId")
@@ -31,10 +34,65 @@ def is_mlmodel(path: str) -> bool:
     return posixpath.basename(path) == MLMODEL_FILE
 
 
-def rewrite_mlmodel(data: bytes, source_run_id: str, target_run_id: str) -> bytes:
-    """An MLmodel file (YAML) names its run in a top-level `run_id:` line; nothing else in
-    it is touched, so no YAML library is needed and the rest stays byte for byte."""
-    if source_run_id == target_run_id:
+_MLMODEL_ID_KEYS = (b"run_id", b"model_id", b"model_uuid")
+
+
+def rewrite_mlmodel(data: bytes, ids: dict[str, str], locations: dict[str, str] | None = None) -> bytes:
+    """An MLmodel file (YAML) names its run and logged model in top-level `run_id:`,
+    `model_id:` and `model_uuid:` lines, and a logged model's its artifact location in
+    `artifact_path:`. Those lines are rewritten (source id -> target id, source location ->
+    target location); nothing else in it is touched, so no YAML library is needed and the
+    rest stays byte for byte."""
+    changes = {k: v for k, v in ids.items() if k != v}
+    moved = {k: v for k, v in (locations or {}).items() if k and v and k != v}
+    if not changes and not moved:
         return data
-    pattern = re.compile(rb"^(run_id:\s*['\"]?)" + re.escape(source_run_id.encode()) + rb"(['\"]?\s*)$", re.M)
-    return pattern.sub(rb"\g<1>" + target_run_id.encode() + rb"\g<2>", data)
+
+    def line(match: re.Match) -> bytes:
+        key, quote, value, end = match.group(1), match.group(2), match.group(3).decode(), match.group(4)
+        if key in _MLMODEL_ID_KEYS and value in changes:
+            value = changes[value]
+        elif key == b"artifact_path" and value in moved:
+            value = moved[value]
+        return key + b": " + quote + value.encode() + quote + end
+
+    pattern = re.compile(rb"^(run_id|model_id|model_uuid|artifact_path):[ \t]*(['\"]?)([^'\"\r\n]*)\2([ \t]*)$", re.M)
+    return pattern.sub(line, data)
+
+
+def rewrite_version_source(
+    source: str, ids: dict[str, str], run_artifact_uri: str | None = None, model_artifact_location: str | None = None
+) -> str:
+    """A model version's source pointing at the copies of what it named (ids: source id ->
+    target id, runs and logged models): `models:/<id>` and `runs:/<id>/...` with the
+    target's ids; a path under a run's or logged model's artifact root (MLflow makes them
+    `.../<run id>/artifacts` and `.../models/<model id>/artifacts`) under the copy's root,
+    given as run_artifact_uri / model_artifact_location. Anything else (an object-store
+    path of its own, a prompt's placeholder) stays as it is."""
+    for scheme in ("models:/", "runs:/"):
+        if source.startswith(scheme):
+            head, sep, rest = source[len(scheme):].partition("/")
+            return scheme + ids.get(head, head) + sep + rest
+    for source_id in ids:
+        marker = f"/{source_id}/artifacts"
+        if marker not in source:
+            continue
+        target_root = model_artifact_location if source_id.startswith("m-") else run_artifact_uri
+        if target_root:
+            return target_root.rstrip("/") + source.split(marker, 1)[1]
+    return source
+
+
+def source_shape(source: str, ids: dict[str, str]) -> str:
+    """A version's source with the ids it names replaced by their roles (ids: id -> role,
+    e.g. {run id: "{run}"}), and a path under a run's or logged model's artifact root cut to
+    the part inside it: what two stores' copies of one version must agree on."""
+    for scheme in ("models:/", "runs:/"):
+        if source.startswith(scheme):
+            head, sep, rest = source[len(scheme):].partition("/")
+            return scheme + ids.get(head, head) + sep + rest
+    for source_id, role in ids.items():
+        marker = f"/{source_id}/artifacts"
+        if marker in source:
+            return role + "/artifacts" + source.split(marker, 1)[1]
+    return source

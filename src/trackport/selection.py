@@ -20,6 +20,8 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 from trackport.domain import DELETED, Experiment, Run
 from trackport.errors import BadInputError
+from trackport.kinds import MODEL_VERSION, REGISTERED_MODEL, Unit, UnitKind
+from trackport.models import name_matches, split_version_id
 from trackport.stores.base import Selection, Unreadable
 
 T = TypeVar("T")  # anything with .experiment_id and .name (an Experiment, a database row)
@@ -85,7 +87,7 @@ def resolve_experiments(
     if selection.run_ids:
         homes = locate_runs(list(dict.fromkeys(selection.run_ids)))
         missing = [r for r in dict.fromkeys(selection.run_ids) if r not in homes]
-        if missing:
+        if missing and not selection.runs_from_models:
             raise BadInputError(f"run(s) not found in {where}: {', '.join(missing)}")
         holding = set(homes.values())
         chosen = [e for e in chosen if _id(e) in holding]
@@ -109,3 +111,27 @@ def select_runs(runs: Iterable[Run | Unreadable], selection: Selection) -> Itera
 
 def _id(experiment: Experiment | Unreadable) -> str:
     return experiment.source_id if isinstance(experiment, Unreadable) else experiment.experiment_id
+
+
+def takes_registry(selection: Selection) -> bool:
+    """Whether the selection takes units of the whole workspace (the model registry): when
+    it names models, or when nothing narrows it to some experiments or runs."""
+    return bool(selection.models) or selection.models_only or not (selection.experiments or selection.narrows_runs)
+
+
+def select_workspace_units(kind: UnitKind, units: Iterable[Unit | Unreadable], selection: Selection) -> Iterator[Unit | Unreadable]:
+    """The units of a workspace kind the selection takes: with --model, the registered
+    models (prompts too) whose names match and their versions, and nothing of other kinds."""
+    if not selection.models:
+        yield from units
+        return
+    if kind.name not in (REGISTERED_MODEL.name, MODEL_VERSION.name):
+        return
+    for unit in units:
+        unit_id = unit.source_id if isinstance(unit, Unreadable) else unit.unit_id
+        try:
+            name = split_version_id(unit_id)[0] if kind.name == MODEL_VERSION.name else unit_id
+        except ValueError:  # an unreadable version whose id names no version
+            name = unit_id
+        if name_matches(name, selection.models):
+            yield unit

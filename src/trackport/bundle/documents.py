@@ -131,9 +131,10 @@ def run_from_doc(doc: dict) -> Run:
 
 
 # -- units/<kind>/<id>.json ------------------------------------------------------------------
-def unit_doc(unit: Unit, experiment_id: str | None) -> dict:
-    """The envelope of a generic unit (unit.schema.json); its body is the kind's own."""
-    return {
+def unit_doc(unit: Unit, experiment_id: str | None, files: list[dict] | None = None) -> dict:
+    """The envelope of a generic unit (unit.schema.json); its body is the kind's own;
+    files ({path, size, sha256}) for a unit of a kind with files."""
+    doc = {
         "kind": unit.kind,
         "id": unit.unit_id,
         "experiment_id": experiment_id,
@@ -141,6 +142,9 @@ def unit_doc(unit: Unit, experiment_id: str | None) -> dict:
         "refs": dict(unit.refs),
         "body": unit.body,
     }
+    if files is not None:
+        doc["files"] = files
+    return doc
 
 
 def unit_from_doc(doc: dict) -> Unit:

@@ -27,7 +27,8 @@ from trackport.bundle.layout import (
 from trackport.bundle.documents import short
 from trackport.bundle.manifest import ManifestEntry, parse_line
 
-UnitKey = tuple[str, str]  # (kind name, id): ("run", "<run id>"), ("experiment", "1"), ("note", "n1")
+UnitKey = tuple[str, str]  # (kind name, id): ("run", "<run id>"), ("experiment", "1"); a generic
+# kind's units by their file name (layout.unit_name): ("note", "n1"), ("model_version", "churn%2F3")
 
 
 @dataclass(frozen=True)
@@ -55,23 +56,26 @@ def unit_of(rel: str) -> UnitKey | None:
     """The unit a listed file belongs to, by its path; None for the bundle's own files
     (root descriptor, transfer/) and for names no unit can have (a writer's temp name)."""
     parts = rel.split("/")
-    if len(parts) == 3 and parts[0] == UNITS_DIR:  # a unit of the workspace
-        unit_id = unit_id_of(parts[2])
-        if is_component(parts[1]) and parts[1] not in BUILT_IN and unit_id is not None:
-            return (parts[1], unit_id)
-        return None
+    if parts[0] == UNITS_DIR:  # a unit of the workspace
+        return _generic_unit(parts[1:])
     if len(parts) < 3 or parts[0] != EXPERIMENTS_DIR or not is_component(parts[1]):
         return None
     if len(parts) == 3 and parts[2] == EXPERIMENT_FILE:
         return ("experiment", parts[1])
     if len(parts) >= 5 and parts[2] == RUNS_DIR and is_component(parts[3]):
         return ("run", parts[3])
-    # A folder named after a built-in kind is no generic kind's: runs are not documents.
-    if len(parts) == 5 and parts[2] == UNITS_DIR and is_component(parts[3]) and parts[3] not in BUILT_IN:
-        unit_id = unit_id_of(parts[4])
-        if unit_id is not None:
-            return (parts[3], unit_id)
+    if parts[2] == UNITS_DIR:
+        return _generic_unit(parts[3:])
     return None
+
+
+def _generic_unit(parts: list[str]) -> UnitKey | None:
+    """<kind>/<name>.json (a document) or <kind>/<name>/<path> (one of its files). A folder
+    named after a built-in kind is no generic kind's: runs are not documents."""
+    if len(parts) < 2 or not is_component(parts[0]) or parts[0] in BUILT_IN:
+        return None
+    name = unit_id_of(parts[1]) if len(parts) == 2 else (parts[1] if is_component(parts[1]) else None)
+    return None if name is None else (parts[0], name)
 
 
 @dataclass
@@ -86,7 +90,9 @@ class BundleIndex:
     experiments: dict[str, ManifestEntry | None] = field(default_factory=dict)  # id -> experiment.json entry
     runs: dict[str, dict[str, list[tuple[int, int]]]] = field(default_factory=dict)  # exp -> run -> spans
     run_homes: dict[str, list[str]] = field(default_factory=dict)  # run id -> experiments with a directory of it
-    units: dict[str | None, dict[str, dict[str, ManifestEntry]]] = field(default_factory=dict)  # exp (None: workspace) -> kind -> id -> entry
+    units: dict[str | None, dict[str, dict[str, ManifestEntry]]] = field(default_factory=dict)  # exp (None: workspace) -> kind -> name -> entry
+    # The files of units of kinds with files: (exp or None, kind, name) -> {path inside its folder: entry}
+    unit_files: dict[tuple[str | None, str, str], dict[str, ManifestEntry]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)  # of the manifest itself: all bundle-wide
 
     @cached_property
@@ -176,16 +182,20 @@ def _add(index: BundleIndex, entry: ManifestEntry, start: int, end: int, current
         return None
     parts = entry.path.split("/")
     kind, unit_id = unit
-    if parts[0] == UNITS_DIR:
-        index.units.setdefault(None, {}).setdefault(kind, {}).setdefault(unit_id, entry)
+    if parts[0] == UNITS_DIR or parts[2] == UNITS_DIR:
+        exp_id = None if parts[0] == UNITS_DIR else parts[1]
+        if exp_id is not None:
+            index.experiments.setdefault(exp_id, None)
+        inside = parts[3:] if exp_id is None else parts[5:]
+        if inside:  # one of the unit's files
+            index.unit_files.setdefault((exp_id, kind, unit_id), {}).setdefault("/".join(inside), entry)
+        else:
+            index.units.setdefault(exp_id, {}).setdefault(kind, {}).setdefault(unit_id, entry)
         return None
     exp_id = parts[1]
     index.experiments.setdefault(exp_id, None)
     if kind == "experiment":
         index.experiments[exp_id] = entry
-        return None
-    if parts[2] == UNITS_DIR:
-        index.units.setdefault(exp_id, {}).setdefault(kind, {}).setdefault(unit_id, entry)
         return None
     spans = index.runs.setdefault(exp_id, {}).setdefault(unit_id, [])
     if current == (exp_id, unit_id) and spans:

@@ -7,16 +7,18 @@ themselves (atomic writes, hashes, path checks) are trackport._files.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote, unquote
 from typing import Any, Iterator
 
 from trackport._files import check_component, write_bytes_atomic
 from trackport.bundle.documents import dumps
 
 FORMAT_NAME = "trackport-bundle"
-FORMAT_VERSION = "1.2"
+FORMAT_VERSION = "1.3"
 FORMAT_MAJOR = 1
 
 ROOT_FILE = "trackport-bundle.json"
@@ -28,10 +30,16 @@ RUNS_DIR = "runs"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.parquet"
 ARTIFACTS_DIR = "artifacts"
-# experiments/<E>/units/<kind name>/<unit id>.json, and units/<kind name>/<unit id>.json
-# for the kinds of the whole workspace (format 1.2)
+# experiments/<E>/units/<kind name>/<unit file name>.json, and units/<kind name>/<unit file
+# name>.json for the kinds of the whole workspace (format 1.2); the files of a unit of a kind
+# with files (a logged model's artifacts) in the folder <unit file name>/ beside it (1.3).
 UNITS_DIR = "units"
 UNIT_SUFFIX = ".json"
+# A unit id as a file name (format 1.3): characters outside these percent-encoded (a model
+# version's id "churn/3" is "churn%2F3"), and a name longer than MAX_UNIT_NAME bytes cut and
+# ended with "~" and a hash of the id; the document inside names the id itself.
+_UNIT_NAME_SAFE = " !'()+,-=@_"
+MAX_UNIT_NAME = 200
 # The writer's lock (trackport.locking): changes with every writer, so never listed.
 UNLISTED = frozenset({f"{TRANSFER_DIR}/lock"})
 
@@ -68,22 +76,56 @@ def run_dir(root: Path, experiment_id: str, run_id: str) -> Path:
     return runs_dir(root, experiment_id) / check_component(run_id, "run id")
 
 
+def unit_name(unit_id: str) -> str:
+    """The file name (without .json) a unit's document and folder have: its id with every
+    character but letters, digits, '.' and a few more percent-encoded (a leading '.' too),
+    cut with a hash when long. ValueError for an empty id."""
+    if not isinstance(unit_id, str) or not unit_id:
+        raise ValueError(f"unit id {unit_id!r} is empty")
+    name = quote(unit_id, safe=_UNIT_NAME_SAFE)
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if len(name.encode()) > MAX_UNIT_NAME:
+        digest = hashlib.sha256(unit_id.encode()).hexdigest()[:16]
+        cut = name[: MAX_UNIT_NAME - 17]
+        escape = cut.rfind("%", len(cut) - 2)  # not inside a %XX
+        name = (cut[:escape] if escape >= 0 else cut) + "~" + digest
+    return name
+
+
 def unit_file(root: Path, experiment_id: str | None, kind: str, unit_id: str) -> Path:
-    """experiments/<E>/units/<kind>/<id>.json, or units/<kind>/<id>.json for a unit of the
-    workspace (experiment_id None); ValueError when an id or the kind name cannot be a file
-    name."""
+    """experiments/<E>/units/<kind>/<unit_name(id)>.json, or units/<kind>/... for a unit of
+    the workspace (experiment_id None); ValueError when an id or the kind name cannot be
+    one."""
     base = root if experiment_id is None else experiment_dir(root, experiment_id)
     folder = base / UNITS_DIR / check_component(kind, "unit kind")
-    return folder / (check_component(unit_id, f"{kind} id") + UNIT_SUFFIX)
+    return folder / (unit_name(unit_id) + UNIT_SUFFIX)
+
+
+def unit_files_dir(document: Path) -> Path:
+    """The folder of a unit's files, beside its document: <name>/ for <name>.json."""
+    return document.with_name(document.name[: -len(UNIT_SUFFIX)])
 
 
 def unit_id_of(file_name: str) -> str | None:
-    """The unit id a file name in a kind's folder stands for; None for anything else (a
-    writer's temp file, a file that is not a document)."""
+    """The file name (unit_name) a document's name in a kind's folder stands for; None for
+    anything else (a writer's temp file, a file that is not a document)."""
     if not file_name.endswith(UNIT_SUFFIX):
         return None
-    unit_id = file_name[: -len(UNIT_SUFFIX)]
-    return unit_id if is_component(unit_id) else None
+    name = file_name[: -len(UNIT_SUFFIX)]
+    return name if is_component(name) else None
+
+
+def unit_id_from_name(name: str) -> str:
+    """The id a unit file name stands for, as far as the name tells (a cut name: its start;
+    "~" appears in no other name, it is encoded)."""
+    return unquote(name.split("~", 1)[0])
+
+
+def names_unit(name: str, unit_id: str) -> bool:
+    """Whether a unit file name is that unit's: unit_name(id), or (format 1.2, where names
+    were the ids themselves) the id."""
+    return name in (unit_name(unit_id), unit_id)
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:

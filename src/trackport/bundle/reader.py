@@ -21,6 +21,7 @@ the unit).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import threading
 from collections import OrderedDict
@@ -40,8 +41,8 @@ from trackport.bundle import descriptor, validator
 from trackport.bundle.checked_stream import CheckedArtifact
 from trackport.bundle.documents import short
 from trackport.bundle.index import BundleIndex, Problem, read_index
-from trackport.bundle.layout import MANIFEST_FILE
-from trackport.bundle.validator import Refused, RunPlan
+from trackport.bundle.layout import MANIFEST_FILE, unit_id_from_name
+from trackport.bundle.validator import Refused, RunPlan, UnitPlan
 
 
 
@@ -66,6 +67,8 @@ class BundleSource(SourceStore):
             raise BadInputError(self._message(problems[0]))
         self._plans: OrderedDict[tuple[str, str], RunPlan] = OrderedDict()
         self._plans_lock = threading.Lock()
+        # Checked documents of units with files, for the workers that write them (few: logged models).
+        self._unit_plans: dict[tuple[str | None, str, str], UnitPlan] = {}
 
     def _message(self, problem: Problem) -> str:
         return problem.in_bundle(self.path)
@@ -191,7 +194,10 @@ class BundleSource(SourceStore):
         listed = plan.artifacts.get(path)
         if listed is None:
             raise UnitError(f"run {run.run_id}: artifact {path!r} is not listed in {self._index.file(plan.run_json)}")
-        rel, size, sha256 = listed
+        return self._open_checked(*listed)
+
+    def _open_checked(self, rel: str, size: int, sha256: str) -> ContextManager[BinaryIO]:
+        """A listed file, opened without following a link, hashed as it is read."""
         target = self._index.file(rel)
         try:
             fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -211,9 +217,46 @@ class BundleSource(SourceStore):
 
     def iter_units(self, kind: UnitKind, experiment: Experiment | None) -> Iterator[Unit | Unreadable]:
         """The experiment's units of that kind (the workspace's when experiment is None),
-        by unit id; an Unreadable in place of each one whose document is damaged. The body
-        is checked against kind.schema, when the kind has one."""
+        by unit id (numbers in ids by value: a model's version 9 before 10); an Unreadable
+        in place of each one whose document or files are damaged. The body is checked
+        against kind.schema, when the kind has one."""
         experiment_id = None if experiment is None else experiment.experiment_id
-        for unit_id in sorted(self._index.units.get(experiment_id, {}).get(kind.name, {})):
-            unit, problems = validator.check_unit(self._index, experiment_id, kind.name, unit_id, kind.schema)
-            yield unit if unit is not None else Unreadable(kind.name, unit_id, self._message(problems[0]))
+        names = self._index.units.get(experiment_id, {}).get(kind.name, {})
+        for name in sorted(names, key=lambda n: _natural(unit_id_from_name(n))):
+            plan, problems = validator.check_unit(self._index, experiment_id, kind.name, name, kind.schema)
+            if plan is None or problems:
+                yield Unreadable(kind.name, unit_id_from_name(name), self._message(problems[0]))
+                continue
+            with self._plans_lock:
+                self._unit_plans[(plan.unit.experiment_id, plan.unit.kind, plan.unit.unit_id)] = plan
+            yield plan.unit
+
+    def _unit_plan(self, unit: Unit) -> UnitPlan:
+        with self._plans_lock:
+            plan = self._unit_plans.get((unit.experiment_id, unit.kind, unit.unit_id))
+        if plan is None:
+            raise UnitError(f"{unit.kind} {unit.unit_id!r} was not read from {self.path}")
+        return plan
+
+    def list_unit_artifacts(self, unit: Unit) -> Iterator[ArtifactFile]:
+        plan = self._unit_plan(unit)
+        return iter([ArtifactFile(path=p, size=size) for p, (_, size, _) in sorted(plan.files.items())])
+
+    def open_unit_artifact(self, unit: Unit, path: str) -> ContextManager[BinaryIO]:
+        listed = self._unit_plan(unit).files.get(path)
+        if listed is None:
+            raise UnitError(f"{unit.kind} {unit.unit_id}: file {short(path)!r} is not named by its document")
+        return self._open_checked(*listed)
+
+    def check_unit(self, unit: Unit) -> None:
+        """Every byte of the unit's files hashed, before a sink that cannot take a unit back
+        writes any of it."""
+        for artifact in self.list_unit_artifacts(unit):
+            with self.open_unit_artifact(unit, artifact.path) as stream:
+                while stream.read(CHUNK_SIZE):
+                    pass
+
+
+def _natural(text: str) -> list:
+    """A sort key reading runs of digits as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]

@@ -32,6 +32,7 @@ from trackport.bundle.layout import (
     RUNS_DIR,
     UNIT_SUFFIX,
     UNITS_DIR,
+    names_unit,
 )
 from trackport.bundle.manifest import ManifestEntry
 from trackport.bundle.metrics_parquet import MetricsFileError, read_metrics
@@ -240,24 +241,59 @@ def metric_batches(index: BundleIndex, plan: RunPlan) -> Iterator[pa.RecordBatch
         raise Refused(Problem(rel, f"cannot be read: {reason}", key)) from None
 
 
+@dataclass(frozen=True)
+class UnitPlan:
+    """A generic unit whose document was read and whose files were checked against the
+    manifest: its files (path inside its folder -> file, size, sha256)."""
+
+    unit: Unit
+    files: dict[str, tuple[str, int, str]]
+
+
 def check_unit(
-    index: BundleIndex, experiment_id: str | None, kind: str, unit_id: str, body_schema: dict | None
-) -> tuple[Unit | None, list[Problem]]:
-    """A generic unit's document: read and checked like every document, its envelope
-    naming the unit its path names, and its body against its kind's schema when the kind
-    has one (a kind this trackport does not know has none: its bodies are not checked)."""
+    index: BundleIndex, experiment_id: str | None, kind: str, name: str, body_schema: dict | None
+) -> tuple[UnitPlan | None, list[Problem]]:
+    """A generic unit's document (by its file name, layout.unit_name): read and checked
+    like every document, its envelope naming the unit its path names, its body against its
+    kind's schema when the kind has one (a kind this trackport does not know has none: its
+    bodies are not checked), and the files it names (the unit's folder beside it) as a
+    run's artifacts are."""
     home = "" if experiment_id is None else f"{EXPERIMENTS_DIR}/{experiment_id}/"  # None: the workspace's
-    rel = f"{home}{UNITS_DIR}/{kind}/{unit_id}{UNIT_SUFFIX}"
-    key = (kind, unit_id)
-    entry = index.units.get(experiment_id, {}).get(kind, {}).get(unit_id)
+    rel = f"{home}{UNITS_DIR}/{kind}/{name}{UNIT_SUFFIX}"
+    key = (kind, name)
+    entry = index.units.get(experiment_id, {}).get(kind, {}).get(name)
     doc, problems = _document(index, rel, entry, schemas.UNIT)
     if doc is None:
         return None, [Problem(rel, p, key) for p in problems]
-    if (doc["kind"], doc["id"], doc["experiment_id"]) != (kind, unit_id, experiment_id):
+    if doc["kind"] != kind or not names_unit(name, doc["id"]) or doc["experiment_id"] != experiment_id:
         return None, [Problem(rel, f"holds {short(doc['kind'], 80)} {short(doc['id'], 80)!r} of experiment "
                                    f"{short(str(doc['experiment_id']), 80)!r}, not the unit its path names", key)]
     if body_schema is not None:
         errors = schemas.body_errors(body_schema, doc["body"])
         if errors:
             return None, [Problem(rel, f"body does not match the schema of kind {kind!r}: {e}", key) for e in errors]
-    return unit_from_doc(doc), []
+    listed = index.unit_files.get((experiment_id, kind, name), {})
+    folder = f"{home}{UNITS_DIR}/{kind}/{name}"
+    files: dict[str, tuple[str, int, str]] = {}
+    for f in doc.get("files") or ():
+        try:
+            check_relpath(f["path"])
+        except ValueError as e:
+            problems.append(Problem(rel, f"file {short(str(e))}", key))
+            continue
+        if f["path"] in files:
+            problems.append(Problem(rel, f"file {short(f['path'])!r} is listed twice", key))
+            continue
+        file_rel = f"{folder}/{f['path']}"
+        listed_entry = listed.get(f["path"])
+        if listed_entry is None:
+            problem = f"(a file named by {rel}) is not listed in {MANIFEST_FILE}"
+        elif (listed_entry.size, listed_entry.sha256) != (f["size"], f["sha256"]):
+            problem = f"{MANIFEST_FILE} and {rel} disagree about its size or sha256"
+        else:
+            problem = file_problem(index, file_rel, f["size"])
+        if problem:
+            problems.append(Problem(file_rel, problem, key))
+        else:
+            files[f["path"]] = (file_rel, f["size"], f["sha256"])
+    return UnitPlan(unit_from_doc(doc), files), problems

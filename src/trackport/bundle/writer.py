@@ -25,6 +25,8 @@ from trackport.stores.base import (
     Selection,
     SinkStore,
     StoreDescription,
+    UnitContent,
+    UnitWriteResult,
 )
 from trackport import kinds
 from trackport._files import (
@@ -54,6 +56,7 @@ from trackport.bundle.layout import (
     run_dir,
     runs_dir,
     unit_file,
+    unit_files_dir,
     unit_id_of,
     write_json,
     write_json_atomic,
@@ -282,18 +285,22 @@ class BundleSink(SinkStore):
         probe = Unit(kind, source_id, target_experiment_id)
         return self.find_unit(probe, target_experiment_id)
 
-    def put_unit(self, unit: Unit, target_experiment_id: str | None) -> str:
-        """Write the unit's document (experiments/<E>/units/<kind>/<id>.json, or
-        units/<kind>/<id>.json for the workspace's), replacing an
-        earlier copy; returns its id (a bundle keeps ids). A document its reader would
-        refuse is not written: UnitError."""
+    def put_unit(self, unit: Unit, target_experiment_id: str | None, content: UnitContent | None = None) -> UnitWriteResult:
+        """Write the unit's document (experiments/<E>/units/<kind>/<name>.json, or
+        units/<kind>/<name>.json for the workspace's; name: layout.unit_name of its id),
+        replacing an earlier copy, and with content (a kind with files) its files first,
+        into the folder <name>/ beside it. A document its reader would refuse is not
+        written: UnitError. The document is written last: a folder without it is what a
+        killed export left, and is replaced."""
         if unit.kind in kinds.BUILT_IN:
             raise UnitError(f"{unit.kind} {unit.unit_id!r} is not a unit of a generic kind")
         try:
             path = unit_file(self.path, target_experiment_id, unit.kind, unit.unit_id)
         except ValueError as e:
             raise UnitError(f"{unit.kind} {short(str(unit.unit_id), 80)!r}: {e}") from None
-        doc = unit_doc(unit, target_experiment_id)
+        result = UnitWriteResult(unit.unit_id)
+        files = None if content is None else self._write_unit_files(unit, path, content, result)
+        doc = unit_doc(unit, target_experiment_id, files)
         kind = kinds.kind(unit.kind)
         errors = schemas.errors(schemas.UNIT, doc)
         if not errors and kind.schema is not None:
@@ -309,7 +316,41 @@ class BundleSink(SinkStore):
             write_bytes_atomic(path, data)
         except OSError as e:
             raise _os_error(e, f"{unit.kind} {unit.unit_id!r} into {path.parent}") from None
-        return unit.unit_id
+        return result
+
+    def _write_unit_files(self, unit: Unit, document: Path, content: UnitContent, result: UnitWriteResult) -> list[dict]:
+        """The unit's files into its folder, made under a temp name and renamed whole."""
+        final = unit_files_dir(document)
+        tmp = final.with_name(temp_name(final.name))
+        files: list[dict] = []
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+            for af in content.artifact_files():
+                try:
+                    target = safe_join(tmp, af.path)
+                except ValueError as e:
+                    raise UnitError(f"{unit.kind} {unit.unit_id}: file {e}; nothing of it was written") from None
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with content.open_artifact(af.path) as src:
+                        sha, size = copy_stream(src, target)
+                except FileExistsError:
+                    raise UnitError(f"{unit.kind} {unit.unit_id}: file {af.path!r} is listed twice") from None
+                files.append({"path": af.path, "size": size, "sha256": sha})
+                result.artifact_files += 1
+                result.artifact_bytes += size
+            with self._lock:
+                if os.path.lexists(final):  # left by a killed export into this bundle (see put_unit)
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+            fsync_dir(final.parent)
+        except OSError as e:
+            raise _os_error(e, f"the files of {unit.kind} {unit.unit_id!r} into {final.parent}") from None
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return sorted(files, key=lambda f: f["path"])
 
     def _publish(self, tmp: Path, final: Path) -> None:
         """Rename the finished temp dir into place. A directory already there without a
@@ -338,9 +379,16 @@ def _empty_but_for_a_lock(path: Path) -> bool:
 
 
 def _count_units(units_dir: Path, counts: dict) -> None:
-    """The unit documents in one units/ folder, added to counts under each kind's plural."""
+    """The unit documents in one units/ folder, added to counts under each kind's plural;
+    the files of units of kinds with files to the artifact counts."""
     for k in sorted(units_dir.iterdir()) if units_dir.is_dir() else ():
         if k.name in kinds.BUILT_IN or not k.is_dir() or is_temp_name(k.name):
             continue
-        plural = kinds.kind(k.name).plural
-        counts[plural] = counts.get(plural, 0) + sum(1 for u in k.iterdir() if unit_id_of(u.name) is not None)
+        kind = kinds.kind(k.name)
+        documents = [u for u in k.iterdir() if unit_id_of(u.name) is not None]
+        counts[kind.plural] = counts.get(kind.plural, 0) + len(documents)
+        for document in documents if kind.has_files else ():
+            with open(document, encoding="utf-8") as f:
+                files = json.load(f).get("files") or []
+            counts["artifact_files"] += len(files)
+            counts["artifact_bytes"] += sum(x.get("size", 0) for x in files)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from trackport import __version__
+from trackport import __version__, kinds
 from trackport.cli import render
 from trackport.cli.options import selection_options, sink_options, transfer_options
 from trackport.cli.running import (
@@ -69,13 +69,12 @@ def cli() -> None:
 @selection_options
 @transfer_options
 @fail_cleanly
-def export_command(source, bundle, experiments, run_ids, include_deleted, filter_string, workers, as_json):
-    """Write SOURCE's experiments and runs into the bundle directory BUNDLE."""
+def export_command(source, bundle, selection, workers, as_json):
+    """Write SOURCE's experiments, runs, logged models and registry into the bundle directory BUNDLE."""
     check_target(source, bundle)
     config = transfer_config(workers)
-    options = (experiments, run_ids, include_deleted, filter_string)
     summary = run_transfer(
-        open_source(source, config=config), lambda: open_bundle_sink(bundle, config=config), options, config, as_json
+        open_source(source, config=config), lambda: open_bundle_sink(bundle, config=config), selection, config, as_json
     )
     show(summary, as_json)
 
@@ -87,12 +86,10 @@ def export_command(source, bundle, experiments, run_ids, include_deleted, filter
 @transfer_options
 @sink_options
 @fail_cleanly
-def import_command(bundle, target, experiments, run_ids, include_deleted, filter_string, workers, as_json,
-                   artifact_root, on_long_value):
+def import_command(bundle, target, selection, workers, as_json, sink):
     """Replay the bundle BUNDLE into the store TARGET (all it holds, deleted units included,
     unless --exclude-deleted or another selection says otherwise)."""
-    options = (experiments, run_ids, include_deleted, filter_string)
-    _into_store(open_bundle_source, bundle, target, options, workers, as_json, artifact_root, on_long_value)
+    _into_store(open_bundle_source, bundle, target, selection, workers, as_json, sink)
 
 
 @cli.command("copy")
@@ -102,19 +99,17 @@ def import_command(bundle, target, experiments, run_ids, include_deleted, filter
 @transfer_options
 @sink_options
 @fail_cleanly
-def copy_command(source, target, experiments, run_ids, include_deleted, filter_string, workers, as_json,
-                 artifact_root, on_long_value):
+def copy_command(source, target, selection, workers, as_json, sink):
     """Copy straight from store SOURCE to store TARGET, without a bundle."""
-    options = (experiments, run_ids, include_deleted, filter_string)
-    _into_store(open_source, source, target, options, workers, as_json, artifact_root, on_long_value)
+    _into_store(open_source, source, target, selection, workers, as_json, sink)
 
 
-def _into_store(opener, source, target, options, workers, as_json, artifact_root, on_long_value) -> None:
+def _into_store(opener, source, target, selection, workers, as_json, sink_options) -> None:
     """import and copy: a transfer from what opener opens into the store TARGET."""
     check_target(source, target)
     config = transfer_config(workers)
-    sink = lambda: open_sink(target, artifact_root=artifact_root, on_long_value=on_long_value, config=config)  # noqa: E731
-    show(run_transfer(opener(source, config=config), sink, options, config, as_json), as_json)
+    sink = lambda: open_sink(target, config=config, **sink_options)  # noqa: E731
+    show(run_transfer(opener(source, config=config), sink, selection, config, as_json), as_json)
 
 
 @cli.command("verify")
@@ -130,7 +125,7 @@ def _into_store(opener, source, target, options, workers, as_json, artifact_root
 @selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @fail_cleanly
-def verify_stores_command(source, target, level, experiments, run_ids, include_deleted, filter_string, as_json):
+def verify_stores_command(source, target, level, selection, as_json):
     """Prove that TARGET holds what SOURCE holds (a store or a bundle on either side)."""
     from trackport.transfer.compare import compare_stores
 
@@ -142,8 +137,7 @@ def verify_stores_command(source, target, level, experiments, run_ids, include_d
         expected.close()
         raise
     try:
-        selection = resolve_selection(expected, experiments, run_ids, include_deleted, filter_string)
-        differences = [str(d) for d in compare_stores(expected, actual, selection, level=level)]
+        differences = [str(d) for d in compare_stores(expected, actual, resolve_selection(expected, **selection), level=level)]
     finally:
         expected.close()
         actual.close()
@@ -181,7 +175,7 @@ def status_command(target, as_json):
 @cli.command("idmap")
 @click.argument("target")
 @click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="csv", show_default=True)
-@click.option("--kind", type=click.Choice(["run", "experiment", "all"]), default="all", show_default=True)
+@click.option("--kind", type=click.Choice(["all", *kinds.names()]), default="all", show_default=True)
 @fail_cleanly
 def idmap_command(target, fmt, kind):
     """Print the map of source ids to TARGET's ids."""

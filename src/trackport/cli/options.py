@@ -1,13 +1,50 @@
 """The options that several commands share: what to take, how to write, how to run."""
 from __future__ import annotations
 
+import functools
+
 import click
 
 from trackport.config import TransferConfig
-from trackport.stores.base import LONG_VALUE_POLICIES
+from trackport.stores.base import EXISTING_MODEL_POLICIES, LONG_VALUE_POLICIES
+
+SELECTION_NAMES = ("experiments", "run_ids", "include_deleted", "filter_string", "models", "models_only")
+SINK_NAMES = ("artifact_root", "on_long_value", "on_existing_model")
+
+
+def _packed(names: tuple[str, ...], into: str):
+    """The command receives the options named as one dict argument `into`."""
+
+    def wrap(command):
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            kwargs[into] = {name: kwargs.pop(name) for name in names}
+            return command(*args, **kwargs)
+
+        return wrapper
+
+    return wrap
 
 
 def selection_options(command):
+    """--experiment, --run-id, --include-deleted, --filter, --model, --models-only, handed to
+    the command as the dict `selection` (the arguments of running.resolve_selection)."""
+    command = _packed(SELECTION_NAMES, "selection")(command)
+    command = click.option(
+        "--models-only",
+        is_flag=True,
+        help="Take the registered models and prompts (all, or those --model names) without the runs and"
+        " logged models behind their versions.",
+    )(command)
+    command = click.option(
+        "--model",
+        "models",
+        multiple=True,
+        metavar="NAME",
+        help="Only this registered model or prompt, with its versions and the runs and logged models behind"
+        " them (repeatable; * and ? are wildcards; default: every one, unless --experiment, --run-id or"
+        " --filter narrow the transfer to some runs).",
+    )(command)
     command = click.option(
         "--filter",
         "filter_string",
@@ -35,6 +72,17 @@ def selection_options(command):
 
 
 def sink_options(command):
+    """--artifact-root, --on-long-value, --on-existing-model, handed to the command as the
+    dict `sink` (keyword arguments of opening.open_sink)."""
+    command = _packed(SINK_NAMES, "sink")(command)
+    command = click.option(
+        "--on-existing-model",
+        type=click.Choice(EXISTING_MODEL_POLICIES),
+        default="fail",
+        show_default=True,
+        help="A registered model the target holds already and trackport did not write: fail its versions,"
+        " skip them, or append them (as new version numbers, recorded).",
+    )(command)
     command = click.option(
         "--on-long-value",
         type=click.Choice(LONG_VALUE_POLICIES),

@@ -19,7 +19,7 @@ from trackport.errors import BadInputError, ExitCode, InternalError, TrackportEr
 from trackport.stores.base import Selection, SinkStore, SourceStore
 from trackport.stores.registry import locate, refuse_same_store
 from trackport.transfer import Summary, transfer
-from trackport.transfer.engine import declared_losses, plan_experiments
+from trackport.transfer.plan import declared_losses, plan_transfer
 
 DEBUG_VARIABLE = "TRACKPORT_DEBUG"
 _REPORT_IT = f"(a bug in trackport; please report it with the traceback: run again with {DEBUG_VARIABLE}=1)"
@@ -76,18 +76,20 @@ def transfer_config(workers: int) -> TransferConfig:
     return TransferConfig(workers=workers)
 
 
-def resolve_selection(source: SourceStore, experiments, run_ids, include_deleted, filter_string) -> Selection:
+def resolve_selection(
+    source: SourceStore, experiments, run_ids, include_deleted, filter_string, models=(), models_only=False
+) -> Selection:
     """A bundle source takes deleted units unless told otherwise (it holds what its export
     selected); a store leaves them out unless asked."""
     deleted = source.takes_deleted_by_default if include_deleted is None else include_deleted
-    return Selection(experiments, run_ids, deleted, filter_string)
+    return Selection(experiments, run_ids, deleted, filter_string, tuple(models), bool(models_only))
 
 
-def run_transfer(source: SourceStore, make_sink, options: tuple, config: TransferConfig, as_json: bool = False) -> Summary:
+def run_transfer(source: SourceStore, make_sink, options: dict, config: TransferConfig, as_json: bool = False) -> Summary:
     try:
-        selection = resolve_selection(source, *options)
+        selection = resolve_selection(source, **options)
         # Plan before the sink exists, so that bad input leaves nothing behind in the target.
-        planned = plan_experiments(source, selection)
+        plan = plan_transfer(source, selection)
         sink: SinkStore = make_sink()
     except BaseException:
         source.close()
@@ -97,7 +99,7 @@ def run_transfer(source: SourceStore, make_sink, options: tuple, config: Transfe
             click.echo(f"the target cannot hold: {loss}", err=True)
     progress = ProgressBars(enabled=not as_json)  # JSON is for programs: never bars
     try:
-        return transfer(source, sink, selection, config=config, on_progress=progress, experiments=planned)
+        return transfer(source, sink, selection, config=config, on_progress=progress, plan=plan)
     except TrackportError as exc:
         done = getattr(exc, "summary", None)
         if done is not None:  # what was done before the stop, then the one-line error

@@ -32,6 +32,13 @@ class Selection:
     run_ids: tuple[str, ...] = ()
     include_deleted: bool = False
     filter: str | None = None  # MLflow search syntax, e.g. "metrics.r2 > 0.3"
+    # Registered models and prompts by name (`*` and `?` wildcards); empty: all of them when
+    # nothing above narrows the selection, none otherwise (trackport.selection.takes_registry).
+    models: tuple[str, ...] = ()
+    models_only: bool = False  # the registry alone, without the runs and logged models behind it
+    # run_ids are the runs behind the selected models (trackport.transfer.plan): one the
+    # source no longer holds is the loss of its version, not a bad selection.
+    runs_from_models: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -39,7 +46,14 @@ class Selection:
             "run_ids": list(self.run_ids),
             "include_deleted": self.include_deleted,
             "filter": self.filter,
+            "models": list(self.models),
+            "models_only": self.models_only,
         }
+
+    @property
+    def narrows_runs(self) -> bool:
+        """Whether it takes some runs of the experiments it takes, not all of them."""
+        return bool(self.run_ids or self.filter)
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,9 @@ class SourceStore(ABC):
         asked before writing into a sink that cannot take back a half-written run. A live
         store has nothing to check beyond what reading it does anyway."""
 
+    def check_unit(self, unit: object) -> None:  # noqa: B027 - optional hook
+        """The same for a unit of a generic kind with files (a logged model's artifacts)."""
+
     def missing_artifact_folder(self, run: Run) -> str | None:
         """The folder where the source looked for the run's artifacts and found none, when
         it reads them from a file system (MLflow takes that for "no artifacts", which it
@@ -146,6 +163,28 @@ class RunContent(Protocol):
     def open_artifact(self, path: str) -> ContextManager[BinaryIO]: ...
 
 
+class UnitContent(Protocol):
+    """The files of a unit of a kind that has files (a logged model's artifacts), pulled
+    lazily from the source as a sink writes the unit."""
+
+    def artifact_files(self) -> Iterator[ArtifactFile]: ...
+
+    def open_artifact(self, path: str) -> ContextManager[BinaryIO]: ...
+
+
+@dataclass
+class UnitWriteResult:
+    """What a sink's put_<kind> / put_unit did, where more than the target id is to say (a
+    plain target id means: written, nothing lost)."""
+
+    target_id: str
+    outcome: str = "done"  # "done" | "skipped"
+    reason: str | None = None  # why it was skipped
+    artifact_files: int = 0
+    artifact_bytes: int = 0
+    losses: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class ExperimentWriteResult:
     target_experiment_id: TargetExperimentId
@@ -165,6 +204,8 @@ class SinkStore(ABC):
     capabilities: Capabilities
     # What the sink does with values over its length limits: "error" or "truncate".
     on_long_value: str = "error"
+    # What it does with a registered model of the target it did not write (EXISTING_MODEL_POLICIES).
+    on_existing_model: str = "fail"
 
     @abstractmethod
     def describe(self) -> StoreDescription: ...
@@ -218,3 +259,6 @@ class SinkStore(ABC):
 
 # What a sink may do with values over its length limits (SinkStore.on_long_value).
 LONG_VALUE_POLICIES = ("error", "truncate")
+# What a sink does with a registered model of the same name the target holds and trackport did
+# not write (SinkStore.on_existing_model): fail its versions, skip them, append them.
+EXISTING_MODEL_POLICIES = ("fail", "skip", "append")

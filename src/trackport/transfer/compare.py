@@ -257,4 +257,4 @@ def _expected_sha256(store: SourceStore, run: Run, path: str, target_run_id: str
     if not is_mlmodel(path) or run.run_id == target_run_id:
         return _sha256(store, run, path)
     with store.open_artifact(run, path) as stream:
-        return hashlib.sha256(rewrite_mlmodel(stream.read(), run.run_id, target_run_id)).hexdigest()
+        return hashlib.sha256(rewrite_mlmodel(stream.read(), {run.run_id: target_run_id})).hexdigest()

@@ -26,8 +26,9 @@ from trackport.errors import BadInputError, FatalError, InternalError, Trackport
 from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
 from trackport.transfer.idmap import IdMap
 from trackport.transfer.ledger import Ledger
-from trackport.transfer.plan import planned_losses
-from trackport.transfer.scheduler import DELETED_REASON, IN_DELETED_EXPERIMENT, ExperimentUnits
+from trackport.selection import select_workspace_units, takes_registry
+from trackport.transfer.plan import DELETED_REASON, IN_DELETED_EXPERIMENT, Plan, PlannedExperiment, declared_losses, plan_transfer
+from trackport.transfer.scheduler import ExperimentUnits
 from trackport.transfer.summary import Failure, Summary
 from trackport.transfer.target_records import claim_records
 from trackport.transfer.units import Moved, UnitType, unit_types, workspace_unit_types
@@ -47,41 +48,6 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
-@dataclass(frozen=True)
-class PlannedExperiment:
-    unit: Experiment | Unreadable
-    not_selected: str | None = None  # why it is left out (its runs are, too)
-
-
-def plan_experiments(source: SourceStore, selection: Selection) -> list[PlannedExperiment]:
-    """The experiments the selection covers, each taken or left out with the reason;
-    refuses (before anything is written) a selection that takes nothing, so an empty store
-    or a typo never produces an empty target."""
-    where = source.describe().uri
-    if selection.filter and not source.features.filter:
-        raise BadInputError(
-            f"{where}: --filter needs a source that can search runs (a tracking server or sqlite store)"
-        )
-    planned = []
-    for unit in source.list_experiments(dataclasses.replace(selection, include_deleted=True)):
-        deleted = isinstance(unit, Experiment) and unit.lifecycle_stage == DELETED
-        planned.append(PlannedExperiment(unit, DELETED_REASON if deleted and not selection.include_deleted else None))
-    if not planned:
-        raise BadInputError(f"{where}: no experiment matches the selection; check --experiment / --run-id")
-    taken = [p.unit for p in planned if p.not_selected is None]
-    if not taken:
-        names = ", ".join(repr(p.unit.name) for p in planned[:5])
-        raise BadInputError(f"{where}: the selected experiments are deleted ({names}); add --include-deleted")
-    if not selection.experiments and not any(
-        isinstance(e, Unreadable) or next(iter(source.iter_runs(e, selection)), None) for e in taken
-    ):
-        raise BadInputError(
-            f"{where}: the store holds no runs to transfer"
-            + ("" if selection.include_deleted else " (add --include-deleted for deleted ones)")
-        )
-    return planned
-
-
 def transfer(
     source: SourceStore,
     sink: SinkStore,
@@ -89,16 +55,18 @@ def transfer(
     *,
     config: TransferConfig = DEFAULT,
     on_progress: ProgressCallback | None = None,
-    experiments: list[PlannedExperiment] | None = None,
+    plan: Plan | None = None,
 ) -> Summary:
     """Move the selection from source to sink and return what happened.
 
     Fatal errors (FatalError) propagate at once, with `.summary` holding what was done; a
     unit that fails is recorded in the summary and the ledger, and the rest goes on.
-    Re-running the same transfer skips what the sink already holds complete.
+    Re-running the same transfer skips what the sink already holds complete. plan: what
+    plan_transfer(source, selection) gave, where the caller planned before opening the sink.
     """
     started = time.monotonic()
-    planned = plan_experiments(source, selection) if experiments is None else experiments
+    plan = plan or plan_transfer(source, selection)
+    selection, planned = plan.selection, plan.experiments
     source_description, target = source.describe(), sink.describe()
     if source_description.identity and source_description.identity == target.identity:
         raise BadInputError(f"{target.uri} is the source itself ({source_description.uri}); give another target")
@@ -141,16 +109,6 @@ def _then_raise(items: list, exc: Exception):
     """The items a listing gave before it broke off, then its error again."""
     yield from items
     raise exc
-
-
-def declared_losses(source: SourceStore, sink: SinkStore) -> list[str]:
-    """What the sink will not hold exactly, said before anything is written: from its
-    capabilities, and the kinds the source may hold that the sink has no place for."""
-    return planned_losses(sink.capabilities, sink.on_long_value) + [
-        f"{t.kind.plural}: the target cannot hold them; each is recorded as skipped"
-        for t in unit_types() + workspace_unit_types()
-        if not t.holds(sink) and (hasattr(source, "iter_units") or hasattr(source, f"iter_{t.kind.plural}"))
-    ]
 
 
 class _Transfer:
@@ -311,9 +269,14 @@ class _Transfer:
     def move_workspace(self) -> None:
         """The units of the whole workspace (the kinds of scope "workspace"), after every
         experiment, so that the runs they refer to are settled."""
+        if not takes_registry(self.selection):
+            return
         scope = ExperimentUnits(self, None, None)
         for unit_type in self.workspace_types:
-            problem = self._move_kind(scope, unit_type)
+            listing = unit_type.listing(self.source, None, self.everything)
+            if listing is None:
+                continue  # the source holds no units of this kind
+            problem = self._move_kind(scope, unit_type, select_workspace_units(unit_type.kind, listing, self.selection))
             if problem:
                 self.record_failure(unit_type.kind.name, "", f"the workspace's {unit_type.kind.plural}", problem)
 
@@ -322,9 +285,21 @@ class _Transfer:
             listing = unit_type.listing(self.source, scope.experiment, self.everything)
             if listing is None:
                 return None  # the source holds no units of this kind
+            if self.selection.narrows_runs:
+                listing = self._with_their_runs(scope, unit_type, listing)
         if not unit_type.holds(self.sink):
             return self._each_of(unit_type, listing, self._cannot_hold(unit_type))
         return scope.move(unit_type, self._counted(unit_type, listing))
+
+    @staticmethod
+    def _with_their_runs(scope: ExperimentUnits, unit_type: UnitType, listing):
+        """When the selection takes some of an experiment's runs, the units of another kind
+        that belong to a run (a logged model to its source run) are taken with their run;
+        those that belong to none are not taken."""
+        for item in listing:
+            anchor = None if isinstance(item, Unreadable) else unit_type.anchor(item)
+            if isinstance(item, Unreadable) or (anchor is not None and (anchor in scope.settled or anchor in scope.outside)):
+                yield item
 
     def _cannot_hold(self, unit_type: UnitType):
         reason = f"the target cannot hold {unit_type.kind.plural}"

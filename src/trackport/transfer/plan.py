@@ -1,7 +1,111 @@
-"""What a sink cannot hold, said before anything is written."""
+"""Planning a transfer, before anything is written: what the selection takes (the runs
+behind the registered models it names included), the experiments it covers, each taken or
+left out with the reason, and what the sink cannot hold."""
 from __future__ import annotations
 
-from trackport.domain import Capabilities
+import dataclasses
+from dataclasses import dataclass
+
+from trackport import kinds
+from trackport.domain import DELETED, Capabilities, Experiment
+from trackport.errors import BadInputError
+from trackport.selection import select_workspace_units, takes_registry
+from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
+from trackport.transfer.units import unit_types, workspace_unit_types
+
+DELETED_REASON = "deleted; add --include-deleted to take it"
+IN_DELETED_EXPERIMENT = "its experiment is deleted; add --include-deleted to take it"
+
+
+@dataclass(frozen=True)
+class PlannedExperiment:
+    unit: Experiment | Unreadable
+    not_selected: str | None = None  # why it is left out (its runs are, too)
+
+
+@dataclass(frozen=True)
+class Plan:
+    # The selection as the transfer reads it: with --model, the runs behind the selected
+    # versions as run ids (their deleted ones too: a version needs its run).
+    selection: Selection
+    experiments: list[PlannedExperiment]
+
+
+def plan_transfer(source: SourceStore, selection: Selection) -> Plan:
+    """What the transfer will take; BadInputError (nothing written yet) for a selection
+    that takes nothing, so an empty store or a typo never produces an empty target."""
+    where = source.describe().uri
+    if selection.models and (selection.experiments or selection.narrows_runs):
+        raise BadInputError(
+            "--model takes the runs behind the models it names; it cannot be combined with --experiment,"
+            " --run-id or --filter: run two transfers"
+        )
+    registry = _registry_units(source, selection) if takes_registry(selection) else None
+    if selection.models and not any(u.kind == kinds.REGISTERED_MODEL.name for u in registry or ()):
+        raise BadInputError(f"{where}: no registered model or prompt matches --model {' '.join(selection.models)}")
+    if selection.models_only:
+        if not registry:
+            raise BadInputError(f"{where}: the store holds no registered model or prompt to transfer")
+        return Plan(selection, [])
+    if selection.models:
+        runs = sorted({u.refs["run"] for u in registry if u.kind == kinds.MODEL_VERSION.name and "run" in u.refs})
+        if not runs:
+            return Plan(selection, [])
+        selection = dataclasses.replace(selection, run_ids=tuple(runs), include_deleted=True, runs_from_models=True)
+    return Plan(selection, plan_experiments(source, selection, holds_more=bool(registry)))
+
+
+def _registry_units(source: SourceStore, selection: Selection) -> list:
+    """The registered models and versions the selection takes (read to plan: a registry
+    is small next to the runs it names)."""
+    found = []
+    for unit_type in workspace_unit_types():
+        if unit_type.kind.name in (kinds.REGISTERED_MODEL.name, kinds.MODEL_VERSION.name):
+            listing = unit_type.listing(source, None, selection)
+            if listing is not None:
+                found += [u for u in select_workspace_units(unit_type.kind, listing, selection) if isinstance(u, kinds.Unit)]
+    return found
+
+
+def plan_experiments(source: SourceStore, selection: Selection, *, holds_more: bool = False) -> list[PlannedExperiment]:
+    """The experiments the selection covers, each taken or left out with the reason;
+    refuses a selection that takes nothing (holds_more: the store has other units to move,
+    its registry, so holding no runs is no reason to refuse)."""
+    where = source.describe().uri
+    if selection.filter and not source.features.filter:
+        raise BadInputError(
+            f"{where}: --filter needs a source that can search runs (a tracking server or sqlite store)"
+        )
+    planned = []
+    for unit in source.list_experiments(dataclasses.replace(selection, include_deleted=True)):
+        deleted = isinstance(unit, Experiment) and unit.lifecycle_stage == DELETED
+        planned.append(PlannedExperiment(unit, DELETED_REASON if deleted and not selection.include_deleted else None))
+    if holds_more and not (selection.experiments or selection.narrows_runs):
+        return planned
+    if not planned:
+        raise BadInputError(f"{where}: no experiment matches the selection; check --experiment / --run-id")
+    taken = [p.unit for p in planned if p.not_selected is None]
+    if not taken:
+        names = ", ".join(repr(p.unit.name) for p in planned[:5])
+        raise BadInputError(f"{where}: the selected experiments are deleted ({names}); add --include-deleted")
+    if not selection.experiments and not any(
+        isinstance(e, Unreadable) or next(iter(source.iter_runs(e, selection)), None) for e in taken
+    ):
+        raise BadInputError(
+            f"{where}: the store holds no runs to transfer"
+            + ("" if selection.include_deleted else " (add --include-deleted for deleted ones)")
+        )
+    return planned
+
+
+def declared_losses(source: SourceStore, sink: SinkStore) -> list[str]:
+    """What the sink will not hold exactly, said before anything is written: from its
+    capabilities, and the kinds the source may hold that the sink has no place for."""
+    return planned_losses(sink.capabilities, sink.on_long_value) + [
+        f"{t.kind.plural}: the target cannot hold them; each is recorded as skipped"
+        for t in unit_types() + workspace_unit_types()
+        if not t.holds(sink) and (hasattr(source, "iter_units") or hasattr(source, f"iter_{t.kind.plural}"))
+    ]
 
 
 def planned_losses(capabilities: Capabilities, on_long_value: str = "error") -> list[str]:
@@ -14,10 +118,20 @@ def planned_losses(capabilities: Capabilities, on_long_value: str = "error") -> 
         )
     if not capabilities.keeps_experiment_ids:
         losses.append("experiment ids: the target assigns new ones (mapped in idmap.jsonl)")
+    if not capabilities.keeps_model_ids:
+        losses.append(
+            "logged model ids: the target assigns new ones (mapped in idmap.jsonl; models:/ sources,"
+            " MLmodel files and run links rewritten; each keeps its source id in trackport.source.model_id)"
+        )
     if not capabilities.keeps_experiment_times:
         losses.append("experiment creation and last-update times: the target sets them to the time of writing")
     if not capabilities.keeps_times:
         losses.append("run start and end times: the target sets them to the time of writing")
+    if not capabilities.keeps_registry_times:
+        losses.append(
+            "times of logged models, registered models and versions, and the users of versions:"
+            " the target sets them when writing"
+        )
     if not capabilities.keeps_users:
         losses.append("run users: runs belong to the user whose credentials write them")
     if not capabilities.keeps_deleted_time:

@@ -23,13 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from trackport.domain import Experiment, TargetExperimentId
 from trackport.stores.base import Unreadable
+from trackport import kinds
+from trackport.transfer.plan import DELETED_REASON
 from trackport.transfer.units import Key, UnitType
 
 if TYPE_CHECKING:
     from trackport.transfer.engine import _Transfer
-
-DELETED_REASON = "deleted; add --include-deleted to take it"
-IN_DELETED_EXPERIMENT = "its experiment is deleted; add --include-deleted to take it"
 
 
 class ExperimentUnits:
@@ -136,9 +135,12 @@ class ExperimentUnits:
         experiment the dependency lives in), or None."""
         if key[0] == "experiment":  # a workspace unit's: the experiment written for it
             return self.t.idmap.get("experiment", key[1])
-        target = self.target if self.experiment is not None else self.t.idmap.get("experiment", unit_type.home_experiment(unit) or "")
-        if target is None:
-            return None
+        target = self.target
+        if self.experiment is None:
+            home = unit_type.home_experiment(unit)
+            target = self.t.idmap.get("experiment", home) if home else None
+            if target is None and kinds.kind(key[0]).scope == "experiment":
+                return None  # a run or logged model is found in its experiment's copy
         try:
             return self.t.unit_type(key[0]).lookup(self.t.sink, key[1], target)
         except Exception as exc:  # noqa: BLE001 - not found for now: asked again later

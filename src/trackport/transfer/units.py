@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from trackport import kinds
 from trackport.domain import DELETED, PARENT_RUN_ID_TAG, ArtifactFile, Experiment, Run, SourceRunId
-from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
+from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable, UnitWriteResult
 
 Key = tuple[str, str]  # (kind name, source id)
 
@@ -80,6 +80,11 @@ class UnitType(ABC):
     def home_experiment(self, unit: Any) -> str | None:
         """The source experiment the unit's dependencies live in (for a workspace unit,
         the one it names), where their copies are looked up in the target."""
+        return None
+
+    def anchor(self, unit: Any) -> Key | None:
+        """The run the unit belongs to, if it belongs to one (a logged model: its source
+        run): when the selection takes only some runs, the unit is taken with its run."""
         return None
 
     @abstractmethod
@@ -168,6 +173,20 @@ def _remap_parent(run: Run, targets: dict[Key, str | None]) -> tuple[Run, list[s
     return dataclasses.replace(run, tags={**run.tags, PARENT_RUN_ID_TAG: target_parent}), []
 
 
+class _SourceUnitContent:
+    """Lets a sink pull one unit's files from the source as it writes."""
+
+    def __init__(self, source: SourceStore, unit: kinds.Unit) -> None:
+        self._source = source
+        self._unit = unit
+
+    def artifact_files(self) -> Iterator[ArtifactFile]:
+        return self._source.list_unit_artifacts(self._unit)
+
+    def open_artifact(self, path: str) -> AbstractContextManager[BinaryIO]:
+        return self._source.open_unit_artifact(self._unit, path)
+
+
 class DocumentUnits(UnitType):
     """A registered kind whose units are kinds.Unit documents (see the module docstring)."""
 
@@ -175,11 +194,11 @@ class DocumentUnits(UnitType):
         self.kind = kind
 
     def listing(self, source: SourceStore, experiment: Experiment | None, everything: Selection) -> Iterator[Any] | None:
-        """experiment None: the workspace's units (iter_units(kind, None) / iter_<plural>())."""
+        """experiment None: the workspace's units (iter_units(kind, None) / iter_<plural>(selection))."""
         if hasattr(source, "iter_units"):  # a store that holds documents of any kind
             return source.iter_units(self.kind, experiment)
         read = getattr(source, f"iter_{self.kind.plural}", None)
-        return None if read is None else read(*(() if experiment is None else (experiment,)))
+        return None if read is None else read(everything if experiment is None else experiment)
 
     def _sink_method(self, sink: SinkStore, verb: str) -> Callable | None:
         """sink.put_unit / find_unit (any kind), else put_<kind> / find_<kind>."""
@@ -194,8 +213,16 @@ class DocumentUnits(UnitType):
     def name(self, unit: kinds.Unit) -> str:
         return unit.name
 
+    def deleted(self, unit: kinds.Unit) -> bool:
+        return unit.body.get("lifecycle_stage") == DELETED
+
     def dependencies(self, unit: kinds.Unit) -> list[Key]:
-        return [(k, i) for k, i in sorted(unit.refs.items()) if k != "experiment" or unit.experiment_id is None]
+        """Every unit its refs name (its own experiment aside), once."""
+        keys = ((kinds.ref_kind(n), i) for n, i in sorted(unit.refs.items()))
+        return list(dict.fromkeys(k for k in keys if k[0] != "experiment" or unit.experiment_id is None))
+
+    def anchor(self, unit: kinds.Unit) -> Key | None:
+        return ("run", unit.refs["run"]) if "run" in unit.refs else None
 
     def home_experiment(self, unit: kinds.Unit) -> str | None:
         return unit.experiment_id or unit.refs.get("experiment")
@@ -208,22 +235,33 @@ class DocumentUnits(UnitType):
         return None if find is None else find(source_id, target_experiment_id)
 
     def move(self, source: SourceStore, sink: SinkStore, unit: kinds.Unit, target_experiment_id: str | None, targets: dict) -> Moved:
-        refs, losses = {}, []
-        for k, source_ref in unit.refs.items():
-            if k == "experiment":
-                refs[k] = targets.get((k, source_ref)) or target_experiment_id or source_ref
+        refs, losses, missing = {}, [], set()
+        for ref_name, source_ref in unit.refs.items():
+            kind = kinds.ref_kind(ref_name)
+            if kind == "experiment" and source_ref == unit.experiment_id:
+                refs[ref_name] = target_experiment_id or source_ref  # its own
                 continue
-            target_ref = targets.get((k, source_ref))
+            target_ref = targets.get((kind, source_ref))
             if target_ref is None:
-                losses.append(f"its {k} {source_ref} is not in the target; the reference keeps its source id")
-            refs[k] = target_ref or source_ref
-        remapped = dataclasses.replace(unit, refs=refs)
+                losses.append(f"its {kind} {source_ref} is not in the target; the reference keeps its source id")
+                missing.add(ref_name)
+            refs[ref_name] = target_ref or source_ref
+        remapped = dataclasses.replace(unit, refs=refs, missing=frozenset(missing))
         find = self._sink_method(sink, "find")
         existing = find(remapped, target_experiment_id) if find else None
         if existing is not None:
             return Moved(existing, "skipped", "already complete in the target")
-        target_id = self._sink_method(sink, "put")(remapped, target_experiment_id)
-        return Moved(target_id, losses=losses)
+        put = self._sink_method(sink, "put")
+        if self.kind.has_files:
+            if not sink.capabilities.undoes_failed_runs:
+                source.check_unit(unit)  # damaged files are refused before anything is written
+            written = put(remapped, target_experiment_id, _SourceUnitContent(source, unit))
+        else:
+            written = put(remapped, target_experiment_id)
+        if not isinstance(written, UnitWriteResult):
+            written = UnitWriteResult(written)
+        amounts = {"artifact_files": written.artifact_files, "artifact_bytes": written.artifact_bytes} if self.kind.has_files else {}
+        return Moved(written.target_id, written.outcome, written.reason, amounts, losses + written.losses)
 
 
 _TYPES: dict[str, UnitType] = {}

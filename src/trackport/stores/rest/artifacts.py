@@ -53,7 +53,7 @@ class ArtifactUploader:
             if is_mlmodel(path):
                 data = stream.read()
                 result.artifact_bytes += len(data)
-                self.client.request("PUT", url, data=rewrite_mlmodel(data, run.run_id, target_id), headers=headers)
+                self.client.request("PUT", url, data=rewrite_mlmodel(data, {run.run_id: target_id}), headers=headers)
             elif size < SMALL_FILE:
                 data = stream.read()
                 result.artifact_bytes += len(data)

@@ -39,6 +39,7 @@ from trackport.provenance import (
     rewrite_tag,
 )
 from trackport.stores.base import (
+    EXISTING_MODEL_POLICIES,
     LONG_VALUE_POLICIES,
     ExperimentWriteResult,
     RunContent,
@@ -87,11 +88,15 @@ class RestSink(SinkStore):
         info: ServerInfo,
         *,
         on_long_value: str = "error",
+        on_existing_model: str = "fail",
         state_root: Path | None = None,
         config: TransferConfig = DEFAULT,
     ) -> None:
         if on_long_value not in LONG_VALUE_POLICIES:
             raise ValueError(f"on_long_value must be one of {LONG_VALUE_POLICIES}, not {on_long_value!r}")
+        if on_existing_model not in EXISTING_MODEL_POLICIES:
+            raise ValueError(f"on_existing_model must be one of {EXISTING_MODEL_POLICIES}, not {on_existing_model!r}")
+        self.on_existing_model = on_existing_model
         self.client = client
         self.uri = uri
         self.info = info

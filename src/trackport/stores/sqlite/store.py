@@ -42,6 +42,7 @@ from trackport.errors import BadInputError, UnitError, storage_error
 from trackport.locking import TargetLock
 from trackport.stores._localfs import local_artifact_dir
 from trackport.stores.base import (
+    EXISTING_MODEL_POLICIES,
     ExperimentWriteResult,
     RunContent,
     RunWriteResult,
@@ -85,8 +86,17 @@ class SqliteStore(SqliteSource, SinkStore):
     capabilities = Capabilities.lossless()
 
     def __init__(
-        self, uri: str, *, create: bool, artifact_root: str | None = None, config: TransferConfig = DEFAULT
+        self,
+        uri: str,
+        *,
+        create: bool,
+        artifact_root: str | None = None,
+        on_existing_model: str = "fail",
+        config: TransferConfig = DEFAULT,
     ) -> None:
+        if on_existing_model not in EXISTING_MODEL_POLICIES:
+            raise ValueError(f"on_existing_model must be one of {EXISTING_MODEL_POLICIES}, not {on_existing_model!r}")
+        self.on_existing_model = on_existing_model
         bare, artifacts_destination = split_uri_options(uri)
         path = sqlite_path_from_uri(bare)
         self._writer: GroupCommitWriter | None = None
