@@ -57,10 +57,20 @@ class Unit:
     # run's experiment too ({"experiment": ..., "run": ...}): runs are found in it.
     refs: dict[str, str] = field(default_factory=dict)
     body: dict = field(default_factory=dict)  # JSON-able content
-    # Set by the engine on the unit a sink is handed: the names of refs whose unit the
-    # target does not hold (they keep the source id; the loss is recorded). A sink that
-    # gives new ids leaves those references out.
+    # Set by the engine on the unit a sink is handed: the refs as the source has them (the
+    # sink rewrites source ids inside data, such as a version's source URI), and the names
+    # of refs whose unit the target does not hold (they keep the source id; the loss is
+    # recorded). A sink that gives new ids leaves those references out.
+    source_refs: dict[str, str] = field(default_factory=dict)
     missing: frozenset[str] = frozenset()
+
+    def target(self, ref_name: str) -> str | None:
+        """The target's id of what the ref names, None when the target does not hold it."""
+        return None if ref_name in self.missing else self.refs.get(ref_name)
+
+    def id_changes(self) -> dict[str, str]:
+        """Source id -> target id of every ref the target holds (set by the engine)."""
+        return {self.source_refs[n]: i for n, i in self.refs.items() if n in self.source_refs and n not in self.missing}
 
 
 def ref_kind(ref_name: str) -> str:

@@ -246,7 +246,7 @@ class DocumentUnits(UnitType):
                 losses.append(f"its {kind} {source_ref} is not in the target; the reference keeps its source id")
                 missing.add(ref_name)
             refs[ref_name] = target_ref or source_ref
-        remapped = dataclasses.replace(unit, refs=refs, missing=frozenset(missing))
+        remapped = dataclasses.replace(unit, refs=refs, source_refs=dict(unit.refs), missing=frozenset(missing))
         find = self._sink_method(sink, "find")
         existing = find(remapped, target_experiment_id) if find else None
         if existing is not None:
