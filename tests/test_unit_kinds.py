@@ -147,7 +147,7 @@ def test_a_note_goes_through_export_import_resume_status_and_verify(tmp_path):
 
     status = read_status(state_dir)
     assert status.counts["note"] == {"done": 1, "skipped": 1, "failed": 0, "not_selected": 0}  # latest outcomes
-    assert list(status.counts) == ["experiment", "run", "label", "note"]
+    assert list(status.counts) == ["experiment", "run", "note", "label"]  # as the kinds were registered
     assert [line["source_id"] for line in (json.loads(x) for x in (state_dir / "idmap.jsonl").read_text().splitlines())
             if line["kind"] == "note"] == ["n1", "n2"]
 
@@ -159,7 +159,7 @@ def test_a_note_goes_through_export_import_resume_status_and_verify(tmp_path):
         edited = json.loads(target_note.read_text())
         edited["body"]["text"] = "edited"
         target_note.write_text(json.dumps(edited))
-        assert [d.what for d in compare_stores(source, copy, EVERYTHING)] == ["body differs"]
+        assert [d.what for d in compare_stores(source, copy, EVERYTHING)] == ["text: 'best run' != 'edited'"]
         label = copy.folder / "workspace" / "best.json"
         moved = json.loads(label.read_text())
         moved["refs"]["run"] = source.runs[2].run_id

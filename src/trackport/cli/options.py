@@ -26,10 +26,26 @@ def _packed(names: tuple[str, ...], into: str):
     return wrap
 
 
+def _models_alone(command):
+    """--model and --models-only pick runs themselves: refused beside the options that pick runs."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        if (kwargs["models"] or kwargs["models_only"]) and (kwargs["experiments"] or kwargs["run_ids"] or kwargs["filter_string"]):
+            which = "--model" if kwargs["models"] else "--models-only"
+            raise click.UsageError(
+                f"{which} takes the registry (and with --model the runs behind it); it cannot be combined with"
+                " --experiment, --run-id or --filter: run two transfers"
+            )
+        return command(*args, **kwargs)
+
+    return wrapper
+
+
 def selection_options(command):
     """--experiment, --run-id, --include-deleted, --filter, --model, --models-only, handed to
     the command as the dict `selection` (the arguments of running.resolve_selection)."""
-    command = _packed(SELECTION_NAMES, "selection")(command)
+    command = _models_alone(_packed(SELECTION_NAMES, "selection")(command))
     command = click.option(
         "--models-only",
         is_flag=True,

@@ -68,7 +68,7 @@ def status_text(status: TransferStatus) -> str:
     lines.append(_outcome_header(width))
     for name in names:
         outcomes = status.counts[name]
-        lines.append(f"{kind(name).plural:<{width}}" + "".join(f"{outcomes.get(o, 0):>14,}" for o in OUTCOMES))
+        lines.append(f"{_label(kind(name).plural):<{width}}" + "".join(f"{outcomes.get(o, 0):>14,}" for o in OUTCOMES))
     for line in status.failed:
         lines.append(f"FAILED {line['kind']} {line['name']!r} ({line['source_id']}): {line['reason']}")
     last = status.last_transfer
@@ -112,6 +112,8 @@ def _selection_text(selection: dict) -> list[tuple[str, str]]:
         ("run ids", ", ".join(map(str, run_ids)) if run_ids else "all"),
         ("include deleted", _yes_no(selection.get("include_deleted"))),
         ("filter", selection.get("filter") or "none"),
+        ("models", (", ".join(map(str, selection.get("models") or [])) or "all")
+         + (", without the runs behind them" if selection.get("models_only") else "")),
     ]
 
 

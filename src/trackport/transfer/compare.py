@@ -17,6 +17,8 @@ import pyarrow.compute as pc
 
 from trackport.domain import METRIC_SCHEMA, PARENT_RUN_ID_TAG, Experiment, Run
 from trackport.stores.base import Selection, SourceStore, Unreadable
+from trackport.selection import select_workspace_units, takes_registry
+from trackport.transfer.compare_units import compare_units
 from trackport.transfer.units import unit_types, workspace_unit_types
 from trackport.provenance import (
     SOURCE_RUN_ID_TAG,
@@ -71,7 +73,7 @@ def compare_stores(
             actual_experiments[e.name] = e
     # Source -> target ids of what was compared, for the references of workspace units.
     matched: dict[tuple[str, str], str | None] = {}
-    for experiment in expected.list_experiments(selection):
+    for experiment in () if selection.models_only else expected.list_experiments(selection):
         if isinstance(experiment, Unreadable):
             yield Difference(f"experiment {experiment.source_id}", f"unreadable: {experiment.reason}")
             continue
@@ -110,39 +112,47 @@ def compare_stores(
                 yield Difference(run_where, "missing")
                 continue
             yield from _compare_run(run_where, expected, run, actual, other_run, level, id_map, clamps_infinity)
-        yield from _compare_units(where, expected, experiment, actual, other, lambda k, i: id_map(i) if k == "run" else i)
-    yield from _compare_units("the workspace", expected, None, actual, None, lambda k, i: matched.get((k, i), i))
+        yield from _compare_units(
+            where, expected, experiment, actual, other,
+            lambda k, i: id_map(i) if k == "run" else matched.get((k, i), i), matched, level, selection,
+        )
+    if takes_registry(selection):
+        yield from _compare_units(
+            "the workspace", expected, None, actual, None, lambda k, i: matched.get((k, i), i), matched, level, selection
+        )
 
 
 def _compare_units(
-    where: str, expected: SourceStore, experiment: Experiment | None, actual: SourceStore, other: Experiment | None, id_map
+    where: str,
+    expected: SourceStore,
+    experiment: Experiment | None,
+    actual: SourceStore,
+    other: Experiment | None,
+    id_map,
+    matched: dict,
+    level: str,
+    selection: Selection,
 ) -> Iterator[Difference]:
     """Units of the other registered kinds (the workspace's when experiment is None):
-    matched by id, else by name; their bodies equal and their references naming the copies
-    of what they named (id_map(kind, source id))."""
+    transfer/compare_units.py."""
     everything = Selection(include_deleted=True)
     for unit_type in unit_types()[1:] if experiment is not None else workspace_unit_types():
-        mine = unit_type.listing(expected, experiment, everything)
+        mine = unit_type.listing(expected, experiment, selection if experiment is None else everything)
         if mine is None:
             continue
+        if experiment is None:
+            mine = select_workspace_units(unit_type.kind, mine, selection)
+        else:  # as the engine takes them: deleted ones with include_deleted, with their run when runs are picked
+            mine = (
+                u for u in mine
+                if isinstance(u, Unreadable) or (
+                    (selection.include_deleted or not unit_type.deleted(u))
+                    and (not selection.narrows_runs or unit_type.anchor(u) in matched)
+                )
+            )
         theirs = unit_type.listing(actual, other, everything)
-        found = {} if theirs is None else {u.unit_id: u for u in theirs if not isinstance(u, Unreadable)}
-        by_name = {u.name: u for u in found.values() if u.name}
-        for unit in mine:
-            if isinstance(unit, Unreadable):
-                yield Difference(f"{unit.kind} {unit.source_id}", f"unreadable: {unit.reason}")
-                continue
-            unit_where = f"{where}, {unit.kind} {unit.name or unit.unit_id!r}"
-            copy = found.get(unit.unit_id) or by_name.get(unit.name)
-            if copy is None:
-                yield Difference(unit_where, "missing")
-                continue
-            if copy.body != unit.body:
-                yield Difference(unit_where, "body differs")
-            skip = "experiment" if experiment is not None else None  # an experiment unit's own
-            refs = {k: id_map(k, v) for k, v in unit.refs.items() if k != skip}
-            if refs != {k: v for k, v in copy.refs.items() if k != skip}:
-                yield Difference(unit_where, f"references {refs} != {copy.refs}")
+        for place, what in compare_units(where, unit_type, expected, mine, actual, theirs, id_map, matched, level):
+            yield Difference(place, what)
 
 
 def _compare_experiment(where: str, a: Experiment, b: Experiment) -> Iterator[Difference]:

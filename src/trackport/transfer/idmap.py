@@ -6,15 +6,17 @@ import os
 from pathlib import Path
 
 from trackport.errors import storage_error
-from trackport.kinds import BUILT_IN
+from trackport.kinds import names
 from trackport.transfer.jsonl import JsonlAppender, read_jsonl
 
 IDMAP_FILE = "idmap.jsonl"
 
 
 def kind_order(kind: str) -> tuple:
-    """Experiments, then runs, then the other kinds by name: the order files list them in."""
-    return (("experiment", "run").index(kind) if kind in BUILT_IN else 2, kind)
+    """Experiments, runs, then the other kinds in the order they are registered (kinds a
+    unit depends on first), then kinds no longer registered by name: the order files list them in."""
+    known = names()
+    return (known.index(kind), "") if kind in known else (len(known), kind)
 
 
 class IdMap:

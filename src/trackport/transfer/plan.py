@@ -35,10 +35,10 @@ def plan_transfer(source: SourceStore, selection: Selection) -> Plan:
     """What the transfer will take; BadInputError (nothing written yet) for a selection
     that takes nothing, so an empty store or a typo never produces an empty target."""
     where = source.describe().uri
-    if selection.models and (selection.experiments or selection.narrows_runs):
+    if (selection.models or selection.models_only) and (selection.experiments or selection.narrows_runs):
         raise BadInputError(
-            "--model takes the runs behind the models it names; it cannot be combined with --experiment,"
-            " --run-id or --filter: run two transfers"
+            "--model and --models-only take the registry (and with --model the runs behind it); they cannot be"
+            " combined with --experiment, --run-id or --filter: run two transfers"
         )
     registry = _registry_units(source, selection) if takes_registry(selection) else None
     if selection.models and not any(u.kind == kinds.REGISTERED_MODEL.name for u in registry or ()):

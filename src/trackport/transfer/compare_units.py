@@ -1,0 +1,143 @@
+"""Field-by-field comparison of the units of generic kinds (logged models, the registry, ...)
+two stores hold: part of the proof that nothing was lost (transfer/compare.py).
+
+A copy is found by its id, else by the provenance tag a target that gives new ids writes
+(provenance.SOURCE_UNIT_TAG), else by its name when that is unique. What a transfer
+changes on purpose is allowed: ids (in refs, in a version's source, in MLmodel files),
+trackport's provenance tags, the body fields a kind lists in compare_ignores (times a
+server sets itself), and the server-kept list of versions registered from a logged model
+(`mlflow.modelVersions`, whose entries a server writes twice, as number and as text).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Callable, Iterator
+
+from trackport import kinds
+from trackport.kinds import Unit
+from trackport.models import MODEL_VERSIONS_TAG, relink_experiments
+from trackport.provenance import (
+    SOURCE_UNIT_TAG,
+    is_mlmodel,
+    is_provenance_tag,
+    rewrite_mlmodel,
+    source_shape,
+)
+from trackport.stores.base import SourceStore, Unreadable
+from trackport.transfer.units import UnitType
+
+IdMap = Callable[[str, str], str]  # (kind, source id) -> target id (the source id when unknown)
+_CHUNK = 1 << 20
+
+
+def compare_units(
+    where: str,
+    unit_type: UnitType,
+    expected: SourceStore,
+    mine,
+    actual: SourceStore,
+    theirs,
+    id_map: IdMap,
+    matched: dict[tuple[str, str], str],
+    level: str,
+) -> Iterator[tuple[str, str]]:
+    """(where, what) for every difference between the units of one kind in two listings.
+    Each unit compared is added to matched (source id -> the copy's id)."""
+    found = {} if theirs is None else {u.unit_id: u for u in theirs if not isinstance(u, Unreadable)}
+    by_source = {str(u.body.get("tags", {}).get(SOURCE_UNIT_TAG)): u for u in found.values() if isinstance(u.body.get("tags"), dict)}
+    names: dict[str, list[Unit]] = {}
+    for u in found.values():
+        names.setdefault(u.name, []).append(u)
+    own_experiment = "experiment" if unit_type.kind.scope == "experiment" else None
+    for unit in mine:
+        if isinstance(unit, Unreadable):
+            yield f"{unit.kind} {unit.source_id}", f"unreadable: {unit.reason}"
+            continue
+        unit_where = f"{where}, {unit.kind} {unit.name or unit.unit_id!r}"
+        same_name = names.get(unit.name, []) if unit.name else []
+        copy = by_source.get(unit.unit_id) or found.get(unit.unit_id) or (same_name[0] if len(same_name) == 1 else None)
+        if copy is None:
+            yield unit_where, "missing"
+            continue
+        matched[(unit.kind, unit.unit_id)] = copy.unit_id
+        refs = {n: id_map(kinds.ref_kind(n), v) for n, v in unit.refs.items() if n != own_experiment}
+        theirs_refs = {n: v for n, v in copy.refs.items() if n != own_experiment}
+        if refs != theirs_refs:
+            yield unit_where, f"references {refs} != {theirs_refs}"
+        if level == "full":
+            for what in _body_differences(unit, copy, id_map):
+                yield unit_where, what
+        if unit_type.kind.has_files:
+            for what in _file_differences(expected, unit, actual, copy, id_map, level):
+                yield unit_where, what
+
+
+def _body_differences(unit: Unit, copy: Unit, id_map: IdMap) -> Iterator[str]:
+    ignored = set(kinds.kind(unit.kind).compare_ignores)
+    a = {k: v for k, v in unit.body.items() if k not in ignored}
+    b = {k: v for k, v in copy.body.items() if k not in ignored}
+    if isinstance(a.get("tags"), dict):
+        experiments = {e: id_map("experiment", e) for n, e in unit.refs.items() if kinds.ref_kind(n) == "experiment"}
+        a["tags"] = _comparable_tags(relink_experiments(a["tags"], experiments))
+    if isinstance(b.get("tags"), dict):
+        b["tags"] = _comparable_tags(b["tags"])
+    for key in sorted(a.keys() | b.keys()):
+        if a.get(key) != b.get(key):
+            yield f"{key}: {_shown(a.get(key))} != {_shown(b.get(key))}"
+    if unit.kind == kinds.MODEL_VERSION.name:
+        roles_a = {unit.refs[n]: "{" + n + "}" for n in ("run", "logged_model") if n in unit.refs}
+        roles_b = {copy.refs[n]: "{" + n + "}" for n in ("run", "logged_model") if n in copy.refs}
+        mine, theirs = source_shape(unit.body["source"], roles_a), source_shape(copy.body["source"], roles_b)
+        if mine != theirs:
+            yield f"source: {_shown(unit.body['source'])} != {_shown(copy.body['source'])}"
+
+
+def _comparable_tags(tags: dict) -> dict:
+    """Without provenance tags; the versions registered from a logged model as a set."""
+    out = {k: v for k, v in tags.items() if not is_provenance_tag(k)}
+    if MODEL_VERSIONS_TAG in out:
+        try:
+            entries = json.loads(out[MODEL_VERSIONS_TAG])
+            out[MODEL_VERSIONS_TAG] = sorted({(str(e["name"]), str(e["version"])) for e in entries})
+        except (ValueError, TypeError, KeyError):
+            pass  # compared as it is
+    return out
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _file_differences(
+    expected: SourceStore, unit: Unit, actual: SourceStore, copy: Unit, id_map: IdMap, level: str
+) -> Iterator[str]:
+    files_a = {f.path: f.size for f in expected.list_unit_artifacts(unit)}
+    files_b = {f.path: f.size for f in actual.list_unit_artifacts(copy)}
+    ids = {v: id_map(kinds.ref_kind(n), v) for n, v in unit.refs.items() if kinds.ref_kind(n) in ("run", "logged_model")}
+    ids[unit.unit_id] = copy.unit_id
+    locations = {unit.body.get("artifact_location") or "": copy.body.get("artifact_location") or ""}
+    for path in sorted(files_a.keys() | files_b.keys()):
+        if path not in files_b:
+            yield f"file {path!r} missing"
+        elif path not in files_a:
+            yield f"file {path!r} unexpected"
+        elif is_mlmodel(path) and level == "full":
+            with expected.open_unit_artifact(unit, path) as stream:
+                want = hashlib.sha256(rewrite_mlmodel(stream.read(), ids, locations)).hexdigest()
+            if want != _sha256(actual, copy, path):
+                yield f"file {path!r}: content differs (sha256; ids and locations rewritten)"
+        elif files_a[path] != files_b[path]:
+            yield f"file {path!r}: {files_a[path]} bytes expected, {files_b[path]} found"
+        elif level == "full" and _sha256(expected, unit, path) != _sha256(actual, copy, path):
+            yield f"file {path!r}: content differs (sha256)"
+
+
+def _sha256(store: SourceStore, unit: Unit, path: str) -> str:
+    digest = hashlib.sha256()
+    with store.open_unit_artifact(unit, path) as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
