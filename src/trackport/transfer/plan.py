@@ -40,31 +40,27 @@ def plan_transfer(source: SourceStore, selection: Selection) -> Plan:
             "--model and --models-only take the registry (and with --model the runs behind it); they cannot be"
             " combined with --experiment, --run-id or --filter: run two transfers"
         )
-    registry = _registry_units(source, selection) if takes_registry(selection) else None
-    if selection.models and not any(u.kind == kinds.REGISTERED_MODEL.name for u in registry or ()):
+    holds_registry = takes_registry(selection) and next(iter(_listing(source, kinds.REGISTERED_MODEL, selection)), None) is not None
+    if selection.models and not holds_registry:
         raise BadInputError(f"{where}: no registered model or prompt matches --model {' '.join(selection.models)}")
     if selection.models_only:
-        if not registry:
+        if not holds_registry:
             raise BadInputError(f"{where}: the store holds no registered model or prompt to transfer")
         return Plan(selection, [])
     if selection.models:
-        runs = sorted({u.refs["run"] for u in registry if u.kind == kinds.MODEL_VERSION.name and "run" in u.refs})
+        versions = _listing(source, kinds.MODEL_VERSION, selection)
+        runs = sorted({u.refs["run"] for u in versions if isinstance(u, kinds.Unit) and "run" in u.refs})
         if not runs:
             return Plan(selection, [])
         selection = dataclasses.replace(selection, run_ids=tuple(runs), include_deleted=True, runs_from_models=True)
-    return Plan(selection, plan_experiments(source, selection, holds_more=bool(registry)))
+    return Plan(selection, plan_experiments(source, selection, holds_more=holds_registry))
 
 
-def _registry_units(source: SourceStore, selection: Selection) -> list:
-    """The registered models and versions the selection takes (read to plan: a registry
-    is small next to the runs it names)."""
-    found = []
-    for unit_type in workspace_unit_types():
-        if unit_type.kind.name in (kinds.REGISTERED_MODEL.name, kinds.MODEL_VERSION.name):
-            listing = unit_type.listing(source, None, selection)
-            if listing is not None:
-                found += [u for u in select_workspace_units(unit_type.kind, listing, selection) if isinstance(u, kinds.Unit)]
-    return found
+def _listing(source: SourceStore, kind: kinds.UnitKind, selection: Selection):
+    """The source's units of a registry kind the selection takes (none when it holds none)."""
+    unit_type = next(t for t in workspace_unit_types() if t.kind.name == kind.name)
+    listing = unit_type.listing(source, None, selection)
+    return select_workspace_units(kind, listing, selection) if listing is not None else iter(())
 
 
 def plan_experiments(source: SourceStore, selection: Selection, *, holds_more: bool = False) -> list[PlannedExperiment]:
