@@ -113,7 +113,7 @@ class LoggedModelFields:
 
 
 def logged_model_unit(m: LoggedModelFields) -> Unit:
-    others = sorted({x.run_id for x in m.metrics if x.run_id} | {r for r, _, _ in m.links} - {m.source_run_id, None})
+    others = sorted(({x.run_id for x in m.metrics if x.run_id} | {r for r, _, _ in m.links}) - {m.source_run_id, None})
     refs = {"experiment": m.experiment_id}
     names: dict[str, str] = {}
     if m.source_run_id:
@@ -232,7 +232,7 @@ def version_units(name: str, versions: Iterable[VersionFields], deleted: Iterabl
             "run_link": v.run_link or None,
             "status": v.status or "READY",
             "status_message": v.status_message or None,
-            "current_stage": v.current_stage or None,
+            "current_stage": None if v.current_stage in (None, "", "None") else v.current_stage,  # MLflow's "None" stage
             "user_id": v.user_id or None,
             "creation_timestamp": v.creation_timestamp,
             "last_updated_timestamp": v.last_updated_timestamp,

@@ -74,8 +74,14 @@ class LocalArtifacts:
         return walk_artifacts(self._artifact_dir(run))
 
     def missing_artifact_folder(self, run: Run) -> str | None:
+        """The run's artifact folder when it is missing and its experiment's folder too:
+        MLflow makes a run's folder only when the run logs a file (an MLflow 3 run that
+        logs only models keeps them in the experiment's models/), so a missing folder
+        under an existing experiment folder is a run without files, not a wrong place."""
         directory = self._artifact_dir(run)
-        return str(directory) if directory is not None and not directory.is_dir() else None
+        if directory is None or directory.is_dir() or directory.parent.parent.is_dir():
+            return None
+        return str(directory)
 
     def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
         return open_local_artifact(self._artifact_dir(run), path, run.run_id)

@@ -1,12 +1,14 @@
 """The legacy MLflow file store (an mlruns/ directory), read by parsing its files.
 
 MLflow's own FileStore is not used: from 3.13 it refuses to open without an environment
-switch, and it reads step=0 for metric lines that carry a dataset (5 fields).
+switch, and it reads step=0 for metric lines that carry a dataset (5 fields). MLflow 3's
+logged models (`<experiment>/models/<id>/`) and the model registry (`models/<name>/`) are
+read too, into the units every store builds with trackport.models.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, ContextManager, Iterator
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -17,13 +19,19 @@ from trackport.domain import (
     ACTIVE,
     DELETED,
     RUN_NAME_TAG,
+    ArtifactFile,
     DatasetInput,
     Experiment,
     Run,
 )
 from trackport.errors import BadInputError, UnitError
+from trackport.kinds import LOGGED_MODEL, Unit
+from trackport.models import (
+    LoggedModelFields, ModelMetric, VersionFields, logged_model_unit, model_id_in_source, name_matches,
+    registered_model_unit, version_units,
+)
 from trackport.stores._history import history_batches, key_history
-from trackport.stores._localfs import LocalArtifacts, local_artifact_dir
+from trackport.stores._localfs import LocalArtifacts, local_artifact_dir, open_local_artifact, walk_artifacts
 from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
 from trackport.selection import resolve_experiments, run_order, select_runs
 
@@ -31,6 +39,8 @@ _TRASH = ".trash"
 _RUN_STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
 # Folders of an experiment directory that are not runs.
 _NOT_RUNS = {"tags", "datasets", "models", "traces"}
+_MODELS = "models"  # an experiment's logged models, and (at the root) the model registry
+_DELETED_VERSION = "Deleted_Internal"
 
 
 def _yaml() -> Any:
@@ -269,3 +279,140 @@ class MlrunsStore(LocalArtifacts, SourceStore):
             if beside.is_dir():
                 return beside
         return directory
+
+    # -------------------------------------------------------------- logged models
+
+    def iter_logged_models(self, experiment: Experiment) -> Iterator[Unit | Unreadable]:
+        """The experiment's logged models, deleted ones too, oldest first (then by id)."""
+        exp_dir = self._experiment_dir(experiment)
+        models_dir = exp_dir / _MODELS
+        if not models_dir.is_dir():
+            return
+        links = self._model_links(exp_dir)
+        units = []
+        for model_dir in sorted(d for d in models_dir.iterdir() if (d / "meta.yaml").is_file()):
+            try:
+                meta = self._load_meta(model_dir / "meta.yaml")
+                model_id = str(meta.get("model_id") or model_dir.name)
+                units.append(logged_model_unit(LoggedModelFields(
+                    model_id=model_id, experiment_id=experiment.experiment_id, name=str(meta.get("name") or ""),
+                    source_run_id=meta.get("source_run_id"), model_type=meta.get("model_type"),
+                    status=meta.get("status"), status_message=meta.get("status_message"),
+                    lifecycle_stage=meta.get("lifecycle_stage") or ACTIVE,
+                    creation_timestamp=meta.get("creation_timestamp"), last_updated_timestamp=meta.get("last_updated_timestamp"),
+                    artifact_location=meta.get("artifact_location"), params=_read_key_values(model_dir / "params"),
+                    tags=_read_key_values(model_dir / "tags"), metrics=_model_metrics(model_dir / "metrics"),
+                    links=links.get(model_id, []),
+                )))
+            except (OSError, ValueError, self._yaml.YAMLError) as exc:
+                yield Unreadable(LOGGED_MODEL.name, model_dir.name, f"{model_dir}: {exc}")
+        yield from sorted(units, key=lambda u: (u.body["creation_timestamp"] is None, u.body["creation_timestamp"] or 0, u.unit_id))
+
+    def _model_links(self, exp_dir: Path) -> dict[str, list[tuple[str, str, int]]]:
+        """model id -> (run id, "output" | "input", step), from the experiment's runs: a run's
+        outputs/<model id>/meta.yaml (with the step) and its inputs of source_type MODEL.
+        (The file store writes the model id where the run id belongs; the run is the folder.)"""
+        links: dict[str, list[tuple[str, str, int]]] = {}
+        for run_dir in self._run_dirs(exp_dir):
+            for meta_file in sorted(run_dir.glob("outputs/*/meta.yaml")):
+                meta = self._load_meta(meta_file)
+                links.setdefault(meta_file.parent.name, []).append((run_dir.name, "output", int(meta.get("step") or 0)))
+            for meta_file in sorted(run_dir.glob("inputs/*/meta.yaml")):
+                meta = self._load_meta(meta_file)
+                if meta.get("source_type") == "MODEL":
+                    links.setdefault(str(meta.get("source_id")), []).append((run_dir.name, "input", 0))
+        return links
+
+    def _model_dir(self, unit: Unit) -> Path | None:
+        """A logged model's artifacts: where its location names, else beside its meta.yaml
+        (a store moved or copied elsewhere)."""
+        if unit.kind != LOGGED_MODEL.name:
+            raise UnitError(f"{unit.kind} {unit.unit_id}: units of this kind have no files")
+        try:
+            directory = local_artifact_dir(unit.body.get("artifact_location"), unit.unit_id)
+        except UnitError as exc:
+            raise UnitError(str(exc).replace(f"run {unit.unit_id}", f"logged model {unit.unit_id}")) from None
+        beside = self.root / str(unit.experiment_id) / _MODELS / unit.unit_id / "artifacts"
+        return beside if (directory is None or not directory.exists()) and beside.is_dir() else directory
+
+    def list_unit_artifacts(self, unit: Unit) -> Iterator[ArtifactFile]:
+        return walk_artifacts(self._model_dir(unit))
+
+    def open_unit_artifact(self, unit: Unit, path: str) -> ContextManager[BinaryIO]:
+        return open_local_artifact(self._model_dir(unit), path, unit.unit_id)
+
+    # -------------------------------------------------------------- the registry
+
+    def _registered_dirs(self, selection: Selection) -> list[Path]:
+        root = self.root / _MODELS
+        if not root.is_dir():
+            return []
+        found = [d for d in sorted(root.iterdir()) if (d / "meta.yaml").is_file()]
+        return [d for d in found if not selection.models or name_matches(d.name, selection.models)]
+
+    def iter_registered_models(self, selection: Selection) -> Iterator[Unit | Unreadable]:
+        """Every registered model and prompt, by name."""
+        for model_dir in self._registered_dirs(selection):
+            try:
+                meta = self._load_meta(model_dir / "meta.yaml")
+                yield registered_model_unit(
+                    str(meta.get("name") or model_dir.name), meta.get("description"), _read_key_values(model_dir / "tags"),
+                    meta.get("creation_timestamp"), meta.get("last_updated_timestamp"),
+                )
+            except (OSError, ValueError, self._yaml.YAMLError) as exc:
+                yield Unreadable("registered_model", model_dir.name, f"{model_dir}: {exc}")
+
+    def iter_model_versions(self, selection: Selection) -> Iterator[Unit | Unreadable]:
+        """The live versions of each registered model, by name; deleted versions keep their
+        folder (stage Deleted_Internal), so their numbers are known."""
+        model_experiments = {  # logged model id -> its experiment
+            d.name: e.experiment_id for e, exp_dir in self._all_experiments() for d in exp_dir.glob(f"{_MODELS}/*") if d.is_dir()
+        }
+        for model_dir in self._registered_dirs(selection):
+            name = model_dir.name
+            try:
+                metas = [(d, self._load_meta(d / "meta.yaml")) for d in sorted(model_dir.glob("version-*")) if (d / "meta.yaml").is_file()]
+                aliases: dict[int, list[str]] = {}
+                for alias, number in (self._load_meta(model_dir / "meta.yaml").get("aliases") or {}).items():
+                    aliases.setdefault(int(number), []).append(str(alias))
+                runs = self._locate_runs([str(m["run_id"]) for _, m in metas if m.get("run_id")])
+                versions, deleted = [], []
+                for version_dir, meta in metas:
+                    number = int(meta["version"])
+                    if meta.get("current_stage") == _DELETED_VERSION:
+                        deleted.append(number)
+                        continue
+                    model_id = meta.get("model_id") or model_id_in_source(meta.get("source"))
+                    versions.append(VersionFields(
+                        version=number, source=str(meta.get("source") or ""), run_id=meta.get("run_id"), model_id=model_id,
+                        experiment_id=model_experiments.get(model_id or "") or runs.get(meta.get("run_id") or ""),
+                        description=meta.get("description"), tags=_read_key_values(version_dir / "tags"),
+                        aliases=aliases.get(number, []), run_link=meta.get("run_link"), status=meta.get("status") or "READY",
+                        status_message=meta.get("status_message"), current_stage=_stage_or_none(meta.get("current_stage")),
+                        user_id=meta.get("user_id"), creation_timestamp=meta.get("creation_timestamp"),
+                        last_updated_timestamp=meta.get("last_updated_timestamp"),
+                    ))
+            except (OSError, ValueError, KeyError, self._yaml.YAMLError) as exc:
+                yield Unreadable("model_version", f"{name}/0", f"{model_dir}: {exc}")
+                continue
+            yield from version_units(name, versions, deleted)
+
+
+def _stage_or_none(stage: str | None) -> str | None:
+    """A version's stage as bodies hold it: MLflow's "None" (no stage) as null."""
+    return None if not stage or stage == "None" else stage
+
+
+def _model_metrics(metrics_dir: Path) -> list[ModelMetric]:
+    """metrics/<key> of a logged model: lines "timestamp value step run_id [dataset_name dataset_digest]"."""
+    out: list[ModelMetric] = []
+    if not metrics_dir.is_dir():
+        return out
+    for file in sorted(f for f in metrics_dir.rglob("*") if f.is_file()):
+        for line in file.read_text(encoding="utf-8").splitlines():
+            fields = line.split()
+            if len(fields) >= 4:
+                dataset = fields[4:6] if len(fields) >= 6 else [None, None]
+                out.append(ModelMetric(file.relative_to(metrics_dir).as_posix(), float(fields[1]), int(fields[0]),
+                                       int(fields[2]), fields[3], dataset[0], dataset[1]))
+    return out

@@ -1,5 +1,6 @@
 """An MLflow tracking database as a source, the part every dialect shares: experiments,
-runs, metric histories key by key, and the artifacts the runs name."""
+runs, metric histories key by key, and the artifacts the runs name (logged models and the
+registry: mlflow_db.models)."""
 from __future__ import annotations
 
 import threading
@@ -24,13 +25,15 @@ from trackport.stores._localfs import LocalArtifacts, local_artifact_dir
 from trackport.selection import resolve_experiments, select_runs
 from trackport.stores.base import Selection, SourceFeatures, SourceStore, StoreDescription
 from trackport.stores.mlflow_db.metric_order import rows_to_batch
+from trackport.stores.mlflow_db.models import ModelReading
 from trackport.stores.mlflow_db.search_filter import filter_runs
 from trackport.stores.mlflow_db.tables import Database, chunks
 from trackport.stores.mlflow_db.uri import ARTIFACTS_PARAM, artifacts_root
 
 
-class MlflowDatabaseSource(LocalArtifacts, SourceStore):
-    """An MLflow tracking database as a source: sqlite file or server database."""
+class MlflowDatabaseSource(ModelReading, LocalArtifacts, SourceStore):
+    """An MLflow tracking database as a source: sqlite file or server database, with
+    MLflow 3's logged models and model registry (ModelReading)."""
 
     features = SourceFeatures(filter=True)
     kind = "database"
@@ -243,11 +246,16 @@ class MlflowDatabaseSource(LocalArtifacts, SourceStore):
     # ---------------------------------------------------------------- artifacts
 
     def _artifact_dir(self, run: Run) -> Path | None:
-        uri = run.artifact_uri
+        return self._local_folder(run.artifact_uri, "run", run.run_id)
+
+    def _local_folder(self, uri: str | None, what: str, unit_id: str) -> Path | None:
+        """The local folder an artifact URI of a run or logged model names (`what` and
+        unit_id name it in messages); a tracking server's `mlflow-artifacts:` URI is
+        resolved under its --artifacts-destination, given in the source URI."""
         if uri and uri.startswith("mlflow-artifacts:"):
             if self._artifacts_root is None:
                 raise UnitError(
-                    f"run {run.run_id}: artifacts at {uri} are kept by the tracking server; add "
+                    f"{what} {unit_id}: artifacts at {uri} are kept by the tracking server; add "
                     f"?{ARTIFACTS_PARAM}=<the server's --artifacts-destination directory> to the "
                     "source URI, or export through the server"
                 )
@@ -255,7 +263,6 @@ class MlflowDatabaseSource(LocalArtifacts, SourceStore):
             root = self._artifacts_root.resolve()
             full = (root / rel).resolve()
             if not full.is_relative_to(root):
-                raise UnitError(f"run {run.run_id}: artifact URI {uri} points outside {root}")
+                raise UnitError(f"{what} {unit_id}: artifact URI {uri} points outside {root}")
             return full
-        return local_artifact_dir(uri, run.run_id)
-
+        return local_artifact_dir(uri, unit_id)

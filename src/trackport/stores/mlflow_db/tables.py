@@ -2,7 +2,7 @@
 and what the schema of one database has."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from trackport.errors import BadInputError
@@ -49,9 +49,39 @@ def _tables(sa: Any) -> dict[str, Any]:
             "datasets", "dataset_uuid", "experiment_id", "name", "digest", "dataset_source_type",
             "dataset_source", "dataset_schema", "dataset_profile",
         ),
-        "inputs": t("inputs", "input_uuid", "source_type", "source_id", "destination_type", "destination_id"),
+        "inputs": t("inputs", "input_uuid", "source_type", "source_id", "destination_type", "destination_id", "step"),
         "input_tags": t("input_tags", "input_uuid", "name", "value"),
+        # MLflow 3's logged models and the model registry (absent from older schemas).
+        "logged_models": t(
+            "logged_models", "model_id", "experiment_id", "name", "artifact_location", "creation_timestamp_ms",
+            "last_updated_timestamp_ms", "status", "lifecycle_stage", "model_type", "source_run_id", "status_message",
+        ),
+        "logged_model_params": t("logged_model_params", "model_id", "experiment_id", "param_key", "param_value"),
+        "logged_model_tags": t("logged_model_tags", "model_id", "experiment_id", "tag_key", "tag_value"),
+        "logged_model_metrics": t(
+            "logged_model_metrics", "model_id", "experiment_id", "metric_name", "metric_timestamp_ms", "metric_step",
+            "metric_value", "run_id", "dataset_uuid", "dataset_name", "dataset_digest",
+        ),
+        "registered_models": t(
+            "registered_models", "name", "creation_time", "last_updated_time", "description", "workspace",
+        ),
+        "registered_model_tags": t("registered_model_tags", "name", "key", "value", "workspace"),
+        "model_versions": t(
+            "model_versions", "name", "version", "creation_time", "last_updated_time", "description", "user_id",
+            "current_stage", "source", "run_id", "status", "status_message", "run_link", "storage_location",
+            "workspace",
+        ),
+        "model_version_tags": t("model_version_tags", "name", "version", "key", "value", "workspace"),
+        "registered_model_aliases": t("registered_model_aliases", "name", "alias", "version", "workspace"),
     }
+
+
+LOGGED_MODEL_TABLES = frozenset({"logged_models", "logged_model_params", "logged_model_tags", "logged_model_metrics"})
+REGISTRY_TABLES = frozenset({"registered_models", "registered_model_tags", "model_versions", "model_version_tags"})
+# The tables whose columns changed across MLflow versions (a column added later, such as
+# `workspace` or `inputs.step`): their columns are read once, so queries name only those.
+_VARYING_COLUMNS = ("inputs", "logged_models", "registered_models", "registered_model_tags", "model_versions",
+                    "model_version_tags", "registered_model_aliases")
 
 
 @dataclass(frozen=True)
@@ -61,13 +91,34 @@ class Database:
     tables: dict[str, Any]
     has_inputs: bool
     has_deleted_time: bool
+    # The columns of the tables in _VARYING_COLUMNS this database has (none: no such table).
+    columns: dict[str, frozenset[str]] = field(default_factory=dict)
+    table_names: frozenset[str] = frozenset()
+
+    def has(self, table: str, column: str | None = None) -> bool:
+        """Whether the schema has the table (of the ones whose columns are read), and the column."""
+        names = self.columns.get(table, frozenset())
+        return bool(names) and (column is None or column in names)
+
+    @property
+    def has_logged_models(self) -> bool:
+        return LOGGED_MODEL_TABLES <= self.table_names
+
+    @property
+    def has_registry(self) -> bool:
+        return REGISTRY_TABLES <= self.table_names
 
     @classmethod
     def inspect(cls, engine: Any, uri: str) -> Database:
         sa = import_sqlalchemy()
-        names = set(sa.inspect(engine).get_table_names())
+        inspector = sa.inspect(engine)
+        names = set(inspector.get_table_names())
         missing = REQUIRED_TABLES - names
         if missing:
             raise BadInputError(f"{uri} is not an MLflow tracking database (no {', '.join(sorted(missing))} table)")
-        run_columns = {c["name"] for c in sa.inspect(engine).get_columns("runs")}
-        return cls(sa, engine, _tables(sa), {"datasets", "inputs", "input_tags"} <= names, "deleted_time" in run_columns)
+        run_columns = {c["name"] for c in inspector.get_columns("runs")}
+        columns = {t: frozenset(c["name"] for c in inspector.get_columns(t)) for t in _VARYING_COLUMNS if t in names}
+        return cls(
+            sa, engine, _tables(sa), {"datasets", "inputs", "input_tags"} <= names, "deleted_time" in run_columns,
+            columns, frozenset(names),
+        )

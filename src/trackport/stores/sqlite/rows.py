@@ -1,17 +1,29 @@
-"""Runs and their dataset inputs as rows of MLflow's sqlite tables, written inside the
-writer's transaction (the cursor is the group-commit writer's)."""
+"""Runs and their dataset inputs, and logged models, as rows of MLflow's sqlite tables,
+written inside the writer's transaction (the cursor is the group-commit writer's)."""
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from trackport.domain import RUN_NAME_TAG, Run
+from trackport.kinds import Unit
+from trackport.models import metric_value_from_json
+from trackport.stores.mlflow_db.models import MODEL_INPUT, MODEL_OUTPUT
 from trackport.stores.mlflow_db.sqlite import read_only_connection
 
-WRITTEN_TABLES = ("experiments", "experiment_tags", "runs", "tags", "params", "datasets", "inputs", "input_tags")
+WRITTEN_TABLES = (
+    "experiments", "experiment_tags", "runs", "tags", "params", "datasets", "inputs", "input_tags",
+    # MLflow 3's logged models and the model registry (stores/sqlite/models.py)
+    "logged_models", "logged_model_params", "logged_model_tags", "logged_model_metrics",
+    "registered_models", "registered_model_tags", "model_versions", "model_version_tags", "registered_model_aliases",
+)
+
+
+_STATUS_NUMBERS = {"UNSPECIFIED": 0, "PENDING": 1, "READY": 2, "FAILED": 3}  # logged_models.status
 
 
 class Rows:
@@ -92,3 +104,77 @@ class Rows:
             }])
             self.insert(cursor, "input_tags",
                         [{"input_uuid": input_uuid, "name": k, "value": v} for k, v in ds.tags.items()])
+
+    def insert_logged_model(self, cursor: sqlite3.Cursor, unit: Unit, exp_id: int, artifact_location: str) -> None:
+        """A logged model unit's rows: the model, its params, tags and metrics, and its links to runs."""
+        body, model_id = unit.body, unit.unit_id
+        self.insert(cursor, "logged_models", [{
+            "model_id": model_id,
+            "experiment_id": exp_id,
+            "name": unit.name,
+            "artifact_location": artifact_location,
+            "creation_timestamp_ms": now_or(body.get("creation_timestamp")),
+            "last_updated_timestamp_ms": now_or(body.get("last_updated_timestamp")),
+            "status": _STATUS_NUMBERS.get(body.get("status") or "", 0),
+            "lifecycle_stage": body.get("lifecycle_stage") or "active",
+            "model_type": body.get("model_type"),
+            "source_run_id": unit.target("run"),
+            "status_message": body.get("status_message"),
+        }])
+        owner = {"model_id": model_id, "experiment_id": exp_id}
+        self.insert(cursor, "logged_model_params", [
+            {**owner, "param_key": k, "param_value": v} for k, v in body.get("params", {}).items()
+        ])
+        self.insert(cursor, "logged_model_tags", [
+            {**owner, "tag_key": k, "tag_value": v} for k, v in body.get("tags", {}).items()
+        ])
+        metrics = []
+        for metric in body.get("metrics", []):
+            name, digest = metric.get("dataset_name"), metric.get("dataset_digest")
+            metrics.append({
+                **owner,
+                "metric_name": metric["key"],
+                "metric_timestamp_ms": metric["timestamp"],
+                "metric_step": metric["step"],
+                # sqlite holds a NaN as NULL, which trackport reads back as NaN (MLflow's own
+                # store writes 0 instead, and loses it); ±inf are held as they are.
+                "metric_value": metric_value_from_json(metric["value"]),
+                # The run it was logged in; one the target lacks keeps its source id (a loss
+                # the engine records): the column takes no NULL.
+                "run_id": unit.refs.get(metric["run"], "") if metric.get("run") else "",
+                "dataset_uuid": _dataset_uuid(cursor, exp_id, name, digest),
+                "dataset_name": name,
+                "dataset_digest": digest,
+            })
+        self.insert(cursor, "logged_model_metrics", metrics)
+        self.insert(cursor, "inputs", _link_rows(unit, "step" in self.columns["inputs"]))
+
+
+def now_or(milliseconds: int | None) -> int:
+    """A time a unit gives, else now (as MLflow sets it: the columns have no default)."""
+    return int(time.time() * 1000) if milliseconds is None else milliseconds
+
+
+def _link_rows(unit: Unit, with_step: bool) -> list[dict]:
+    """The inputs rows linking a logged model to the runs that output it (at a step) or took
+    it as an input, for the runs the target holds (one it lacks is a loss the engine records)."""
+    rows = []
+    for link in unit.body.get("links", []):
+        run_id = unit.target(link["run"])
+        if run_id is None:
+            continue
+        source_type, destination_type = MODEL_OUTPUT if link["direction"] == "output" else MODEL_INPUT
+        row = {"input_uuid": uuid.uuid4().hex, "source_type": source_type, "source_id": run_id,
+               "destination_type": destination_type, "destination_id": unit.unit_id}
+        rows.append({**row, "step": int(link.get("step") or 0)} if with_step else row)
+    return rows
+
+
+def _dataset_uuid(cursor: sqlite3.Cursor, exp_id: int, name: str | None, digest: str | None) -> str | None:
+    """The target experiment's dataset a logged model's metric was logged against, if it holds it."""
+    if not name or not digest:
+        return None
+    row = cursor.execute(
+        "SELECT dataset_uuid FROM datasets WHERE experiment_id = ? AND name = ? AND digest = ?", (exp_id, name, digest)
+    ).fetchone()
+    return row[0] if row else None

@@ -1,4 +1,5 @@
-"""The artifact folders of runs a local sqlite sink writes, and the only folders it removes.
+"""The artifact folders of runs (and logged models) a local sqlite sink writes, and the only
+folders it removes.
 
 Two stores can share one artifact tree: two databases side by side in one directory, or a
 server's database read as a source while the target's artifacts go where the server keeps
@@ -14,6 +15,9 @@ So a sink never writes into, or removes, a folder it did not make:
 * after the commit the claim is dropped; after a failure the claimed folder is removed;
   a claim left by a killed transfer is settled when the store is next opened for writing
   (while holding its lock): the folder is removed if its run was never committed.
+
+A logged model's folder, `<experiment location>/models/<model id>/`, is claimed the same
+way (its claim names its kind, so that settling asks whether the model was committed).
 """
 from __future__ import annotations
 
@@ -22,16 +26,21 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 from trackport._files import CHUNK_SIZE
 from trackport.errors import UnitError, storage_error
 from trackport.stores._artifact_path import checked_artifact_path
-from trackport.stores.base import RunContent, RunWriteResult
+from trackport.stores.base import RunContent, RunWriteResult, UnitWriteResult
 
 CLAIMS_DIR = "claims"
 ARTIFACTS = "artifacts"
 TEMP_PREFIX = ".artifacts.tmp-"
+RUN = "run"
+WriteResult = Union[RunWriteResult, UnitWriteResult]  # counts artifact_files and artifact_bytes
+# For a file's path, what to do to its whole content before it is written (an MLmodel file
+# naming ids and locations), or None to copy it as it is.
+Rewrite = Callable[[str], Callable[[bytes], bytes] | None]
 
 
 class RunFolders:
@@ -40,65 +49,79 @@ class RunFolders:
         self._claims.mkdir(parents=True, exist_ok=True)
         self.store_identity = store_identity
 
-    def refuse_foreign(self, run_id: str, folder: Path) -> None:
-        """A run without artifacts still names folder as its artifact location: it must not
-        be a folder of another store's run."""
+    def refuse_foreign(self, unit_id: str, folder: Path, what: str = RUN) -> None:
+        """A run (or logged model) without artifacts still names folder as its artifact
+        location: it must not be a folder of another store's."""
         if os.path.lexists(folder):
-            raise UnitError(_foreign(run_id, folder))
+            raise UnitError(_foreign(what, unit_id, folder))
 
-    def write(self, run_id: str, folder: Path, content: RunContent, files: list, result: RunWriteResult) -> None:
-        """Claim folder and fill folder/artifacts with the run's files; on failure remove
-        what was made (the claim is then gone too)."""
-        record = self._claims / f"{run_id}.json"
+    def write(
+        self, unit_id: str, folder: Path, content: RunContent, files: list, result: WriteResult,
+        *, what: str = RUN, rewrite: Rewrite | None = None,
+    ) -> None:
+        """Claim folder and fill folder/artifacts with the unit's files (what: "run" or
+        "logged model"); on failure remove what was made (the claim is then gone too)."""
+        record = self._claims / f"{unit_id}.json"
         try:
-            record.write_text(json.dumps({"folder": str(folder), "store": self.store_identity}), encoding="utf-8")
+            claim = {"folder": str(folder), "store": self.store_identity, "kind": what}
+            record.write_text(json.dumps(claim), encoding="utf-8")
             folder.parent.mkdir(parents=True, exist_ok=True)
             os.mkdir(folder)
         except OSError as exc:
             record.unlink(missing_ok=True)  # the folder was not made: there is nothing to claim
             if isinstance(exc, FileExistsError):
-                raise UnitError(_foreign(run_id, folder)) from None
-            raise (storage_error(exc, f"the artifacts of run {run_id} into {folder}") or exc) from None
+                raise UnitError(_foreign(what, unit_id, folder)) from None
+            raise (storage_error(exc, f"the artifacts of {what} {unit_id} into {folder}") or exc) from None
         try:
-            self._fill(run_id, folder, content, files, result)
+            self._fill(unit_id, folder, content, files, result, what, rewrite)
         except BaseException:
-            self.undo(run_id, folder)
+            self.undo(unit_id, folder)
             raise
 
-    def _fill(self, run_id: str, folder: Path, content: RunContent, files: list, result: RunWriteResult) -> None:
+    def _fill(
+        self, unit_id: str, folder: Path, content: RunContent, files: list, result: WriteResult, what: str,
+        rewrite: Rewrite | None,
+    ) -> None:
         temp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}"
         root = temp.resolve()
         try:
             temp.mkdir()
             for f in files:
-                dest = (temp / checked_artifact_path(run_id, f.path)).resolve()
+                dest = (temp / checked_artifact_path(unit_id, f.path)).resolve()
                 if not dest.is_relative_to(root) or dest == root:  # out through a link
-                    raise UnitError(f"run {run_id}: artifact path {f.path!r} escapes the run's artifact directory")
+                    raise UnitError(f"{what} {unit_id}: artifact path {f.path!r} escapes its artifact directory")
                 dest.parent.mkdir(parents=True, exist_ok=True)
+                change = rewrite(f.path) if rewrite is not None else None
                 with content.open_artifact(f.path) as src, open(dest, "xb") as dst:
-                    while chunk := src.read(CHUNK_SIZE):
-                        dst.write(chunk)
-                        result.artifact_bytes += len(chunk)
+                    if change is not None:  # a small file (an MLmodel), rewritten whole
+                        data = change(src.read())
+                        dst.write(data)
+                        result.artifact_bytes += len(data)
+                    else:
+                        while chunk := src.read(CHUNK_SIZE):
+                            dst.write(chunk)
+                            result.artifact_bytes += len(chunk)
                 result.artifact_files += 1
             os.rename(temp, folder / ARTIFACTS)
         except FileExistsError:
-            raise UnitError(f"run {run_id}: an artifact path is listed twice") from None
+            raise UnitError(f"{what} {unit_id}: an artifact path is listed twice") from None
         except OSError as exc:
-            raise (storage_error(exc, f"the artifacts of run {run_id} into {folder}") or exc) from None
+            raise (storage_error(exc, f"the artifacts of {what} {unit_id} into {folder}") or exc) from None
 
-    def committed(self, run_id: str) -> None:
-        """The run's rows are committed: its folder is its own now."""
-        (self._claims / f"{run_id}.json").unlink(missing_ok=True)
+    def committed(self, unit_id: str) -> None:
+        """The unit's rows are committed: its folder is its own now."""
+        (self._claims / f"{unit_id}.json").unlink(missing_ok=True)
 
-    def undo(self, run_id: str, folder: Path) -> None:
+    def undo(self, unit_id: str, folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         if not os.path.lexists(folder):
-            (self._claims / f"{run_id}.json").unlink(missing_ok=True)
+            (self._claims / f"{unit_id}.json").unlink(missing_ok=True)
 
-    def settle(self, is_committed: Callable[[str], bool]) -> None:
-        """Claims left by killed transfers into this store: dropped where the run was
-        committed, else the folder they made is removed. Claims recorded for another
-        database at this path (it was replaced) are left, with their folders."""
+    def settle(self, is_committed: Callable[[str, str], bool]) -> None:
+        """Claims left by killed transfers into this store: dropped where the unit was
+        committed (is_committed(kind, unit id): "run" or "logged model"), else the folder
+        they made is removed. Claims recorded for another database at this path (it was
+        replaced) are left, with their folders."""
         for record in sorted(self._claims.glob("*.json")):
             try:
                 claim = json.loads(record.read_text(encoding="utf-8"))
@@ -107,16 +130,16 @@ class RunFolders:
                 continue
             if claim.get("store") != self.store_identity:
                 continue
-            run_id = record.stem
-            if is_committed(run_id):
+            unit_id = record.stem
+            if is_committed(claim.get("kind", RUN), unit_id):
                 record.unlink(missing_ok=True)
             else:
-                self.undo(run_id, Path(claim["folder"]))
+                self.undo(unit_id, Path(claim["folder"]))
 
 
-def _foreign(run_id: str, folder: Path) -> str:
+def _foreign(what: str, unit_id: str, folder: Path) -> str:
     return (
-        f"run {run_id}: its artifact folder {folder} exists and was not made by this transfer (another store"
-        " may keep this run's artifacts there), so nothing is written into it; give this store its own"
+        f"{what} {unit_id}: its artifact folder {folder} exists and was not made by this transfer (another store"
+        f" may keep this {what}'s artifacts there), so nothing is written into it; give this store its own"
         " --artifact-root"
     )

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from trackport.config import DEFAULT, TransferConfig, state_home
 from trackport.domain import (
@@ -64,6 +64,7 @@ from trackport.stores.sqlite.metrics import (
     prepare_points,
     remove_stale_spools,
 )
+from trackport.stores.sqlite.models import LOGGED_MODEL, ModelWriting
 from trackport.stores.sqlite.rows import Rows
 from trackport.stores.sqlite.run_folders import RunFolders
 from trackport.stores.sqlite.schema import (
@@ -76,12 +77,13 @@ from trackport.stores.sqlite.schema import (
 )
 
 _DEFAULT_WORKSPACE = "default"
+T = TypeVar("T")
 
 
-class SqliteStore(SqliteSource, SinkStore):
+class SqliteStore(SqliteSource, ModelWriting, SinkStore):
     """Read through SqliteSource (read-only, never MLflow's store layer); as a sink
     (create=True), a database of the installed MLflow's schema, made from its template if
-    missing, written in bulk."""
+    missing, written in bulk (logged models and the registry: sqlite.models)."""
 
     capabilities = Capabilities.lossless()
 
@@ -116,7 +118,7 @@ class SqliteStore(SqliteSource, SinkStore):
         SqliteSource.__init__(self, uri, path, artifacts_destination=artifacts_destination, config=config)
         if create:  # what killed transfers into this store left: cleared while holding its lock
             self.__dict__["identity"] = self._folders.store_identity  # read once, while opening
-            self._folders.settle(lambda run_id: self.lookup_run(SourceRunId(run_id), None) is not None)
+            self._folders.settle(self._committed)
 
     def _open_for_writing(self, path: Path, artifact_root: str | None, config: TransferConfig) -> None:
         self._mlflow_version = installed_mlflow_version()
@@ -163,6 +165,19 @@ class SqliteStore(SqliteSource, SinkStore):
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
+
+    def _committed(self, kind: str, unit_id: str) -> bool:
+        """Whether the run or logged model a folder claim names was committed."""
+        if kind == LOGGED_MODEL:
+            return self.lookup_logged_model(unit_id, None) is not None
+        return self.lookup_run(SourceRunId(unit_id), None) is not None
+
+    def _write(self, unit: Callable[[sqlite3.Cursor], T], what: str) -> T:
+        """unit(cursor) written and committed by the group-commit writer; what names it in errors."""
+        try:
+            return self._writer.write(unit)
+        except (sqlite3.Error, CommitError) as exc:
+            raise _write_error(exc, what, self.path) from None
 
     def _check_writable(self) -> None:
         if self._writer is None:
