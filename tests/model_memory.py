@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-from memory_source import BASE_TIME, MemorySource
+from memory_source import BASE_TIME, MemorySource, metric_batch
 from trackport import models
 from trackport.kinds import Unit
 
@@ -30,6 +30,14 @@ class ModelMemorySource(MemorySource):
                 "m-2222", "1", "model2", source_run_id=third, artifact_location=location.format("m-2222"),
             )),
         ]
+        # MLflow logs a model's metric into its run too: the runs' histories hold the points.
+        for unit in self.logged_models:
+            for metric in unit.body["metrics"]:
+                run_id = unit.refs[metric["run"]]
+                rows = self.metrics[run_id].to_pylist() if run_id in self.metrics else []
+                rows = [(r["key"], r["step"], r["timestamp"], r["value"]) for r in rows]
+                rows.append((metric["key"], metric["step"], metric["timestamp"], float(metric["value"])))
+                self.metrics[run_id] = metric_batch(rows)
         self.model_files = {
             "m-1111": {
                 "MLmodel": f"artifact_path: {location.format('m-1111')}\nmodel_id: m-1111\nrun_id: {first}\n".encode(),

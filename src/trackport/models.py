@@ -113,15 +113,17 @@ class LoggedModelFields:
 
 
 def logged_model_unit(m: LoggedModelFields) -> Unit:
-    others = sorted(({x.run_id for x in m.metrics if x.run_id} | {r for r, _, _ in m.links}) - {m.source_run_id, None})
     refs = {"experiment": m.experiment_id}
     names: dict[str, str] = {}
     if m.source_run_id:
         refs["run"] = m.source_run_id
         names[m.source_run_id] = "run"
-    for i, run_id in enumerate(others, 2):
-        refs[f"run#{i}"] = run_id
-        names[run_id] = f"run#{i}"
+    # The other runs are numbered by what they logged, not by their ids, which differ from
+    # store to store: so one model's refs are named alike in every store.
+    for run_id in _runs_in_content_order(m):
+        if run_id not in names:
+            names[run_id] = f"run#{len(names) + (1 if m.source_run_id else 2)}"
+            refs[names[run_id]] = run_id
     metrics = sorted(
         (
             {
@@ -153,6 +155,17 @@ def logged_model_unit(m: LoggedModelFields) -> Unit:
         "links": links,
     }
     return Unit(LOGGED_MODEL.name, m.model_id, m.experiment_id, m.name, refs, body)
+
+
+def _runs_in_content_order(m: LoggedModelFields) -> list[str]:
+    """The runs a model's metrics and links name, in the order of the points and links
+    they logged (ties between runs by id)."""
+    points = sorted(
+        (x.key, x.step, x.timestamp, str(metric_value_to_json(x.value)), x.dataset_name or "", x.run_id)
+        for x in m.metrics if x.run_id
+    )
+    links = sorted((direction, step, run_id) for run_id, direction, step in m.links)
+    return list(dict.fromkeys([p[-1] for p in points] + [link[-1] for link in links]))
 
 
 def registered_model_unit(

@@ -114,11 +114,12 @@ def compare_stores(
             yield from _compare_run(run_where, expected, run, actual, other_run, level, id_map, clamps_infinity)
         yield from _compare_units(
             where, expected, experiment, actual, other,
-            lambda k, i: id_map(i) if k == "run" else matched.get((k, i), i), matched, level, selection,
+            lambda k, i: id_map(i) if k == "run" else matched.get((k, i), i), matched, level, selection, clamps_infinity,
         )
     if takes_registry(selection):
         yield from _compare_units(
-            "the workspace", expected, None, actual, None, lambda k, i: matched.get((k, i), i), matched, level, selection
+            "the workspace", expected, None, actual, None, lambda k, i: matched.get((k, i), i), matched, level, selection,
+            clamps_infinity,
         )
 
 
@@ -132,6 +133,7 @@ def _compare_units(
     matched: dict,
     level: str,
     selection: Selection,
+    clamps: bool,
 ) -> Iterator[Difference]:
     """Units of the other registered kinds (the workspace's when experiment is None):
     transfer/compare_units.py."""
@@ -151,7 +153,7 @@ def _compare_units(
                 )
             )
         theirs = unit_type.listing(actual, other, everything)
-        for place, what in compare_units(where, unit_type, expected, mine, actual, theirs, id_map, matched, level):
+        for place, what in compare_units(where, unit_type, expected, mine, actual, theirs, id_map, matched, level, clamps):
             yield Difference(place, what)
 
 

@@ -10,6 +10,7 @@ server sets itself), and the server-kept list of versions registered from a logg
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Callable, Iterator
@@ -29,6 +30,7 @@ from trackport.transfer.units import UnitType
 
 IdMap = Callable[[str, str], str]  # (kind, source id) -> target id (the source id when unknown)
 _CHUNK = 1 << 20
+_MAX_FLOAT = 1.7976931348623157e308
 
 
 def compare_units(
@@ -41,9 +43,11 @@ def compare_units(
     id_map: IdMap,
     matched: dict[tuple[str, str], str],
     level: str,
+    clamps: bool = False,
 ) -> Iterator[tuple[str, str]]:
     """(where, what) for every difference between the units of one kind in two listings.
-    Each unit compared is added to matched (source id -> the copy's id)."""
+    Each unit compared is added to matched (source id -> the copy's id). clamps: the actual
+    store keeps a logged model's NaN as 0 and ±inf as ±1.7976931348623157e308 (SQL servers)."""
     found = {} if theirs is None else {u.unit_id: u for u in theirs if not isinstance(u, Unreadable)}
     by_source = {str(u.body.get("tags", {}).get(SOURCE_UNIT_TAG)): u for u in found.values() if isinstance(u.body.get("tags"), dict)}
     names: dict[str, list[Unit]] = {}
@@ -66,7 +70,7 @@ def compare_units(
         if refs != theirs_refs:
             yield unit_where, f"references {refs} != {theirs_refs}"
         if level == "full":
-            for what in _body_differences(unit, copy, id_map):
+            for what in _body_differences(_clamped(unit) if clamps else unit, copy, id_map):
                 yield unit_where, what
         if unit_type.kind.has_files:
             for what in _file_differences(expected, unit, actual, copy, id_map, level):
@@ -91,6 +95,16 @@ def _body_differences(unit: Unit, copy: Unit, id_map: IdMap) -> Iterator[str]:
         mine, theirs = source_shape(unit.body["source"], roles_a), source_shape(copy.body["source"], roles_b)
         if mine != theirs:
             yield f"source: {_shown(unit.body['source'])} != {_shown(copy.body['source'])}"
+
+
+def _clamped(unit: Unit) -> Unit:
+    """A logged model as a SQL-backed server keeps its metrics (no NaN, ±inf clamped)."""
+    if unit.kind != kinds.LOGGED_MODEL.name:
+        return unit
+    clamp = {"NaN": 0.0, "Infinity": _MAX_FLOAT, "-Infinity": -_MAX_FLOAT}
+    metrics = [dict(m, value=clamp.get(m["value"], m["value"])) if isinstance(m["value"], str) else m
+               for m in unit.body.get("metrics") or ()]
+    return dataclasses.replace(unit, body={**unit.body, "metrics": metrics})
 
 
 def _comparable_tags(tags: dict) -> dict:

@@ -117,7 +117,7 @@ def planned_losses(capabilities: Capabilities, on_long_value: str = "error") -> 
     if not capabilities.keeps_model_ids:
         losses.append(
             "logged model ids: the target assigns new ones (mapped in idmap.jsonl; models:/ sources,"
-            " MLmodel files and run links rewritten; each keeps its source id in trackport.source.model_id)"
+            " MLmodel files and run links rewritten; each keeps its source id in trackport.source.id)"
         )
     if not capabilities.keeps_experiment_times:
         losses.append("experiment creation and last-update times: the target sets them to the time of writing")
@@ -133,7 +133,9 @@ def planned_losses(capabilities: Capabilities, on_long_value: str = "error") -> 
     if not capabilities.keeps_deleted_time:
         losses.append("deleted runs: their deleted_time becomes the time of writing")
     if not capabilities.keeps_infinity:
-        losses.append("metric values ±inf: stored as ±1.7976931348623157e308 by the target")
+        losses.append(
+            "metric values ±inf: stored as ±1.7976931348623157e308 by the target (a logged model's NaN as 0)"
+        )
     action = "the run fails (--on-long-value truncate cuts them instead)" if on_long_value == "error" else "cut to the limit"
     if capabilities.max_param_value_length:
         losses.append(f"param values over {capabilities.max_param_value_length} characters: {action}")

@@ -261,6 +261,8 @@ class DocumentUnits(UnitType):
         if not isinstance(written, UnitWriteResult):
             written = UnitWriteResult(written)
         amounts = {"artifact_files": written.artifact_files, "artifact_bytes": written.artifact_bytes} if self.kind.has_files else {}
+        if written.outcome == "skipped":  # nothing written: no reference of it lost
+            losses = []
         return Moved(written.target_id, written.outcome, written.reason, amounts, losses + written.losses)
 
 

@@ -1,9 +1,10 @@
-"""A run's artifacts into a tracking server, through its proxied artifact service.
+"""Files into a tracking server, through its proxied artifact service: a run's artifacts,
+and a logged model's (under the model's own artifact URI).
 
 Small files are sent whole; larger ones stream from a rewindable body (urllib3 rewinds it
 on a retry), in parts straight to presigned URLs where the server's destination supports
-MLflow's multipart upload. An MLmodel file names its run, so it is rewritten for the new
-run id (provenance.rewrite_mlmodel).
+MLflow's multipart upload. An MLmodel file names its run and logged model, so it is
+rewritten for the new ids (provenance.rewrite_mlmodel).
 """
 from __future__ import annotations
 
@@ -12,15 +13,14 @@ import os
 import posixpath
 import shutil
 import tempfile
-from typing import BinaryIO
+from typing import BinaryIO, Callable, Protocol
 from urllib.parse import quote, urlsplit
 
-from trackport._files import CHUNK_SIZE
+from trackport._files import CHUNK_SIZE, check_relpath
 from trackport.domain import Run
 from trackport.errors import TransientError, UnitError
 from trackport.provenance import is_mlmodel, rewrite_mlmodel
-from trackport.stores._artifact_path import checked_artifact_path
-from trackport.stores.base import RunContent, RunWriteResult
+from trackport.stores.base import UnitContent
 from trackport.stores.rest.http import ARTIFACTS_API, RestClient, RestError
 
 MULTIPART_MIN_SIZE = 500 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE
@@ -28,23 +28,41 @@ MULTIPART_CHUNK = 10 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_CH
 SMALL_FILE = 1024 * 1024  # read whole and sent as bytes (also avoids chunked empty bodies)
 
 
+class Counted(Protocol):
+    """A write result that counts the files sent (RunWriteResult, UnitWriteResult)."""
+
+    artifact_files: int
+    artifact_bytes: int
+
+
 class ArtifactUploader:
     def __init__(self, client: RestClient, *, multipart_uploads: bool) -> None:
         self.client = client
         self.multipart_uploads = multipart_uploads  # the server said it takes them
 
-    def upload(self, run: Run, target_id: str, artifact_uri: str, content: RunContent, result: RunWriteResult) -> None:
+    def upload(self, run: Run, target_id: str, artifact_uri: str, content: UnitContent, result: Counted) -> None:
         """Every artifact of the source run into the target run (whose artifact URI the
         server gave), counted into result."""
+        self.upload_files(f"run {run.run_id}", artifact_uri, content, result, lambda data: rewrite_mlmodel(data, {run.run_id: target_id}))
+
+    def upload_files(
+        self, owner: str, artifact_uri: str, content: UnitContent, result: Counted, rewrite: Callable[[bytes], bytes]
+    ) -> None:
+        """Every file content lists, under artifact_uri (a run's or a logged model's, as the
+        server gave it), counted into result; an MLmodel file through rewrite. owner names
+        whose files they are in messages ("run 3f2a...")."""
         root: str | None = None
         for artifact in content.artifact_files():
             if root is None:
                 root = _artifact_root(artifact_uri)
-            path = checked_artifact_path(run.run_id, artifact.path)
-            self._upload_one(run, target_id, root, path, artifact.size, content, result)
+            try:
+                path = check_relpath(artifact.path)
+            except ValueError as exc:
+                raise UnitError(f"{owner}: artifact path refused: {exc}") from None
+            self._upload_one(root, path, artifact.size, content, result, rewrite)
 
     def _upload_one(
-        self, run: Run, target_id: str, root: str, path: str, size: int, content: RunContent, result: RunWriteResult
+        self, root: str, path: str, size: int, content: UnitContent, result: Counted, rewrite: Callable[[bytes], bytes]
     ) -> None:
         rel = _quote_path(path)
         url = f"{ARTIFACTS_API}/artifacts/{root}/{rel}"
@@ -53,7 +71,7 @@ class ArtifactUploader:
             if is_mlmodel(path):
                 data = stream.read()
                 result.artifact_bytes += len(data)
-                self.client.request("PUT", url, data=rewrite_mlmodel(data, {run.run_id: target_id}), headers=headers)
+                self.client.request("PUT", url, data=rewrite(data), headers=headers)
             elif size < SMALL_FILE:
                 data = stream.read()
                 result.artifact_bytes += len(data)
@@ -121,7 +139,7 @@ class ArtifactUploader:
 
 
 def _artifact_root(artifact_uri: str) -> str:
-    """The proxied path P of a run whose artifact URI is mlflow-artifacts:/P."""
+    """The proxied path P of a run or logged model whose artifact URI is mlflow-artifacts:/P."""
     parts = urlsplit(artifact_uri)
     if parts.scheme != "mlflow-artifacts":
         scheme = parts.scheme or artifact_uri or "an unknown location"

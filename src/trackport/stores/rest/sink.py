@@ -51,6 +51,7 @@ from trackport.stores.rest.artifacts import ArtifactUploader
 from trackport.stores.rest.copies import COMPLETE_VALUE, Copies
 from trackport.stores.rest.http import API, NotFoundError, RestClient, RestError
 from trackport.stores.rest.metric_json import MetricTexts
+from trackport.stores.rest.models_sink import RestModelsSink
 from trackport.stores.rest.server import ServerInfo
 
 # log-batch limits (MLflow's utils/validation.py, enforced by the server).
@@ -80,7 +81,7 @@ def state_dir_for_url(state_root: Path, base_url: str) -> Path:
     return state_root / _sanitize(f"{parts.hostname or ''}_{parts.port or ''}{parts.path}".replace("__", "_"))
 
 
-class RestSink(SinkStore):
+class RestSink(RestModelsSink, SinkStore):
     def __init__(
         self,
         client: RestClient,
@@ -114,10 +115,13 @@ class RestSink(SinkStore):
             max_param_value_length=MAX_PARAM_VALUE,
             max_tag_value_length=MAX_TAG_VALUE,
             undoes_failed_runs=False,  # runs/delete only marks a run deleted
+            keeps_model_ids=False,  # a server makes logged model ids
+            keeps_registry_times=False,  # and sets the times of what it is sent
         )
         self._target_lock = TargetLock(self.state_dir(), self.client.base_url)
         self._copies = Copies(client, search_page=config.rest_runs_page)  # runs/search pages
         self._artifacts = ArtifactUploader(client, multipart_uploads=info.multipart_uploads)
+        self._init_models()
 
     # ------------------------------------------------------------------ common
 

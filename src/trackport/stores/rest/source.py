@@ -33,6 +33,7 @@ from trackport.stores._localfs import local_artifact_dir, open_local_artifact
 from trackport.selection import resolve_experiments, select_runs
 from trackport.stores.base import Selection, SourceFeatures, SourceStore, StoreDescription, Unreadable
 from trackport.stores.rest.http import API, ARTIFACTS_API, NotFoundError, RestClient
+from trackport.stores.rest.models_source import RestModelsSource
 from trackport.stores.rest.server import ServerInfo
 
 _RUN_ID = re.compile(r"^[\w\-]+$")
@@ -134,7 +135,7 @@ class _Stream:
         self.close()
 
 
-class RestSource(SourceStore):
+class RestSource(RestModelsSource, SourceStore):
     """A tracking server as a source. It owns the client it is given: close() closes it
     (the factory hands the client over and keeps no reference). Page sizes are config's
     rest_* (the server's own limits by default)."""
@@ -151,6 +152,7 @@ class RestSource(SourceStore):
         # the oldest forgotten first (runs/get then).
         self._metric_keys: dict[str, list[str]] = {}
         self._keys_lock = threading.Lock()  # the engine may read runs from several threads
+        self._init_models()
 
     def describe(self) -> StoreDescription:
         return StoreDescription(
@@ -236,6 +238,8 @@ class RestSource(SourceStore):
             pages: Iterator[dict] = iter(sorted(collected.values(), key=_info_order))
         else:
             pages = self._search_runs(experiment.experiment_id, selection.include_deleted, user_filter)
+        whole = selection.include_deleted and not (selection.run_ids or user_filter)
+        pages = self._remember_links(experiment.experiment_id, whole, pages)  # for iter_logged_models
         for data in pages:
             try:
                 run = _run(data)
@@ -335,7 +339,13 @@ class RestSource(SourceStore):
             response = self.client.request(
                 "GET", "/get-artifact", params={"run_id": run.run_id, "path": clean}, stream=True
             )
-        stream = _Stream(response, f"artifact {clean!r} of run {run.run_id}")
+        with self._download(response, f"artifact {clean!r} of run {run.run_id}") as stream:
+            yield stream
+
+    @contextlib.contextmanager
+    def _download(self, response, where: str) -> Iterator[BinaryIO]:
+        """A streamed response as a binary stream, closed after use."""
+        stream = _Stream(response, where)
         try:
             yield stream  # type: ignore[misc]
         finally:
