@@ -99,3 +99,4 @@ def build_model_sample(tracking_uri: str) -> ModelSample:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
+        mlflow.set_tracking_uri(previous)  # None: MLflow's default again, not the sample's store

@@ -89,7 +89,7 @@ def tracking(url: str):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
-        mlflow.set_tracking_uri(before or "")
+        mlflow.set_tracking_uri(before)  # None: back to the environment's
 
 
 # -- what a server holds, as MLflow's client shows it ------------------------------------------
