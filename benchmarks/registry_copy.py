@@ -36,6 +36,10 @@ def post(http: requests.Session, url: str, path: str, body: dict) -> dict:
     return response.json() if response.content else {}
 
 
+def delete_version(http: requests.Session, url: str, version: str) -> None:
+    http.delete(f"{url}{API}/model-versions/delete", json={"name": "bench", "version": version}, timeout=60).raise_for_status()
+
+
 def fill(url: str, versions: int) -> None:
     http = requests.Session()
     experiment = post(http, url, "experiments/create", {"name": "bench"})["experiment_id"]
@@ -49,7 +53,7 @@ def fill(url: str, versions: int) -> None:
             "name": "bench", "source": f"runs:/{run['run_id']}/model", "run_id": run["run_id"],
             "tags": [{"key": "n", "value": str(n)}], "description": f"version {n}",
         })
-    post(http, url, "model-versions/delete", {"name": "bench", "version": str(versions // 2)})
+    delete_version(http, url, str(versions // 2))
     post(http, url, "registered-models/alias", {"name": "bench", "alias": "champion", "version": str(versions)})
     post(http, url, "registered-models/alias", {"name": "bench", "alias": "challenger", "version": "1"})
 
@@ -81,7 +85,7 @@ def baseline(source: str, target: str) -> float:
             "run_id": new_run[v["run_id"]], "tags": v.get("tags", []), "description": v.get("description", ""),
         })["model_version"]
         if n not in live:
-            post(http, target, "model-versions/delete", {"name": "bench", "version": made["version"]})
+            delete_version(http, target, made["version"])
     for alias in model.get("aliases", []):
         post(http, target, "registered-models/alias", {"name": "bench", **alias})
     return time.perf_counter() - started

@@ -51,7 +51,7 @@ from trackport.stores.rest.artifacts import ArtifactUploader
 from trackport.stores.rest.copies import COMPLETE_VALUE, Copies
 from trackport.stores.rest.http import API, NotFoundError, RestClient, RestError
 from trackport.stores.rest.metric_json import MetricTexts
-from trackport.stores.rest.models_sink import RestModelsSink
+from trackport.stores.rest.registry_sink import RestRegistrySink
 from trackport.stores.rest.server import ServerInfo
 
 # log-batch limits (MLflow's utils/validation.py, enforced by the server).
@@ -81,7 +81,7 @@ def state_dir_for_url(state_root: Path, base_url: str) -> Path:
     return state_root / _sanitize(f"{parts.hostname or ''}_{parts.port or ''}{parts.path}".replace("__", "_"))
 
 
-class RestSink(RestModelsSink, SinkStore):
+class RestSink(RestRegistrySink, SinkStore):
     def __init__(
         self,
         client: RestClient,
