@@ -424,6 +424,7 @@ def test_import_killed_in_the_registry_resumes_to_the_same_result(servers, sampl
         ("model-versions/create", version_made("churn", "2")),  # number 2 used up for churn/3, not yet deleted
         ("model-versions/create", version_made("churn", "3")),  # churn/3 made, its alias not yet set
         ("registered-models/alias", lambda body, answer: body.get("alias") == "champion"),  # churn/3 not complete
+        ("model-versions/create", version_made("churn", "4")),  # churn/4 made complete at once (nothing follows)
     ]
     one_at_a_time = TransferConfig(workers=1)  # churn, the first registered model, is made before greet
     for endpoint, when in kills:
