@@ -1,5 +1,7 @@
-"""Where a run's own id is written inside its data, and how to rewrite it when the target
-gives the run a new id. Shared by the sinks that write and by the comparison that checks."""
+"""What trackport writes into a target about where a unit came from (provenance tags), where
+ids are written inside data (a run's own id in its tags and MLmodel files, a logged
+model's in its MLmodel, a version's run and model in its source), and how to rewrite them
+when the target gives new ids. Shared by the sinks that write and the comparison that checks."""
 from __future__ import annotations
 
 import posixpath
@@ -13,6 +15,12 @@ COMPLETE_TAG = "trackport.complete"  # written last: a run without it is a parti
 # On a unit of another kind that a target gives a new id (a logged model) or that the target
 # may hold already (a registered model, a version appended to one): the source unit's id.
 SOURCE_UNIT_TAG = "trackport.source.id"
+# On a logged model a server holds: the source's mlflow.modelVersions ("" for none), which
+# the server adds to as versions are registered from the copy (it is put back).
+ORIGINAL_MODEL_VERSIONS_TAG = "trackport.source.model_versions"
+# On an experiment of a server, one tag per deleted logged model copied into it: the source
+# id in the key, the copy's id as the value (a server lists no deleted logged model).
+DELETED_MODEL_PREFIX = "trackport.deleted_logged_model."
 
 # Tags whose values embed the run's own id (JSON or plain).
 SELF_REFERENCING_TAGS = ("mlflow.log-model.history", "mlflow.rootRunId")

@@ -251,23 +251,7 @@ class BundleSink(SinkStore):
             points, sha, size = written
             metrics = {"file": METRICS_FILE, "points": points, "sha256": sha, "size": size}
             result.metric_points = points
-        artifacts: list[dict] = []
-        art_root = tmp / ARTIFACTS_DIR
-        for af in content.artifact_files():
-            try:
-                target = safe_join(art_root, af.path)
-            except ValueError as e:
-                raise UnitError(f"run {run.run_id}: artifact {e}; nothing of this run was written") from None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with content.open_artifact(af.path) as src:
-                    sha, size = copy_stream(src, target)
-            except FileExistsError:
-                raise UnitError(f"run {run.run_id}: artifact {af.path!r} is listed twice") from None
-            artifacts.append({"path": af.path, "size": size, "sha256": sha})
-            result.artifact_files += 1
-            result.artifact_bytes += size
-        artifacts.sort(key=lambda a: a["path"])
+        artifacts = _copy_files(content, tmp / ARTIFACTS_DIR, f"run {run.run_id}: artifact", result)
         write_json(tmp / RUN_FILE, run_doc(run, eid, metrics, artifacts))
         return result
 
@@ -322,24 +306,10 @@ class BundleSink(SinkStore):
         """The unit's files into its folder, made under a temp name and renamed whole."""
         final = unit_files_dir(document)
         tmp = final.with_name(temp_name(final.name))
-        files: list[dict] = []
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
-            for af in content.artifact_files():
-                try:
-                    target = safe_join(tmp, af.path)
-                except ValueError as e:
-                    raise UnitError(f"{unit.kind} {unit.unit_id}: file {e}; nothing of it was written") from None
-                target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    with content.open_artifact(af.path) as src:
-                        sha, size = copy_stream(src, target)
-                except FileExistsError:
-                    raise UnitError(f"{unit.kind} {unit.unit_id}: file {af.path!r} is listed twice") from None
-                files.append({"path": af.path, "size": size, "sha256": sha})
-                result.artifact_files += 1
-                result.artifact_bytes += size
+            files = _copy_files(content, tmp, f"{unit.kind} {unit.unit_id}: file", result)
             with self._lock:
                 if os.path.lexists(final):  # left by a killed export into this bundle (see put_unit)
                     shutil.rmtree(final)
@@ -350,7 +320,7 @@ class BundleSink(SinkStore):
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        return sorted(files, key=lambda f: f["path"])
+        return files
 
     def _publish(self, tmp: Path, final: Path) -> None:
         """Rename the finished temp dir into place. A directory already there without a
@@ -376,6 +346,27 @@ def _empty_but_for_a_lock(path: Path) -> bool:
         if [e.name for e in entry.iterdir()] not in ([], [LOCK_FILE]):
             return False
     return True
+
+
+def _copy_files(content: RunContent | UnitContent, root: Path, what: str, result: RunWriteResult | UnitWriteResult) -> list[dict]:
+    """Every file of content into root, hashed as it is written, counted into result;
+    their records ({path, size, sha256}) sorted by path. what: "run <id>: artifact"."""
+    files: list[dict] = []
+    for af in content.artifact_files():
+        try:
+            target = safe_join(root, af.path)
+        except ValueError as e:
+            raise UnitError(f"{what} {e}; nothing of it was written") from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with content.open_artifact(af.path) as src:
+                sha, size = copy_stream(src, target)
+        except FileExistsError:
+            raise UnitError(f"{what} {af.path!r} is listed twice") from None
+        files.append({"path": af.path, "size": size, "sha256": sha})
+        result.artifact_files += 1
+        result.artifact_bytes += size
+    return sorted(files, key=lambda f: f["path"])
 
 
 def _count_units(units_dir: Path, counts: dict) -> None:

@@ -6,25 +6,54 @@ run with the first and without the second is the partial copy of an interrupted
 transfer (or of a runs/create whose answer was lost): it is deleted before the run is
 written again, so it never passes for an ordinary run. Logged models, registered models
 and model versions carry provenance.SOURCE_UNIT_TAG and the same completion tag
-(LoggedModelCopies, RegistryCopies).
+(model_copies.py).
 """
 from __future__ import annotations
 
-import json
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
-from urllib.parse import quote
 
 from trackport.domain import DELETED, Run
-from trackport.models import MODEL_VERSIONS_TAG, is_prompt
-from trackport.provenance import COMPLETE_TAG, SOURCE_RUN_ID_TAG, SOURCE_UNIT_TAG
+from trackport.provenance import COMPLETE_TAG, SOURCE_RUN_ID_TAG
 from trackport.stores.rest.http import API, NotFoundError, RestClient
-from trackport.stores.rest.models_source import DELETED_MODEL_PREFIX, LOGGED_MODELS_PAGE, search_versions
 
 COMPLETE_VALUE = "true"
 _SIMPLE_ID = re.compile(r"^[\w\-]+$")
+
+
+class ReadOnce:
+    """Per target experiment, an index read from the server once, by the first worker that
+    asks (the others wait for it), then kept up to date under `lock`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._indexes: dict[str, dict] = {}
+        self._reading: dict[str, threading.Lock] = {}
+
+    def get(self, key: str, read) -> dict:
+        with self.lock:
+            index = self._indexes.get(key)
+            if index is not None:
+                return index
+            reading = self._reading.setdefault(key, threading.Lock())
+        with reading:
+            with self.lock:
+                index = self._indexes.get(key)
+            if index is None:
+                index = read()
+                with self.lock:
+                    self._indexes[key] = index
+            return index
+
+    def peek(self, key: str) -> dict | None:
+        """The index when it was read already (call under lock)."""
+        return self._indexes.get(key)
+
+    def forget(self, key: str) -> None:
+        with self.lock:
+            self._indexes.pop(key, None)
 
 
 @dataclass
@@ -52,46 +81,35 @@ class Copies:
     def __init__(self, client: RestClient, *, search_page: int) -> None:
         self._client = client
         self._search_page = search_page
-        self._lock = threading.Lock()
         # target experiment id -> {source run id -> copies found in the target}
-        self._index: dict[str, dict[str, list[Copy]]] = {}
-        self._prefetch_locks: dict[str, threading.Lock] = {}
+        self._indexes = ReadOnce()
+        self._lock = self._indexes.lock
 
     def forget(self, target_experiment_id: str) -> None:
         """The experiment changed in ways the index cannot follow (it was restored, which
         restores its runs): search it again when next asked."""
-        with self._lock:
-            self._index.pop(target_experiment_id, None)
+        self._indexes.forget(target_experiment_id)
 
     def _of(self, target_experiment_id: str) -> dict[str, list[Copy]]:
-        """Every run of the experiment that carries our provenance tag, read once."""
-        with self._lock:
-            index = self._index.get(target_experiment_id)
-            if index is not None:
-                return index
-            prefetch_lock = self._prefetch_locks.setdefault(target_experiment_id, threading.Lock())
-        with prefetch_lock:
-            with self._lock:
-                index = self._index.get(target_experiment_id)
-            if index is not None:
-                return index
-            index = {}
-            for found in self._search(target_experiment_id):
-                tags = _tags(found)
-                source_id = tags.get(SOURCE_RUN_ID_TAG)
-                if not source_id:
-                    continue
-                info = found["info"]
-                index.setdefault(source_id, []).append(
-                    Copy(
-                        target_run_id=_run_id(info),
-                        complete=tags.get(COMPLETE_TAG) == COMPLETE_VALUE,
-                        lifecycle_stage=info.get("lifecycle_stage", "active"),
-                    )
+        return self._indexes.get(target_experiment_id, lambda: self._read(target_experiment_id))
+
+    def _read(self, target_experiment_id: str) -> dict[str, list[Copy]]:
+        """Every run of the experiment that carries our provenance tag."""
+        index: dict[str, list[Copy]] = {}
+        for found in self._search(target_experiment_id):
+            tags = _tags(found)
+            source_id = tags.get(SOURCE_RUN_ID_TAG)
+            if not source_id:
+                continue
+            info = found["info"]
+            index.setdefault(source_id, []).append(
+                Copy(
+                    target_run_id=_run_id(info),
+                    complete=tags.get(COMPLETE_TAG) == COMPLETE_VALUE,
+                    lifecycle_stage=info.get("lifecycle_stage", "active"),
                 )
-            with self._lock:
-                self._index[target_experiment_id] = index
-            return index
+            )
+        return index
 
     def _search(self, target_experiment_id: str) -> Iterator[dict]:
         body = {
@@ -137,7 +155,7 @@ class Copies:
     def written(self, target_experiment_id: str, source_run_id: str, target_run_id: str, lifecycle_stage: str) -> None:
         """A run this sink has just written whole."""
         with self._lock:
-            index = self._index.get(target_experiment_id)
+            index = self._indexes.peek(target_experiment_id)
             if index is not None:
                 index[source_run_id] = [Copy(target_run_id, True, lifecycle_stage)]
 
@@ -170,237 +188,3 @@ class Copies:
             if tags.get(SOURCE_RUN_ID_TAG) == source_run_id and tags.get(COMPLETE_TAG) != COMPLETE_VALUE:
                 orphans.append(_run_id(r["info"]))
         return orphans
-
-
-# On a logged model trackport wrote: the source's mlflow.modelVersions ("" for none), which
-# the server adds to as versions are registered from the copy (see restore_registrations).
-ORIGINAL_MODEL_VERSIONS_TAG = "trackport.source.model_versions"
-
-
-def _tag_dict(items: list[dict] | None) -> dict[str, str]:
-    return {t["key"]: t.get("value", "") for t in items or () if "key" in t}
-
-
-@dataclass
-class ModelCopy:
-    """A logged model in the target that names a source logged model."""
-
-    target_id: str
-    complete: bool
-    active: bool  # False: deleted (known from the experiment's record only)
-
-
-class LoggedModelCopies:
-    """For each target experiment, the logged models that carry SOURCE_UNIT_TAG (one
-    search) and the deleted copies recorded on the experiment; kept up to date with what
-    this sink writes and deletes. Safe for the engine's workers to share."""
-
-    def __init__(self, client: RestClient) -> None:
-        self._client = client
-        self._lock = threading.Lock()
-        self._index: dict[str, dict[str, list[ModelCopy]]] = {}
-        self._prefetch_locks: dict[str, threading.Lock] = {}
-
-    def _search(self, target_experiment_id: str, source_id: str | None = None) -> Iterator[dict]:
-        where = f"tags.`{SOURCE_UNIT_TAG}` = '{source_id}'" if source_id else f"tags.`{SOURCE_UNIT_TAG}` != ''"
-        body = {"experiment_ids": [target_experiment_id], "filter": where, "max_results": LOGGED_MODELS_PAGE}
-        for answer in self._client.pages("POST", f"{API}/logged-models/search", body):
-            yield from answer.get("models") or ()
-
-    def _of(self, target_experiment_id: str) -> dict[str, list[ModelCopy]]:
-        with self._lock:
-            index = self._index.get(target_experiment_id)
-            if index is not None:
-                return index
-            prefetch_lock = self._prefetch_locks.setdefault(target_experiment_id, threading.Lock())
-        with prefetch_lock:
-            with self._lock:
-                index = self._index.get(target_experiment_id)
-            if index is not None:
-                return index
-            index = {}
-            active = set()
-            for found in self._search(target_experiment_id):
-                info = found.get("info") or {}
-                tags = _tag_dict(info.get("tags"))
-                if tags.get(SOURCE_UNIT_TAG):  # the filter says so; a server may not apply it
-                    copy = ModelCopy(info["model_id"], tags.get(COMPLETE_TAG) == COMPLETE_VALUE, True)
-                    index.setdefault(tags[SOURCE_UNIT_TAG], []).append(copy)
-                    active.add(info["model_id"])
-            answer = self._client.call("GET", f"{API}/experiments/get", params={"experiment_id": target_experiment_id})
-            for key, target_id in _tag_dict((answer.get("experiment") or {}).get("tags")).items():
-                if key.startswith(DELETED_MODEL_PREFIX) and target_id not in active:
-                    index.setdefault(key[len(DELETED_MODEL_PREFIX):], []).append(ModelCopy(target_id, True, False))
-            with self._lock:
-                self._index[target_experiment_id] = index
-            return index
-
-    def find(self, source_id: str, target_experiment_id: str) -> ModelCopy | None:
-        """The complete copy of the source logged model, after deleting its partial copies."""
-        index = self._of(target_experiment_id)
-        with self._lock:
-            copies = list(index.get(source_id, ()))
-        complete = next((c for c in copies if c.complete and c.active), None) or next((c for c in copies if c.complete), None)
-        for copy in copies:
-            if not copy.complete and copy.active:  # left by an interrupted transfer
-                self.delete(copy.target_id)
-        with self._lock:
-            if complete is None:
-                index.pop(source_id, None)
-            else:
-                index[source_id] = [complete]
-        return complete
-
-    def lookup(self, source_id: str, target_experiment_id: str) -> str | None:
-        index = self._of(target_experiment_id)
-        with self._lock:
-            complete = next((c for c in index.get(source_id, ()) if c.complete), None)
-        return complete.target_id if complete is not None else None
-
-    def written(self, target_experiment_id: str, source_id: str, target_id: str) -> None:
-        with self._lock:
-            index = self._index.get(target_experiment_id)
-            if index is not None:
-                index[source_id] = [ModelCopy(target_id, True, True)]
-
-    def record_deleted(self, target_experiment_id: str, source_id: str, target_id: str) -> None:
-        """Remember on the experiment a copy about to be deleted (see DELETED_MODEL_PREFIX)."""
-        body = {"experiment_id": target_experiment_id, "key": DELETED_MODEL_PREFIX + source_id, "value": target_id}
-        self._client.call("POST", f"{API}/experiments/set-experiment-tag", body=body)
-
-    def delete(self, target_id: str) -> None:
-        try:
-            self._client.call("DELETE", f"{API}/logged-models/{quote(target_id, safe='')}")
-        except NotFoundError:
-            pass
-
-    def delete_incomplete(self, target_experiment_id: str, source_id: str) -> None:
-        """Delete the copies of source_id that are not complete: what a create whose answer
-        was lost may have made."""
-        found = self._search(target_experiment_id, source_id if _SIMPLE_ID.match(source_id) else None)
-        for model in found:
-            info = model.get("info") or {}
-            tags = _tag_dict(info.get("tags"))
-            if tags.get(SOURCE_UNIT_TAG) == source_id and tags.get(COMPLETE_TAG) != COMPLETE_VALUE:
-                self.delete(info["model_id"])
-
-
-@dataclass
-class TargetVersion:
-    number: int
-    source_id: str | None  # the SOURCE_UNIT_TAG of a version trackport wrote
-    complete: bool
-
-
-@dataclass
-class TargetModel:
-    """A registered model (or prompt) of the target, as this sink knows it."""
-
-    name: str
-    exists: bool
-    ours: bool = False  # it carries SOURCE_UNIT_TAG: trackport made it
-    complete: bool = False
-    prompt: bool = False
-    aliases: dict[str, str] = field(default_factory=dict)  # alias -> version number
-    versions: dict[int, TargetVersion] | None = None  # read when first needed
-    # Held while one of its versions is written: numbers are given one at a time.
-    lock: threading.RLock = field(default_factory=threading.RLock)
-
-
-class RegistryCopies:
-    """The target's registered models and their versions, each read once and kept up to
-    date with what this sink writes (a model's versions are written one after another:
-    each refers to the one before it)."""
-
-    def __init__(self, client: RestClient) -> None:
-        self._client = client
-        self._lock = threading.Lock()
-        self._models: dict[str, TargetModel] = {}
-        self._artifact_uris: dict[tuple[str, str], str | None] = {}
-
-    def artifact_uri(self, kind: str, object_id: str) -> str | None:
-        """Where the target keeps the files of a run or logged model (what a version's source
-        that is a path under them is moved under). Read once."""
-        key = (kind, object_id)
-        with self._lock:
-            if key in self._artifact_uris:
-                return self._artifact_uris[key]
-        endpoint, params = ("runs/get", {"run_id": object_id}) if kind == "run" else (
-            f"logged-models/{quote(object_id, safe='')}", {"allow_deleted": "true"})
-        try:
-            answer = self._client.call("GET", f"{API}/{endpoint}", params=params)
-            uri = (answer.get("run") or answer.get("model") or {}).get("info", {}).get("artifact_uri")
-        except NotFoundError:
-            uri = None
-        with self._lock:
-            self._artifact_uris[key] = uri
-        return uri
-
-    def model(self, name: str, *, reread: bool = False) -> TargetModel:
-        with self._lock:
-            known = self._models.get(name)
-        if known is not None and not reread:
-            return known
-        try:
-            data = self._client.call("GET", f"{API}/registered-models/get", params={"name": name})["registered_model"]
-        except NotFoundError:
-            data = None
-        with self._lock:
-            model = self._models.setdefault(name, TargetModel(name, False))
-            if data is None:
-                model.exists = False
-            else:
-                tags = _tag_dict(data.get("tags"))
-                model.exists, model.ours = True, tags.get(SOURCE_UNIT_TAG) == name
-                model.complete, model.prompt = tags.get(COMPLETE_TAG) == COMPLETE_VALUE, is_prompt(tags)
-                model.aliases = {a["alias"]: str(a["version"]) for a in data.get("aliases") or () if "alias" in a}
-            return model
-
-    def versions(self, model: TargetModel) -> dict[int, TargetVersion]:
-        """The model's versions the server shows (deleted ones it never does)."""
-        with model.lock:
-            if model.versions is None:
-                model.versions = {}
-                for data in search_versions(self._client, model.name, model.prompt):
-                    tags = _tag_dict(data.get("tags"))
-                    number = int(data["version"])
-                    model.versions[number] = TargetVersion(
-                        number, tags.get(SOURCE_UNIT_TAG), tags.get(COMPLETE_TAG) == COMPLETE_VALUE
-                    )
-            return model.versions
-
-    def delete_version(self, model: TargetModel, number: int) -> None:
-        try:
-            self._client.call("DELETE", f"{API}/model-versions/delete", body={"name": model.name, "version": str(number)})
-        except NotFoundError:
-            pass
-        with model.lock:
-            (model.versions or {}).pop(number, None)
-
-    def restore_registrations(self, model_id: str) -> None:
-        """Set the logged model's mlflow.modelVersions back to the source's value, kept in
-        ORIGINAL_MODEL_VERSIONS_TAG when trackport wrote the copy: the server adds an entry
-        for every version registered from it, numbers used up and deleted again included."""
-        endpoint = f"{API}/logged-models/{quote(model_id, safe='')}"
-        tags = _tag_dict(((self._client.call("GET", endpoint).get("model") or {}).get("info") or {}).get("tags"))
-        if ORIGINAL_MODEL_VERSIONS_TAG not in tags:  # not a copy trackport wrote
-            return
-        original, current = tags[ORIGINAL_MODEL_VERSIONS_TAG], tags.get(MODEL_VERSIONS_TAG)
-        if _registered(original) == _registered(current):
-            return
-        if original:
-            self._client.call("PATCH", f"{endpoint}/tags", body={"tags": [{"key": MODEL_VERSIONS_TAG, "value": original}]})
-        else:
-            self._client.call("DELETE", f"{endpoint}/tags/{quote(MODEL_VERSIONS_TAG, safe='')}")
-
-
-def _registered(value: str | None) -> set | None:
-    """The (name, version) entries of an mlflow.modelVersions value as a set (a server writes
-    versions as numbers or text); None for a value that is no such list."""
-    try:
-        entries = json.loads(value) if value else []
-    except ValueError:
-        return None
-    if not isinstance(entries, list):
-        return None
-    return {(str(e["name"]), str(e["version"])) for e in entries if isinstance(e, dict) and "name" in e and "version" in e}

@@ -18,10 +18,11 @@ from trackport.errors import TransientError, UnitError, UnreachableError
 from trackport.kinds import Unit
 from trackport.models import MODEL_VERSIONS_TAG
 from trackport.models import metric_value_from_json, metric_value_to_json
-from trackport.provenance import COMPLETE_TAG, SOURCE_UNIT_TAG, is_provenance_tag, rewrite_mlmodel
+from trackport.provenance import COMPLETE_TAG, ORIGINAL_MODEL_VERSIONS_TAG, SOURCE_UNIT_TAG, is_provenance_tag, rewrite_mlmodel
 from trackport.stores.base import UnitContent, UnitWriteResult
 from trackport.stores.rest.artifacts import ArtifactUploader
-from trackport.stores.rest.copies import COMPLETE_VALUE, ORIGINAL_MODEL_VERSIONS_TAG, LoggedModelCopies, RegistryCopies
+from trackport.stores.rest.copies import COMPLETE_VALUE
+from trackport.stores.rest.model_copies import LoggedModelCopies, RegistryCopies
 from trackport.stores.rest.http import API, RestClient, RestError
 
 MAX_METRICS_PER_BATCH = 1000  # log-batch's limit

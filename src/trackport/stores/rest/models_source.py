@@ -48,6 +48,7 @@ from trackport.models import (
     version_id,
     version_units,
 )
+from trackport.provenance import DELETED_MODEL_PREFIX
 from trackport.stores.base import Selection, Unreadable
 from trackport.stores.rest.http import API, ARTIFACTS_API, NotFoundError, RestClient
 
@@ -55,9 +56,6 @@ LOGGED_MODELS_PAGE = 10_000
 REGISTERED_MODELS_PAGE = 1_000  # the server's limit
 VERSIONS_PAGE = 10_000
 PROMPT_FILTER = f"tags.`{PROMPT_TAG}` = 'true'"
-# On an experiment trackport wrote into, one tag per deleted logged model it copied there:
-# the source id in the key, the copy's id as the value (what finds a deleted copy again).
-DELETED_MODEL_PREFIX = "trackport.deleted_logged_model."
 # The UI's route for one file of a logged model whose artifacts the server does not proxy.
 LOGGED_MODEL_FILE = "/ajax-api/2.0/mlflow/logged-models/{}/artifacts/files"
 

@@ -27,7 +27,8 @@ from trackport.models import PROMPT_EXPERIMENTS_TAG, PROMPT_SOURCES, linked_expe
 from trackport.models import split_version_id, version_id
 from trackport.provenance import COMPLETE_TAG, rewrite_version_source
 from trackport.stores.base import UnitWriteResult
-from trackport.stores.rest.copies import COMPLETE_VALUE, TargetModel, TargetVersion
+from trackport.stores.rest.copies import COMPLETE_VALUE
+from trackport.stores.rest.model_copies import TargetModel, TargetVersion
 from trackport.stores.rest.models_sink import RestModelsSink, own_tags, tag_list
 
 
