@@ -207,21 +207,28 @@ def check_run(index: BundleIndex, experiment_id: str, run_id: str) -> tuple[RunP
             if named_file(m["file"], m["size"], m["sha256"], "metrics"):
                 metrics = (f"{rel_dir}/{m['file']}", m["size"], m["sha256"], m["points"])
     artifacts: dict[str, tuple[str, int, str]] = {}
-    seen: set[str] = set()
-    for a in doc["artifacts"]:
-        try:
-            check_relpath(a["path"])
-        except ValueError as e:
-            problems.append(Problem(run_json, f"artifact {short(str(e))}", key))
-            continue
-        if a["path"] in seen:
-            problems.append(Problem(run_json, f"artifact {short(a['path'])!r} is listed twice", key))
-            continue
-        seen.add(a["path"])
+    for a in _file_records(doc["artifacts"], run_json, key, "artifact", problems):
         inner = f"{ARTIFACTS_DIR}/{a['path']}"
         if named_file(inner, a["size"], a["sha256"], "artifact"):
             artifacts[a["path"]] = (f"{rel_dir}/{inner}", a["size"], a["sha256"])
     return RunPlan(run, run_json, metrics, artifacts), problems
+
+
+def _file_records(records, document: str, key: UnitKey, what: str, problems: list[Problem]) -> Iterator[dict]:
+    """The records of files a document names ({path, size, sha256}) whose path is safe, each
+    path once; a problem of the unit for every other one."""
+    seen: set[str] = set()
+    for record in records:
+        try:
+            check_relpath(record["path"])
+        except ValueError as e:
+            problems.append(Problem(document, f"{what} {short(str(e))}", key))
+            continue
+        if record["path"] in seen:
+            problems.append(Problem(document, f"{what} {short(record['path'])!r} is listed twice", key))
+            continue
+        seen.add(record["path"])
+        yield record
 
 
 def metric_batches(index: BundleIndex, plan: RunPlan) -> Iterator[pa.RecordBatch]:
@@ -275,15 +282,7 @@ def check_unit(
     listed = index.unit_files.get((experiment_id, kind, name), {})
     folder = f"{home}{UNITS_DIR}/{kind}/{name}"
     files: dict[str, tuple[str, int, str]] = {}
-    for f in doc.get("files") or ():
-        try:
-            check_relpath(f["path"])
-        except ValueError as e:
-            problems.append(Problem(rel, f"file {short(str(e))}", key))
-            continue
-        if f["path"] in files:
-            problems.append(Problem(rel, f"file {short(f['path'])!r} is listed twice", key))
-            continue
+    for f in _file_records(doc.get("files") or (), rel, key, "file", problems):
         file_rel = f"{folder}/{f['path']}"
         listed_entry = listed.get(f["path"])
         if listed_entry is None:

@@ -49,6 +49,7 @@ from trackport.models import (
     version_units,
 )
 from trackport.provenance import DELETED_MODEL_PREFIX
+from trackport.stores._artifact_path import walk_listing
 from trackport.stores.base import Selection, Unreadable
 from trackport.stores.rest.http import API, ARTIFACTS_API, NotFoundError, RestClient
 
@@ -193,29 +194,16 @@ class RestModelsSource:
         model_id = _logged_model_id(unit)
         location = unit.body.get("artifact_location") or ""
         proxied = urlparse(location).path.strip("/") if location.startswith("mlflow-artifacts:") else None
-        files: list[ArtifactFile] = []
-        pending, visited = [""], set()
-        while pending:
-            directory = pending.pop()
-            if directory in visited:  # a misbehaving server must not loop us forever
-                continue
-            visited.add(directory)
+
+        def list_dir(directory: str) -> list[dict]:
             if proxied is not None:  # names relative to the directory listed
                 answer = self.client.call("GET", f"{ARTIFACTS_API}/artifacts", params={"path": f"{proxied}/{directory}".rstrip("/")})
-                entries = [{**e, "path": f"{directory}/{e.get('path')}".lstrip("/")} for e in answer.get("files") or () if e.get("path")]
-            else:  # paths relative to the model's root
-                params = {"artifact_directory_path": directory} if directory else None
-                entries = self.client.call("GET", f"{API}/logged-models/{quote(model_id, safe='')}/artifacts/directories", params=params).get("files") or []
-            for entry in entries:
-                path = entry.get("path")
-                if not path or path == directory:
-                    continue
-                if entry.get("is_dir"):
-                    pending.append(path)
-                else:
-                    files.append(ArtifactFile(path=path, size=int(entry.get("file_size", 0))))
-        files.sort(key=lambda f: f.path)
-        return iter(files)
+                return [{**e, "path": f"{directory}/{e.get('path')}".lstrip("/")} for e in answer.get("files") or () if e.get("path")]
+            params = {"artifact_directory_path": directory} if directory else None  # paths relative to the model's root
+            listing = f"{API}/logged-models/{quote(model_id, safe='')}/artifacts/directories"
+            return self.client.call("GET", listing, params=params).get("files") or []
+
+        return iter(walk_listing(list_dir))
 
     @contextlib.contextmanager
     def open_unit_artifact(self, unit: Unit, path: str) -> Iterator[BinaryIO]:

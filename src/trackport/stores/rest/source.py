@@ -27,7 +27,7 @@ from trackport.domain import (
     Run,
 )
 from trackport.errors import BadInputError, TransientError, UnitError
-from trackport.stores._artifact_path import checked_artifact_path
+from trackport.stores._artifact_path import checked_artifact_path, walk_listing
 from trackport.stores._history import history_batches, key_history
 from trackport.stores._localfs import local_artifact_dir, open_local_artifact
 from trackport.selection import resolve_experiments, select_runs
@@ -291,24 +291,7 @@ class RestSource(RestModelsSource, SourceStore):
             yield from answer.get("files") or ()
 
     def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
-        files: list[ArtifactFile] = []
-        pending = [""]
-        visited: set[str] = set()
-        while pending:
-            directory = pending.pop()
-            if directory in visited:  # a misbehaving server must not loop us forever
-                continue
-            visited.add(directory)
-            for entry in self._list_dir(run.run_id, directory):
-                path = entry.get("path")
-                if not path or path == directory:
-                    continue
-                if entry.get("is_dir"):
-                    pending.append(path)
-                else:
-                    files.append(ArtifactFile(path=path, size=int(entry.get("file_size", 0))))
-        files.sort(key=lambda f: f.path)
-        yield from files
+        yield from walk_listing(lambda directory: self._list_dir(run.run_id, directory))
 
     def _local_root(self, run: Run):
         uri = run.artifact_uri or ""
