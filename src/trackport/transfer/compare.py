@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from trackport.domain import METRIC_SCHEMA, PARENT_RUN_ID_TAG, Experiment, Run
 from trackport.stores.base import Selection, SourceStore, Unreadable
 from trackport.selection import select_workspace_units, takes_registry
-from trackport.transfer.compare_units import compare_units
+from trackport.transfer.compare_units import compare_units, sha256_of
 from trackport.transfer.units import unit_types, workspace_unit_types
 from trackport.provenance import (
     SOURCE_RUN_ID_TAG,
@@ -30,7 +30,6 @@ from trackport.provenance import (
 
 LEVELS = ("fast", "full")
 _RUN_FIELDS = ("run_name", "user_id", "status", "start_time", "end_time", "lifecycle_stage")
-_CHUNK = 1 << 20
 _MAX_FLOAT = 1.7976931348623157e308  # what SQL-backed MLflow servers store for ±inf
 
 
@@ -256,11 +255,7 @@ def _compare_artifacts(
 
 
 def _sha256(store: SourceStore, run: Run, path: str) -> str:
-    digest = hashlib.sha256()
-    with store.open_artifact(run, path) as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_of(store.open_artifact(run, path))
 
 
 def _expected_sha256(store: SourceStore, run: Run, path: str, target_run_id: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, ContextManager, Iterator
 
 from trackport import kinds
 from trackport.kinds import Unit
@@ -149,8 +149,13 @@ def _file_differences(
 
 
 def _sha256(store: SourceStore, unit: Unit, path: str) -> str:
+    return sha256_of(store.open_unit_artifact(unit, path))
+
+
+def sha256_of(opened: ContextManager[BinaryIO]) -> str:
+    """The sha256 of what a stream gives, read in chunks, the stream closed after."""
     digest = hashlib.sha256()
-    with store.open_unit_artifact(unit, path) as stream:
+    with opened as stream:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
