@@ -8,9 +8,11 @@ of dependencies, the bounded pool, the id map, ledger, summary and progress.
 Runs are one unit type (`RunUnits`). Every other registered kind (trackport.kinds) is a
 `DocumentUnits` unless a richer type is registered for it: its units are `kinds.Unit`
 documents that a store lists with `iter_units(kind, experiment)` (a bundle, for any kind)
-or `iter_<plural>(experiment)`, and writes with `put_unit(unit, target_experiment_id)` /
-`find_unit(...)` or `put_<name>(...)` / `find_<name>(...)`. A store without those methods
-does not hold the kind.
+or `iter_<plural>(experiment)` (`iter_<plural>(selection)` for a kind of the workspace),
+and writes with `put_unit(unit, target_experiment_id)` / `find_unit(...)` or
+`put_<name>(...)` / `find_<name>(...)`; a kind with files (a logged model) is listed and
+read with `list_unit_artifacts(unit)` / `open_unit_artifact(unit, path)` and written with
+the files as a third argument of put. A store without those methods does not hold the kind.
 """
 from __future__ import annotations
 
