@@ -25,7 +25,8 @@ EVERYTHING = Selection(include_deleted=True)
 @pytest.fixture(params=SINKS)
 def target(request, tmp_path):
     if request.param == "rest":
-        return request.getfixturevalue("fresh_server").url
+        # The session's shared target: no other test writes a registry into it.
+        return request.getfixturevalue("target_server").url
     return f"sqlite:///{tmp_path / 'target.db'}" if request.param == "sqlite" else str(tmp_path / "bundle")
 
 
