@@ -101,3 +101,22 @@ def fresh_server(tmp_path):
 def auth_env(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN_USER)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+
+
+# -- every kind of sink, for the contract suites -----------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "bundle", "rest"])
+def sink_uri(request, tmp_path) -> str:
+    """A target of each kind a transfer can write: a new sqlite store, a new bundle, and the
+    session's shared server (tests write under names of their own there)."""
+    if request.param == "rest":
+        return request.getfixturevalue("target_server").url
+    return f"sqlite:///{tmp_path / 'target.db'}" if request.param == "sqlite" else str(tmp_path / "bundle")
+
+
+def open_target(uri: str):
+    """The sink at a sink_uri (a bundle is a plain path)."""
+    from trackport.opening import open_bundle_sink, open_sink
+
+    return open_bundle_sink(uri) if uri.startswith("/") else open_sink(uri)

@@ -10,41 +10,30 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
+
+from conftest import open_target
 
 from model_memory import model_source
-from trackport.opening import open_bundle_sink, open_sink, open_source
+from trackport.opening import open_source
 from trackport.stores.base import Selection
 from trackport.transfer import transfer
 from trackport.transfer.compare import compare_stores
 
-SINKS = ["sqlite", "bundle", "rest"]
-EVERYTHING = Selection(include_deleted=True)
+EVERYTHING = Selection(include_deleted=True)  # no other test writes a registry into the shared server
 
 
-@pytest.fixture(params=SINKS)
-def target(request, tmp_path):
-    if request.param == "rest":
-        # The session's shared target: no other test writes a registry into it.
-        return request.getfixturevalue("target_server").url
-    return f"sqlite:///{tmp_path / 'target.db'}" if request.param == "sqlite" else str(tmp_path / "bundle")
-
-
-def _open(uri: str):
-    return open_bundle_sink(uri) if uri.startswith("/") else open_sink(uri)
-
-
-def test_models_arrive_whole_in_every_sink_and_a_second_transfer_writes_nothing(target):
+def test_models_arrive_whole_in_every_sink_and_a_second_transfer_writes_nothing(sink_uri):
+    target = sink_uri
     source = model_source()
     source.experiments[0] = type(source.experiments[0])(**{**vars(source.experiments[0]), "name": f"models-{uuid.uuid4().hex[:6]}"})
-    with _open(target) as sink:
+    with open_target(target) as sink:
         first = transfer(source, sink, EVERYTHING)
         declared = list(first.planned_losses)
     assert first.failed == 0, first.failures
     assert first.counts["logged_models"]["done"] == 2
     assert first.counts["registered_models"]["done"] == 3
     assert first.counts["model_versions"]["done"] == 6
-    with _open(target) as sink:
+    with open_target(target) as sink:
         second = transfer(source, sink, EVERYTHING)
     assert second.failed == 0, second.failures
     for kind in ("logged_models", "registered_models", "model_versions"):

@@ -243,3 +243,19 @@ def test_the_command_line_takes_models_and_says_what_it_did(tmp_path):
     ]
     inspect = _cli("bundle", "inspect", bundle)
     assert "logged_models" in inspect.output.replace(" ", "_") or "logged models" in inspect.output
+
+
+def test_refs_are_named_alike_in_stores_that_give_other_ids():
+    """A body names its refs, and ref names hold no ids: a prompt linked to experiment 1 in
+    the source and to its copy, 2, in the target has the same refs but their ids."""
+    from trackport import models
+
+    source = models.registered_model_unit("greet", None, {models.PROMPT_EXPERIMENTS_TAG: ",1,7,"}, None, None)
+    target = models.registered_model_unit("greet", None, {models.PROMPT_EXPERIMENTS_TAG: ",2,9,"}, None, None)
+    assert source.refs == {"experiment#1": "1", "experiment#2": "7"}
+    assert target.refs.keys() == source.refs.keys()
+    lm = models.logged_model_unit(models.LoggedModelFields("m-1", "1", "m", source_run_id="aa", metrics=[
+        models.ModelMetric("acc", 0.5, 1, 0, "zz"), models.ModelMetric("acc", 0.6, 2, 0, "bb")]))
+    copy = models.logged_model_unit(models.LoggedModelFields("m-2", "4", "m", source_run_id="cc", metrics=[
+        models.ModelMetric("acc", 0.5, 1, 0, "yy"), models.ModelMetric("acc", 0.6, 2, 0, "xx")]))
+    assert lm.refs.keys() == copy.refs.keys() and lm.body == copy.body

@@ -17,13 +17,14 @@ import uuid
 import pyarrow as pa
 import pytest
 
+from conftest import open_target
+
 from trackport.domain import METRIC_SCHEMA, ArtifactFile, Experiment, Run
 from trackport.errors import UnitError
-from trackport.opening import open_bundle_sink, open_sink, open_source
+from trackport.opening import open_source
 from trackport.stores.base import Selection, StoreDescription
 from trackport.transfer.plan import planned_losses
 
-SINKS = ["sqlite", "bundle", "rest"]
 T0 = 1_700_000_000_000
 
 
@@ -49,17 +50,6 @@ class Content:
         return contextlib.nullcontext(io.BytesIO(b"hello"))
 
 
-@pytest.fixture(params=SINKS)
-def sink_uri(request, tmp_path):
-    if request.param == "rest":
-        return request.getfixturevalue("target_server").url
-    return f"sqlite:///{tmp_path / 'target.db'}" if request.param == "sqlite" else str(tmp_path / "bundle")
-
-
-def _open(uri: str):
-    return open_sink(uri) if not uri.startswith("/") else open_bundle_sink(uri)
-
-
 def _run(experiment_id: str, name: str) -> Run:
     return Run(uuid.uuid4().hex, experiment_id, name, "tester", "FINISHED", T0, T0 + 1000,
                params={"p": "1"}, tags={"mlflow.runName": name})
@@ -68,7 +58,7 @@ def _run(experiment_id: str, name: str) -> Run:
 def test_the_sink_contract(sink_uri):
     name = f"contract-{uuid.uuid4().hex[:8]}"
     experiment = Experiment("17", name, creation_time=T0, last_update_time=T0)
-    with _open(sink_uri) as sink:
+    with open_target(sink_uri) as sink:
         sink.begin(StoreDescription("memory", "memory:contract"), Selection())
         first = sink.put_experiment(experiment)
         again = sink.put_experiment(experiment)

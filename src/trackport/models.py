@@ -172,8 +172,9 @@ def registered_model_unit(
     name: str, description: str | None, tags: dict[str, str], creation_timestamp: int | None,
     last_updated_timestamp: int | None,
 ) -> Unit:
-    """A registered model or prompt; a prompt's linked experiments become refs."""
-    refs = {f"experiment#{e}": e for e in linked_experiments(tags)}
+    """A registered model or prompt; a prompt's linked experiments become refs, named by
+    their place in its list (their ids differ from store to store)."""
+    refs = {f"experiment#{i}": e for i, e in enumerate(linked_experiments(tags), 1)}
     body = {
         "description": description or None,
         "tags": dict(tags),
@@ -255,11 +256,6 @@ def version_units(name: str, versions: Iterable[VersionFields], deleted: Iterabl
         units.append(Unit(MODEL_VERSION.name, version_id(name, v.version), None, "", refs, body))
         previous = v.version
     return units
-
-
-def model_name_of(unit: Unit) -> str:
-    """The registered model a registry unit belongs to."""
-    return unit.unit_id if unit.kind == REGISTERED_MODEL.name else unit.refs.get("registered_model", "")
 
 
 def name_matches(name: str, patterns: Iterable[str]) -> bool:
