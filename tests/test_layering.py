@@ -16,9 +16,9 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS = [
     ["trackport.errors"],
     ["trackport.domain", "trackport.config", "trackport._files", "trackport.kinds", "trackport.locking"],
-    ["trackport.stores.base", "trackport.provenance", "trackport.models"],
+    ["trackport.stores.base", "trackport.provenance", "trackport.models", "trackport.search", "trackport.editing"],
     ["trackport.selection"],
-    ["trackport.transfer", "trackport.stores", "trackport.bundle"],
+    ["trackport.transfer", "trackport.stores", "trackport.bundle", "trackport.runs"],
     ["trackport.opening"],
     ["trackport.samples"],
     ["trackport.demo"],

@@ -22,7 +22,7 @@ from trackport.domain import DELETED, Experiment, Run
 from trackport.errors import BadInputError
 from trackport.kinds import MODEL_VERSION, REGISTERED_MODEL, Unit, UnitKind
 from trackport.models import name_matches, split_version_id
-from trackport.stores.base import Selection, Unreadable
+from trackport.stores.base import Selection, SourceStore, Unreadable
 
 T = TypeVar("T")  # anything with .experiment_id and .name (an Experiment, a database row)
 
@@ -107,6 +107,32 @@ def select_runs(runs: Iterable[Run | Unreadable], selection: Selection) -> Itera
         if isinstance(run, Run) and run.lifecycle_stage == DELETED and not selection.include_deleted:
             continue
         yield run
+
+
+def runs_of(source: SourceStore, experiment: Experiment, selection: Selection) -> Iterator[Run | Unreadable]:
+    """The experiment's runs the selection takes, from any source, in run_order. The source
+    pushes down what it can (SourceStore.iter_runs may give more runs than the filter and
+    time bounds take, never fewer); the whole selection is evaluated here, by one evaluator
+    for every store kind, so every source gives the same runs."""
+    runs = source.iter_runs(experiment, selection)
+    if selection.deleted_only:
+        runs = (r for r in runs if isinstance(r, Unreadable) or r.lifecycle_stage == DELETED)
+    if selection.created_after is not None or selection.created_before is not None:
+        runs = (r for r in runs if isinstance(r, Unreadable) or created_within(r, selection.created_after, selection.created_before))
+    if selection.filter:
+        from trackport.search import filter_runs
+
+        runs = filter_runs(source, runs, selection.filter)
+    return runs
+
+
+def created_within(run: Run, after: int | None, before: int | None) -> bool:
+    """Whether the run was created (started) within the inclusive bounds; a run with no
+    start time is within none."""
+    if after is None and before is None:
+        return True
+    start = run.start_time
+    return start is not None and (after is None or start >= after) and (before is None or start <= before)
 
 
 def _id(experiment: Experiment | Unreadable) -> str:

@@ -11,6 +11,7 @@ import click
 
 from trackport import __version__, kinds
 from trackport.cli import render
+from trackport.cli.runs import runs_group
 from trackport.cli.options import selection_options, sink_options, transfer_options
 from trackport.cli.running import (
     check_target, fail_cleanly, internal_error, resolve_selection, run_transfer, show, transfer_config,
@@ -242,6 +243,9 @@ def inspect_command(bundle, as_json):
         click.echo(json.dumps(info, indent=2, sort_keys=True))
     else:
         click.echo(render.inspect_text(info))
+
+
+cli.add_command(runs_group)
 
 
 @cli.command("demo")

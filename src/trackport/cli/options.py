@@ -1,6 +1,7 @@
 """The options that several commands share: what to take, how to write, how to run."""
 from __future__ import annotations
 
+import datetime
 import functools
 
 import click
@@ -8,7 +9,34 @@ import click
 from trackport.config import TransferConfig
 from trackport.stores.base import EXISTING_MODEL_POLICIES, LONG_VALUE_POLICIES
 
-SELECTION_NAMES = ("experiments", "run_ids", "include_deleted", "filter_string", "models", "models_only")
+SELECTION_NAMES = (
+    "experiments", "run_ids", "include_deleted", "filter_string", "models", "models_only", "status", "created_after", "created_before",
+)
+STATUSES = ("active", "deleted", "all")
+
+
+class Time(click.ParamType):
+    """A point in time: epoch milliseconds, or an ISO date or date-time (UTC unless it says
+    otherwise), as epoch milliseconds."""
+
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        try:
+            moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{value!r} is neither epoch milliseconds nor an ISO date (2026-12-01 or 2026-12-01T08:00:00Z)", param, ctx)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        return int(moment.timestamp() * 1000)
+
+
+TIME = Time()
 SINK_NAMES = ("artifact_root", "on_long_value", "on_existing_model")
 
 
@@ -31,11 +59,13 @@ def _models_alone(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        if (kwargs["models"] or kwargs["models_only"]) and (kwargs["experiments"] or kwargs["run_ids"] or kwargs["filter_string"]):
+        picks_runs = kwargs["experiments"] or kwargs["run_ids"] or kwargs["filter_string"] or kwargs["status"] == "deleted"
+        picks_runs = picks_runs or kwargs["created_after"] is not None or kwargs["created_before"] is not None
+        if (kwargs["models"] or kwargs["models_only"]) and picks_runs:
             which = "--model" if kwargs["models"] else "--models-only"
             raise click.UsageError(
                 f"{which} takes the registry (and with --model the runs behind it); it cannot be combined with"
-                " --experiment, --run-id or --filter: run two transfers"
+                " --experiment, --run-id, --filter, --status deleted or --created-*: run two transfers"
             )
         return command(*args, **kwargs)
 
@@ -61,12 +91,7 @@ def selection_options(command):
         " them (repeatable; * and ? are wildcards; default: every one, unless --experiment, --run-id or"
         " --filter narrow the transfer to some runs).",
     )(command)
-    command = click.option(
-        "--filter",
-        "filter_string",
-        metavar="SEARCH",
-        help="Only runs matching MLflow's search syntax, e.g. \"metrics.r2 > 0.3\" (server or sqlite source).",
-    )(command)
+    command = run_filter_options(command)
     command = click.option(
         "--include-deleted/--exclude-deleted",
         default=None,
@@ -83,6 +108,31 @@ def selection_options(command):
         metavar="NAME_OR_ID",
         help="Only this experiment (repeatable; default: all): a name or an id, or id:ID / name:NAME"
         " where one experiment's name is another's id.",
+    )(command)
+    return command
+
+
+def run_filter_options(command):
+    """--filter, --status, --created-after, --created-before: which runs, on any source."""
+    command = click.option(
+        "--created-before", type=TIME, help="Only runs created (started) at or before TIME: epoch ms or an ISO date."
+    )(command)
+    command = click.option(
+        "--created-after", type=TIME, help="Only runs created (started) at or after TIME: epoch ms or an ISO date."
+    )(command)
+    command = click.option(
+        "--status",
+        type=click.Choice(STATUSES),
+        default=None,
+        help="Active runs, deleted runs or all (default: active from a store, all a bundle holds;"
+        " same as --exclude-deleted / --include-deleted).",
+    )(command)
+    command = click.option(
+        "--filter",
+        "filter_string",
+        metavar="SEARCH",
+        help="Only runs matching MLflow's search syntax, with MIN(), MAX() and LATEST() over a metric's"
+        " history, e.g. \"metrics.r2 > 0.3 AND MIN(metrics.rmse) <= 1\" (any source).",
     )(command)
     return command
 

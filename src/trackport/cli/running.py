@@ -77,12 +77,23 @@ def transfer_config(workers: int) -> TransferConfig:
 
 
 def resolve_selection(
-    source: SourceStore, experiments, run_ids, include_deleted, filter_string, models=(), models_only=False
+    source: SourceStore, experiments, run_ids, include_deleted, filter_string, models=(), models_only=False,
+    status=None, created_after=None, created_before=None,
 ) -> Selection:
     """A bundle source takes deleted units unless told otherwise (it holds what its export
-    selected); a store leaves them out unless asked."""
+    selected); a store leaves them out unless asked. --status all is --include-deleted,
+    active is --exclude-deleted, deleted takes deleted runs only."""
+    if status is not None and include_deleted is not None and include_deleted != (status != "active"):
+        raise click.UsageError(f"--status {status} contradicts --{'include' if include_deleted else 'exclude'}-deleted; give one of them")
+    if status is not None:
+        include_deleted = status != "active"
     deleted = source.takes_deleted_by_default if include_deleted is None else include_deleted
-    return Selection(experiments, run_ids, deleted, filter_string, tuple(models), bool(models_only))
+    if created_after is not None and created_before is not None and created_after > created_before:
+        raise click.UsageError("--created-after is later than --created-before: no run can match")
+    return Selection(
+        tuple(experiments), tuple(run_ids), deleted, filter_string or None, tuple(models), bool(models_only),
+        created_after=created_after, created_before=created_before, deleted_only=status == "deleted",
+    )
 
 
 def run_transfer(source: SourceStore, make_sink, options: dict, config: TransferConfig, as_json: bool = False) -> Summary:

@@ -39,6 +39,11 @@ class Selection:
     # run_ids are the runs behind the selected models (trackport.transfer.plan): one the
     # source no longer holds is the loss of its version, not a bad selection.
     runs_from_models: bool = False
+    # Runs by creation (start) time, epoch milliseconds, both bounds inclusive.
+    created_after: int | None = None
+    created_before: int | None = None
+    # Deleted runs only (`--status deleted`; include_deleted is then true as well).
+    deleted_only: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -48,12 +53,21 @@ class Selection:
             "filter": self.filter,
             "models": list(self.models),
             "models_only": self.models_only,
+            "created_after": self.created_after,
+            "created_before": self.created_before,
+            "deleted_only": self.deleted_only,
         }
+
+    @property
+    def filters_runs(self) -> bool:
+        """Whether it takes runs by what they hold (a filter, deleted state, creation time):
+        trackport.selection.runs_of decides, not a listing by id."""
+        return bool(self.filter or self.deleted_only or self.created_after is not None or self.created_before is not None)
 
     @property
     def narrows_runs(self) -> bool:
         """Whether it takes some runs of the experiments it takes, not all of them."""
-        return bool(self.run_ids or self.filter)
+        return bool(self.run_ids) or self.filters_runs
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from trackport.domain import METRIC_SCHEMA, PARENT_RUN_ID_TAG, Experiment, Run
 from trackport.stores.base import Selection, SourceStore, Unreadable
-from trackport.selection import select_workspace_units, takes_registry
+from trackport.selection import runs_of, select_workspace_units, takes_registry
 from trackport.transfer.compare_units import compare_units, sha256_of
 from trackport.transfer.units import unit_types, workspace_unit_types
 from trackport.provenance import (
@@ -97,7 +97,7 @@ def compare_stores(
             id_map: Callable[[str], str | None] = lambda run_id, m=mapped: m.get(run_id, run_id)  # noqa: E731
         else:
             id_map = run_id_map
-        for run in expected.iter_runs(experiment, selection):
+        for run in runs_of(expected, experiment, selection):
             if isinstance(run, Unreadable):
                 yield Difference(f"run {run.source_id}", f"unreadable: {run.reason}")
                 continue

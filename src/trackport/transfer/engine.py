@@ -183,7 +183,7 @@ class _Transfer:
     def count_runs_up_front(self, experiments: list[Experiment]) -> None:
         """Progress totals: the runs every experiment holds, where the source can count
         them without listing; else the total grows as each experiment is listed."""
-        if self.selection.filter:
+        if self.selection.filters_runs:
             return
         try:
             counts = [self.source.count_runs(e, self.everything) for e in experiments]
@@ -315,7 +315,7 @@ class _Transfer:
         --run-id) picks none in it: the experiment is then not selected, and not written,
         since no selected unit needs it."""
         runs = self.unit_type("run").listing(self.source, experiment, self.everything)
-        if not (self.selection.filter or self.selection.run_ids):
+        if not self.selection.narrows_runs:
             return runs
         held = []
         try:
@@ -327,7 +327,7 @@ class _Transfer:
             return _then_raise(held, exc)
         for run in held:
             self.record_not_selected("run", run.run_id, run.run_name, DELETED_REASON)
-        reason = "no run in it matches the filter" if self.selection.filter else "none of the selected runs is in it"
+        reason = "no run in it matches the filter" if self.selection.filters_runs else "none of the selected runs is in it"
         self.record_not_selected("experiment", experiment.experiment_id, experiment.name, reason)
         return None
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from trackport import kinds
 from trackport.domain import DELETED, Capabilities, Experiment
 from trackport.errors import BadInputError
-from trackport.selection import select_workspace_units, takes_registry
+from trackport.selection import runs_of, select_workspace_units, takes_registry
 from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
 from trackport.transfer.units import unit_types, workspace_unit_types
 
@@ -68,10 +68,10 @@ def plan_experiments(source: SourceStore, selection: Selection, *, holds_more: b
     refuses a selection that takes nothing (holds_more: the store has other units to move,
     its registry, so holding no runs is no reason to refuse)."""
     where = source.describe().uri
-    if selection.filter and not source.features.filter:
-        raise BadInputError(
-            f"{where}: --filter needs a source that can search runs (a tracking server or sqlite store)"
-        )
+    if selection.filter:
+        from trackport.search import parse
+
+        parse(selection.filter)  # a malformed filter is refused before anything is opened for writing
     planned = []
     for unit in source.list_experiments(dataclasses.replace(selection, include_deleted=True)):
         deleted = isinstance(unit, Experiment) and unit.lifecycle_stage == DELETED
@@ -85,7 +85,7 @@ def plan_experiments(source: SourceStore, selection: Selection, *, holds_more: b
         names = ", ".join(repr(p.unit.name) for p in planned[:5])
         raise BadInputError(f"{where}: the selected experiments are deleted ({names}); add --include-deleted")
     if not selection.experiments and not any(
-        isinstance(e, Unreadable) or next(iter(source.iter_runs(e, selection)), None) for e in taken
+        isinstance(e, Unreadable) or next(iter(runs_of(source, e, selection)), None) for e in taken
     ):
         raise BadInputError(
             f"{where}: the store holds no runs to transfer"

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from trackport import kinds
 from trackport.domain import DELETED, PARENT_RUN_ID_TAG, ArtifactFile, Experiment, Run, SourceRunId
+from trackport.selection import runs_of
 from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable, UnitWriteResult
 
 Key = tuple[str, str]  # (kind name, source id)
@@ -121,7 +122,7 @@ class RunUnits(UnitType):
     kind = kinds.RUN
 
     def listing(self, source: SourceStore, experiment: Experiment, everything: Selection) -> Iterator[Run | Unreadable]:
-        return source.iter_runs(experiment, everything)
+        return runs_of(source, experiment, everything)
 
     def source_id(self, unit: Run) -> str:
         return unit.run_id

@@ -1,0 +1,1 @@
+"""trackport runs: see the group's modules."""
