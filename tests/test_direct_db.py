@@ -15,6 +15,8 @@ from click.testing import CliRunner
 from trackport.cli.main import cli
 from trackport.domain import METRIC_SCHEMA
 from trackport.errors import BadInputError
+from trackport.search import FilterError
+from trackport.selection import runs_of
 from trackport.samples.sample_store import SAMPLE_COUNTS
 from trackport.config import TransferConfig
 from trackport.opening import open_sink, open_source
@@ -139,14 +141,14 @@ def test_metric_order_across_batches_and_readers(sample_sqlite):
 
 def test_filter_on_the_direct_reader(sample_sqlite):
     store = open_source(sample_sqlite)
-    everything = [r.run_name for e in store.list_experiments(ALL) for r in store.iter_runs(e, ALL)]
+    everything = [r.run_name for e in store.list_experiments(ALL) for r in runs_of(store, e, ALL)]
     sel = Selection(include_deleted=True, filter="attributes.run_name = 'child'")
-    assert [r.run_name for e in store.list_experiments(sel) for r in store.iter_runs(e, sel)] == ["child"]
+    assert [r.run_name for e in store.list_experiments(sel) for r in runs_of(store, e, sel)] == ["child"]
     sel = Selection(include_deleted=True, filter="metrics.loss >= 0")
-    matched = [r.run_name for e in store.list_experiments(sel) for r in store.iter_runs(e, sel)]
+    matched = [r.run_name for e in store.list_experiments(sel) for r in runs_of(store, e, sel)]
     assert "parent run" in matched and len(matched) < len(everything)
-    with pytest.raises(BadInputError, match="--filter"):
-        list(store.iter_runs(next(iter(store.list_experiments(ALL))), Selection(filter="no such ===")))
+    with pytest.raises(FilterError, match="--filter 'no such ===', position 1: unknown attribute 'no'"):
+        list(runs_of(store, next(iter(store.list_experiments(ALL))), Selection(filter="no such ===")))
 
 
 def test_server_database_urls(tmp_path):

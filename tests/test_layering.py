@@ -16,7 +16,8 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS = [
     ["trackport.errors"],
     ["trackport.domain", "trackport.config", "trackport._files", "trackport.kinds", "trackport.locking"],
-    ["trackport.stores.base", "trackport.provenance", "trackport.models", "trackport.search", "trackport.editing"],
+    ["trackport.stores.base", "trackport.provenance", "trackport.models", "trackport.editing"],
+    ["trackport.search"],
     ["trackport.selection"],
     ["trackport.transfer", "trackport.stores", "trackport.bundle", "trackport.runs"],
     ["trackport.opening"],

@@ -244,8 +244,7 @@ def test_unknown_names_are_bad_input(source):
 
 
 def test_filter_is_passed_through(source, expected):
-    """Selection.filter goes to the server's search, with run ids beside it."""
-    assert source.features.filter
+    """What the server reads as trackport does goes to its search, with run ids beside it."""
     b = sample_store.EXPERIMENT_B
     ids = {v["run_name"]: k for e in expected.values() for k, v in e["runs"].items()}
     exp = next(e for e in source.list_experiments(Selection(experiments=(b,))))

@@ -11,6 +11,7 @@ import pytest
 from trackport.errors import BadInputError
 from trackport.opening import open_source
 from trackport.samples import sample_store
+from trackport.selection import runs_of
 from trackport.stores.base import Selection, Unreadable
 from trackport.stores.mlflow_db.sqlite import SqliteSource
 from trackport.transfer.plan import plan_experiments
@@ -39,7 +40,7 @@ def _listing(source, selection: Selection) -> list[tuple[str, list[str]]]:
     listed = []
     for experiment in source.list_experiments(selection):
         assert not isinstance(experiment, Unreadable), experiment
-        runs = [run.run_name for run in source.iter_runs(experiment, selection)]
+        runs = [run.run_name for run in runs_of(source, experiment, selection)]
         listed.append((experiment.name, runs))
     return listed
 
@@ -90,19 +91,20 @@ def test_every_source_refuses_what_it_does_not_hold_the_same_way(sources):
             list(source.list_experiments(Selection(experiments=("no such experiment",))))
 
 
-def test_a_filter_gives_the_same_runs_where_a_source_can_search(sources):
-    """--filter is pushed down to the sources that search runs (declared in their
-    features); the others refuse it before anything is written, the same way."""
-    selection = Selection(filter="attributes.status = 'KILLED'", include_deleted=True)
-    searching = {kind: _listing(s, selection) for kind, s in sources.items() if s.features.filter}
-    assert set(searching) == {"rest", "sqlite", "database"}
-    for kind, listing in searching.items():
-        runs = [run for _, runs in listing for run in runs]
-        assert runs == ["killed run"], kind
-    for kind, source in sources.items():
-        if not source.features.filter:
-            with pytest.raises(BadInputError, match="--filter needs a source that can search runs"):
-                plan_experiments(source, selection)
+def test_a_filter_gives_the_same_runs_on_every_source(sources):
+    """--filter, --status deleted and --created-* select the same runs from every source kind
+    (trackport/search; tests/test_filters.py tries the whole language)."""
+    selections = {
+        "filter": Selection(filter="attributes.status = 'KILLED'", include_deleted=True),
+        "deleted only": Selection(include_deleted=True, deleted_only=True),
+        "created before": Selection(include_deleted=True, created_before=sample_store.BASE_TIME + 1_000),
+    }
+    for name, selection in selections.items():
+        listings = {kind: _listing(source, selection) for kind, source in sources.items()}
+        assert any(runs for _, runs in listings["sqlite"]), name
+        for kind in KINDS:
+            assert listings[kind] == listings["sqlite"], (name, kind)
+    assert [run for _, runs in _listing(sources["bundle"], selections["filter"]) for run in runs] == ["killed run"]
 
 
 def test_a_run_count_is_what_the_listing_gives(sources):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, NewType
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # Ids as the source store knows them, and as the sink assigned them. Keeping the two
 # apart in the type system stops a remapping bug from passing a source id to a sink.
@@ -51,6 +52,52 @@ def rebatch(parts: Iterable[pa.Table | pa.RecordBatch], rows: int) -> Iterator[p
             pending, pending_rows = [], 0
     if pending:
         yield from pa.concat_tables(pending).combine_chunks().to_batches(max_chunksize=rows)
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    """One metric of one run: its latest point (MLflow's rule: the greatest (step, timestamp,
+    value)) and, when its whole history was read, the least and greatest value with NaN points
+    left out (None when every point is NaN, as SQL's MIN and MAX ignore NULL) and the number
+    of points (None when only the latest point was read)."""
+
+    latest: float
+    step: int
+    timestamp: int
+    min: float | None = None
+    max: float | None = None
+    points: int | None = None
+
+
+def summarize(batches: Iterable[pa.RecordBatch], keys: frozenset[str] | None = None) -> dict[str, MetricSummary]:
+    """The summaries of the metrics named by keys (all when None) from a run's history in
+    the order sources give it (sorted by key, step, timestamp, value: the last point of a key
+    is its latest), one batch at a time."""
+    found: dict[str, MetricSummary] = {}
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        if keys is not None:
+            table = table.filter(pc.is_in(table.column("key"), pa.array(sorted(keys), pa.string())))
+        if not table.num_rows:
+            continue
+        values = table.column("value")
+        table = table.append_column("number", pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values))
+        grouped = table.group_by("key", use_threads=False).aggregate(
+            [("number", "min"), ("number", "max"), ("value", "count"), ("step", "last"), ("timestamp", "last"), ("value", "last")]
+        )
+        for row in grouped.to_pylist():
+            key, before = row["key"], found.get(row["key"])
+            low, high = row["number_min"], row["number_max"]
+            if before is not None:
+                low = _least(before.min, low, min)
+                high = _least(before.max, high, max)
+            points = row["value_count"] + (before.points if before else 0)
+            found[key] = MetricSummary(row["value_last"], row["step_last"], row["timestamp_last"], low, high, points)
+    return found
+
+
+def _least(a: float | None, b: float | None, pick) -> float | None:
+    return b if a is None else a if b is None else pick(a, b)
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,12 @@ from trackport.domain import (
     ArtifactFile,
     Capabilities,
     Experiment,
+    MetricSummary,
     Run,
     SourceRunId,
     TargetExperimentId,
     TargetRunId,
+    summarize,
 )
 
 
@@ -72,11 +74,9 @@ class Selection:
 
 @dataclass(frozen=True)
 class SourceFeatures:
-    """What a source can do beyond reading (rclone's optional features, beside a sink's
-    Capabilities): the parts of a selection it pushes down to the store, and what it is
-    known to change. What a source does not push down, trackport.selection applies."""
+    """What a source is known to change (beside a sink's Capabilities). Every source takes
+    every selection: what its iter_runs does not push down, trackport.selection.runs_of applies."""
 
-    filter: bool = False  # iter_runs applies Selection.filter (MLflow's search syntax)
     clamps_infinity: bool = False  # it holds ±inf as ±1.7976931348623157e308 (SQL-backed servers)
 
 
@@ -137,6 +137,15 @@ class SourceStore(ABC):
     @abstractmethod
     def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
         """A binary stream of one artifact file; read it in chunks."""
+
+    def metric_summaries(
+        self, runs: list[Run], keys: frozenset[str] | None, whole_history: bool = True
+    ) -> dict[str, dict[str, MetricSummary]]:
+        """For each run (by id), the summaries of its metrics named by keys (all when None):
+        what filters and run tables read; without whole_history only the latest points are
+        needed (min, max and points may be None then). This reads every history through; a
+        source that keeps latest values or can aggregate (a database, a server) answers faster."""
+        return {run.run_id: summarize(self.iter_metric_batches(run), keys) for run in runs}
 
     def count_runs(self, experiment: Experiment, selection: Selection) -> int | None:
         """How many runs iter_runs would give (without a filter), when the source can

@@ -4,7 +4,7 @@ The reader is strictly read-only: sqlite files are opened with `mode=ro`, server
 (PostgreSQL, MySQL) in read-only sessions, and nothing here ever creates a table, runs a
 migration or takes a write lock, so it is safe on a live server's database. It reads only
 MLflow's core tables (experiments, experiment_tags, runs, params, tags, metrics,
-latest_metrics for --filter, datasets, inputs, input_tags) through SQLAlchemy core with
+latest_metrics for filters and run tables, datasets, inputs, input_tags) through SQLAlchemy core with
 lightweight table constructs (no ORM, no MLflow models), so the same queries serve every
 dialect and reserved words such as `key` are quoted per dialect.
 
@@ -15,6 +15,6 @@ server databases key by key through SQLAlchemy with server-side cursors.
 
 Modules: `uri` (trackport's own URI parameter), `tables` (the table constructs and what a
 schema has), `metric_order` (metric rows into ordered Arrow batches), `source` (the reader
-every dialect shares), `search_filter` (--filter with MLflow's own search semantics),
+every dialect shares), `summaries` (metric summaries for filters and run tables, in SQL),
 `sqlite` and `server` (the two kinds of database).
 """

@@ -23,10 +23,10 @@ from trackport.domain import (
 from trackport.errors import BadInputError, UnitError
 from trackport.stores._localfs import LocalArtifacts, local_artifact_dir
 from trackport.selection import resolve_experiments, select_runs
-from trackport.stores.base import Selection, SourceFeatures, SourceStore, StoreDescription
+from trackport.stores.base import Selection, SourceStore, StoreDescription
 from trackport.stores.mlflow_db.metric_order import rows_to_batch
 from trackport.stores.mlflow_db.models import ModelReading
-from trackport.stores.mlflow_db.search_filter import filter_runs
+from trackport.stores.mlflow_db.summaries import metric_summaries
 from trackport.stores.mlflow_db.tables import Database, chunks
 from trackport.stores.mlflow_db.uri import ARTIFACTS_PARAM, artifacts_root
 
@@ -35,7 +35,6 @@ class MlflowDatabaseSource(ModelReading, LocalArtifacts, SourceStore):
     """An MLflow tracking database as a source: sqlite file or server database, with
     MLflow 3's logged models and model registry (ModelReading)."""
 
-    features = SourceFeatures(filter=True)
     kind = "database"
 
     def __init__(
@@ -112,9 +111,10 @@ class MlflowDatabaseSource(ModelReading, LocalArtifacts, SourceStore):
 
     # ---------------------------------------------------------------- runs
 
+    def metric_summaries(self, runs: list[Run], keys: frozenset[str] | None, whole_history: bool = True) -> dict:
+        return metric_summaries(self._db, runs, keys, whole_history)
+
     def count_runs(self, experiment: Experiment, selection: Selection) -> int | None:
-        if selection.filter:
-            return None
         db = self._db
         r = db.tables["runs"]
         q = db.sa.select(db.sa.func.count()).select_from(r).where(r.c.experiment_id == int(experiment.experiment_id))
@@ -137,15 +137,10 @@ class MlflowDatabaseSource(ModelReading, LocalArtifacts, SourceStore):
             q = q.where(r.c.run_uuid.in_(list(selection.run_ids)))
         # trackport.selection.run_order: no start time last, then oldest first, then by id.
         q = q.order_by(r.c.start_time.is_(None), r.c.start_time, r.c.run_uuid)
-        if selection.filter:
-            filter_runs(db, [], selection.filter)  # a bad filter is refused even without runs
         with db.engine.connect() as conn:
             run_rows = conn.execute(q).all()
         for chunk in chunks(run_rows):
-            runs = list(self._runs_from_rows(chunk))
-            if selection.filter:
-                runs = filter_runs(db, runs, selection.filter)
-            yield from select_runs(runs, selection)
+            yield from select_runs(self._runs_from_rows(chunk), selection)
 
     def _runs_from_rows(self, rows: list) -> Iterator[Run]:
         db = self._db

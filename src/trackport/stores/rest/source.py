@@ -32,7 +32,9 @@ from trackport.stores._history import history_batches, key_history
 from trackport.stores._localfs import local_artifact_dir, open_local_artifact
 from trackport.selection import resolve_experiments, select_runs
 from trackport.stores.base import Selection, SourceFeatures, SourceStore, StoreDescription, Unreadable
+from trackport.search.pushdown import mlflow_filter
 from trackport.stores.rest.http import API, ARTIFACTS_API, NotFoundError, RestClient
+from trackport.stores.rest.metric_summaries import HistorySummaries, latest_summaries
 from trackport.stores.rest.models_source import RestModelsSource
 from trackport.stores.rest.server import ServerInfo
 
@@ -95,8 +97,9 @@ def _run(data: dict) -> Run:
     )
 
 
-def _metric_keys(data: dict) -> list[str]:
-    return sorted({m["key"] for m in (data.get("data") or {}).get("metrics") or () if "key" in m})
+def _latest_metrics(data: dict) -> list[dict]:
+    """A run's latest metric points as runs/search and runs/get send them."""
+    return list((data.get("data") or {}).get("metrics") or ())
 
 
 def _info_order(data: dict) -> tuple:
@@ -144,14 +147,16 @@ class RestSource(RestModelsSource, SourceStore):
         self.client = client
         self.uri = uri
         self.info = info
-        # Selection.filter goes to runs/search as it is; a SQL-backed server clamps ±inf.
-        self.features = SourceFeatures(filter=True, clamps_infinity=info.clamps_infinity)
+        # What of a filter the server reads as trackport does goes to runs/search
+        # (trackport.search.pushdown); a SQL-backed server clamps ±inf.
+        self.features = SourceFeatures(clamps_infinity=info.clamps_infinity)
         self._config = config
-        # Metric keys of runs yielded by iter_runs, so iter_metric_batches needs no call;
-        # at most config.rest_remembered_runs runs' (a run the engine skips is never read),
-        # the oldest forgotten first (runs/get then).
-        self._metric_keys: dict[str, list[str]] = {}
+        # The latest metrics of runs yielded by iter_runs (runs/search sends them), so that
+        # filters and iter_metric_batches need no call; at most config.rest_remembered_runs
+        # runs' (a run the engine skips is never read), the oldest forgotten first (runs/get then).
+        self._latest: dict[str, list[dict]] = {}
         self._keys_lock = threading.Lock()  # the engine may read runs from several threads
+        self._histories = HistorySummaries(client, self._history)
         self._init_models()
 
     def describe(self) -> StoreDescription:
@@ -160,7 +165,7 @@ class RestSource(RestModelsSource, SourceStore):
         )
 
     def close(self) -> None:
-        self._metric_keys.clear()
+        self._latest.clear()
         self.client.close()
 
     # ---------------------------------------------------------------- experiments
@@ -219,7 +224,7 @@ class RestSource(RestModelsSource, SourceStore):
         """The server's search with the selection pushed down: deleted state, the filter,
         run ids as `attributes.run_id IN (...)` clauses; in run_order, as MLflow sorts
         `attributes.start_time ASC` (no start time last, ties by run id)."""
-        user_filter = (selection.filter or "").strip() or None
+        user_filter = mlflow_filter(selection)
         if selection.run_ids:
             ids = list(dict.fromkeys(selection.run_ids))
             bad = [i for i in ids if not _RUN_ID.match(i)]
@@ -248,14 +253,25 @@ class RestSource(RestModelsSource, SourceStore):
                 run_id = str((info or {}).get("run_id") or (info or {}).get("run_uuid") or "?")
                 yield Unreadable("run", run_id, f"server sent an unusable run ({exc!r})")
                 continue
-            self._remember_keys(run.run_id, _metric_keys(data))
+            self._remember(run.run_id, _latest_metrics(data))
             yield run
 
-    def _remember_keys(self, run_id: str, keys: list[str]) -> None:
+    def _remember(self, run_id: str, latest: list[dict]) -> None:
         with self._keys_lock:
-            self._metric_keys[run_id] = keys
-            while len(self._metric_keys) > self._config.rest_remembered_runs:
-                del self._metric_keys[next(iter(self._metric_keys))]
+            self._latest[run_id] = latest
+            while len(self._latest) > self._config.rest_remembered_runs:
+                del self._latest[next(iter(self._latest))]
+
+    def _latest_of(self, run_id: str) -> list[dict]:
+        with self._keys_lock:
+            latest = self._latest.get(run_id)
+        return latest if latest is not None else _latest_metrics(self._get_run(run_id))
+
+    def metric_summaries(self, runs: list[Run], keys: frozenset[str] | None, whole_history: bool = True) -> dict:
+        latest = {run.run_id: latest_summaries(self._latest_of(run.run_id), keys) for run in runs}
+        if not whole_history:
+            return latest
+        return self._histories.read(runs, {run_id: sorted(found) for run_id, found in latest.items()})
 
     # ---------------------------------------------------------------- metrics
 
@@ -275,10 +291,10 @@ class RestSource(RestModelsSource, SourceStore):
 
     def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
         with self._keys_lock:
-            keys = self._metric_keys.pop(run.run_id, None)
-        if keys is None:
-            keys = _metric_keys(self._get_run(run.run_id))
-        # The keys are sorted already (_metric_keys).
+            latest = self._latest.pop(run.run_id, None)
+        if latest is None:
+            latest = _latest_metrics(self._get_run(run.run_id))
+        keys = sorted({m["key"] for m in latest if "key" in m})
         yield from history_batches(keys, lambda key: self._history(run.run_id, key), self._config.metric_batch_rows)
 
     # ---------------------------------------------------------------- artifacts
