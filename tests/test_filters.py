@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.search_utils import SearchUtils
 
 from trackport.cli.main import cli
+from trackport.config import TransferConfig
 from trackport.opening import open_source
 from trackport.search import FilterError, parse
 from trackport.search.pushdown import mlflow_filter
@@ -132,6 +133,9 @@ def stores(target_server, tmp_path_factory):
         "sqlite": open_source(sqlite),
         "database": SqliteSource(sqlite, sqlite_path_from_uri(sqlite)),
         "bundle": open_source(str(root / "bundle")),
+        # The same filters evaluated by trackport alone, with nothing pushed down to the store.
+        "rest, all here": open_source(target_server.url, config=TransferConfig(search_pushdown=False)),
+        "sqlite, all here": open_source(sqlite, config=TransferConfig(search_pushdown=False)),
     }
     yield {"sources": opened, "experiment": name, "experiment_id": experiment_id, "ids": ids, "client": client}
     for source in opened.values():
@@ -209,6 +213,21 @@ def test_run_ids_in_a_filter(stores):
     for kind, source in stores["sources"].items():
         assert _names(source, selection) == ["a", "d"], kind
     assert _mlflow_search(stores, text) == ["a", "d"]
+
+
+def test_what_a_store_is_asked_to_do_it_does(stores):
+    """Pushdown: the store's own listing (before trackport's evaluator) is already narrowed
+    where the filter lets it; without pushdown it is every run."""
+    selection = Selection(experiments=(stores["experiment"],), filter="MIN(metrics.rmse) < 0 AND tags.size = '5'")
+    for kind, source in stores["sources"].items():
+        experiment = next(iter(source.list_experiments(selection)))
+        listed = [run.run_name for run in source.iter_runs(experiment, selection)]
+        if kind in ("sqlite", "database"):
+            assert listed == ["d"], kind
+        elif kind == "rest":
+            assert listed == ["a", "d"], kind  # MIN() stays with trackport: no server has it
+        else:
+            assert len(listed) == len(RUNS) - 1, kind
 
 
 def test_what_a_server_is_asked_is_a_superset(stores):

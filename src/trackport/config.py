@@ -21,6 +21,9 @@ class TransferConfig:
     rest_runs_page: int = 1000
     rest_history_page: int = 25_000  # what MLflow's own client asks for
     rest_run_ids_per_filter: int = 100
+    # Hand the parts of a run filter a store reads as trackport does to the store (a server's
+    # search, a database's SQL); off, every run is read and the filter applied here alone.
+    search_pushdown: bool = True
     rest_remembered_runs: int = 10_000  # runs whose metric keys a listing remembers for the reads after it
     retries: int = 7  # retries of a transient error (429, 5xx, reset); MLFLOW_HTTP_REQUEST_MAX_RETRIES overrides
     # A local sqlite store: histories up to this many points are sorted in memory, larger
@@ -33,6 +36,8 @@ class TransferConfig:
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
+            if isinstance(value, bool):
+                continue  # a switch
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TransferConfig.{name} must be a positive whole number, not {value!r}")
 

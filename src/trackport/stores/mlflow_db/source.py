@@ -26,6 +26,7 @@ from trackport.selection import resolve_experiments, select_runs
 from trackport.stores.base import Selection, SourceStore, StoreDescription
 from trackport.stores.mlflow_db.metric_order import rows_to_batch
 from trackport.stores.mlflow_db.models import ModelReading
+from trackport.stores.mlflow_db.pushdown import conditions
 from trackport.stores.mlflow_db.summaries import metric_summaries
 from trackport.stores.mlflow_db.tables import Database, chunks
 from trackport.stores.mlflow_db.uri import ARTIFACTS_PARAM, artifacts_root
@@ -135,6 +136,8 @@ class MlflowDatabaseSource(ModelReading, LocalArtifacts, SourceStore):
             q = q.where(r.c.lifecycle_stage != DELETED)
         if selection.run_ids:
             q = q.where(r.c.run_uuid.in_(list(selection.run_ids)))
+        if self._config.search_pushdown:
+            q = q.where(*conditions(db, selection))
         # trackport.selection.run_order: no start time last, then oldest first, then by id.
         q = q.order_by(r.c.start_time.is_(None), r.c.start_time, r.c.run_uuid)
         with db.engine.connect() as conn:

@@ -224,7 +224,7 @@ class RestSource(RestModelsSource, SourceStore):
         """The server's search with the selection pushed down: deleted state, the filter,
         run ids as `attributes.run_id IN (...)` clauses; in run_order, as MLflow sorts
         `attributes.start_time ASC` (no start time last, ties by run id)."""
-        user_filter = mlflow_filter(selection)
+        user_filter = mlflow_filter(selection) if self._config.search_pushdown else None
         if selection.run_ids:
             ids = list(dict.fromkeys(selection.run_ids))
             bad = [i for i in ids if not _RUN_ID.match(i)]
