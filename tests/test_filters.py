@@ -4,6 +4,7 @@ all holding the same runs; the same runs MLflow's own search returns where MLflo
 filter; and MIN/MAX/LATEST select what the histories below say they should."""
 from __future__ import annotations
 
+import json
 import math
 import uuid
 
@@ -255,3 +256,26 @@ def test_a_malformed_filter_is_a_bad_argument_on_the_command_line(sample_sqlite,
     lines = result.output.strip().splitlines()
     assert lines == ["error: --filter 'metrics.r2 >> 0.3', position 13: expected a number or a quoted string, found '>'"]
     assert not (tmp_path / "b").exists()
+
+
+def test_status_and_times_on_the_command_line(sample_sqlite, tmp_path):
+    """--status deleted takes the deleted runs only; --created-before takes an ISO date or
+    epoch ms; contradictions and bad times are bad arguments (exit 2), in one line."""
+    target = f"sqlite:///{tmp_path / 'deleted.db'}"
+    result = CliRunner().invoke(cli, ["copy", sample_sqlite, target, "--status", "deleted", "--json"])
+    assert result.exit_code == 0, result.output
+    with open_source(target) as copied:
+        everything = Selection(include_deleted=True)
+        assert _names(copied, everything) == ["deleted run"]
+    for args, message in [
+        (["--status", "active", "--include-deleted"], "--status active contradicts --include-deleted"),
+        (["--created-before", "last tuesday"], "'last tuesday' is neither epoch milliseconds nor an ISO date"),
+        (["--created-after", "2030-01-01", "--created-before", "2020-01-01"], "--created-after is later than --created-before"),
+    ]:
+        result = CliRunner().invoke(cli, ["export", sample_sqlite, str(tmp_path / "b"), *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1 and message in result.output, result.output
+    assert not (tmp_path / "b").exists()
+    result = CliRunner().invoke(cli, ["export", sample_sqlite, str(tmp_path / "early"), "--created-before", "2023-11-14T22:13:21Z", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["counts"]["runs"]["done"] == 2  # parent run and child, started by then
