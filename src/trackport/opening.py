@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from trackport.config import DEFAULT, TransferConfig, state_home
+from trackport.editing import RunEditor
 from trackport.errors import BadInputError, storage_error
 from trackport.stores.base import SinkStore, SourceStore
 from trackport.stores.registry import DATABASE, KNOWN, PATH, REST, SQLITE, local_path, locate
@@ -154,3 +155,30 @@ def state_dir_for(uri: str) -> Path:
     from trackport.bundle.layout import TRANSFER_DIR
 
     return local_path(uri) / TRANSFER_DIR
+
+
+def open_editor(uri: str, *, config: TransferConfig = DEFAULT, write: bool = True) -> RunEditor:
+    """A store whose runs can be tagged, renamed, deleted and restored in place: a tracking
+    server or a local sqlite store, holding the target's lock until it is closed (write=False:
+    read only, for a dry run, without the lock). A bundle, an mlruns folder and a server's
+    database are refused: they are records or read-only here."""
+    location = locate(uri)
+    if location.kind == REST:
+        from trackport.stores.rest.editor import RestEditor
+        from trackport.stores.rest.server import connect
+
+        client, info = connect(uri, "target", config=config)
+        try:
+            return RestEditor(client, uri, info, config=config, write=write)
+        except BaseException:
+            client.close()
+            raise
+    if location.kind == SQLITE:
+        from trackport.stores.sqlite.editor import SqliteEditor
+
+        return SqliteEditor(_sqlite_uri(uri), config=config, write=write)
+    what = "a tracking server's database is read only" if location.kind == DATABASE else "bundles and mlruns folders are read only"
+    raise BadInputError(
+        f"{uri}: cannot edit runs here ({what}); runs are edited in a tracking server (http(s)://..., databricks)"
+        " or a local sqlite store (sqlite:///path/mlflow.db)"
+    )
