@@ -6,6 +6,8 @@ as Arrow record batches (see METRIC_SCHEMA) because runs can hold millions of po
 """
 from __future__ import annotations
 
+import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, NewType
 
@@ -18,6 +20,28 @@ SourceExperimentId = NewType("SourceExperimentId", str)
 TargetExperimentId = NewType("TargetExperimentId", str)
 SourceRunId = NewType("SourceRunId", str)
 TargetRunId = NewType("TargetRunId", str)
+
+# MLflow's rules for the keys and values of a run's params, tags and metrics (its
+# utils/validation.py, as a server on Linux applies them).
+MAX_KEY_LENGTH = 250
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+_VALID_KEY = re.compile(r"^[/\w.\- :]*$")
+
+
+def key_problem(key: str) -> str | None:
+    """Why MLflow's server would refuse a param, tag or metric key; None when it takes it."""
+    if not key:
+        return "a key cannot be empty"
+    if len(key) > MAX_KEY_LENGTH:
+        return f"it is longer than {MAX_KEY_LENGTH} characters"
+    if not _VALID_KEY.match(key):
+        return "it may only hold letters, digits, spaces and _ - . : /"
+    normal = posixpath.normpath(key)
+    if normal != key or normal == "." or normal.startswith(("..", "/")):
+        return f"it would resolve to another name as a path ({normal!r})"
+    return None
+
 
 ACTIVE = "active"
 DELETED = "deleted"

@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
-import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from trackport.domain import MAX_TAG_VALUE, key_problem
 from trackport.errors import BadInputError, storage_error
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
-# MLflow's rules for a run's tag (utils/validation.py, as a server on Linux applies them).
-MAX_TAG_KEY = 250
-MAX_TAG_VALUE = 8000
-_VALID_KEY = re.compile(r"^[/\w.\- :]*$")
 
 RECORD_FILE = "deletions.jsonl"
 DELETED_STATE, ACTIVE_STATE = "deleted", "active"
@@ -44,15 +39,9 @@ class RunChange:
 def check_tags(tags: Mapping[str, str]) -> None:
     """Refuse (BadInputError) a run tag MLflow would refuse, before anything is changed."""
     for key, value in tags.items():
-        normal = posixpath.normpath(key) if key else ""
-        if not key:
-            raise BadInputError("a tag needs a key")
-        if len(key) > MAX_TAG_KEY:
-            raise BadInputError(f"tag key {key[:40]!r}... is longer than {MAX_TAG_KEY} characters")
-        if not _VALID_KEY.match(key):
-            raise BadInputError(f"tag key {key!r} may only hold letters, digits, spaces and _ - . : /")
-        if normal != key or normal == "." or normal.startswith(("..", "/")):
-            raise BadInputError(f"tag key {key!r} would resolve to another name as a path ({normal!r})")
+        problem = key_problem(key)
+        if problem:
+            raise BadInputError(f"tag key {key[:80]!r} is refused: {problem}")
         if len(value) > MAX_TAG_VALUE:
             raise BadInputError(f"the value of tag {key!r} is longer than {MAX_TAG_VALUE} characters")
 

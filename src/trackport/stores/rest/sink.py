@@ -10,7 +10,6 @@ is never imported here.
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,10 @@ from urllib.parse import urlsplit
 
 from trackport.config import DEFAULT, TransferConfig, state_home
 from trackport.domain import (
+    MAX_KEY_LENGTH,
+    MAX_PARAM_VALUE,
+    MAX_TAG_VALUE,
+    key_problem,
     DELETED,
     PARENT_RUN_ID_TAG,
     RUN_NAME_TAG,
@@ -59,13 +62,6 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
-MAX_PARAM_VALUE = 6000
-MAX_TAG_VALUE = 8000
-MAX_KEY = 250
-# The names MLflow's server takes for params, tags and metrics (utils/validation.py, on a
-# server that is not Windows): checked before a run is created, so a run the server would
-# refuse half-way is refused before anything of it is there.
-_VALID_KEY = re.compile(r"^[/\w.\- :]*$")
 # Asking again for a run or experiment whose creation got no answer (the server may have
 # acted): the creation is checked for, and undone or adopted, before each new attempt.
 CREATE_ATTEMPTS = 5
@@ -229,11 +225,13 @@ class RestSink(RestRegistrySink, SinkStore):
         for kind, values, limit in (("param", params, MAX_PARAM_VALUE), ("tag", tags, MAX_TAG_VALUE)):
             checked = {}
             for key, value in values.items():
-                if len(key) > MAX_KEY or not _VALID_KEY.match(key) or _not_unique(key):
+                # Checked before the run is created: a run the server would refuse half-way
+                # is refused before anything of it is there.
+                if key_problem(key):
                     shown = key if len(key) <= 80 else key[:77] + "..."
                     raise UnitError(
                         f"{kind} key {shown!r} ({len(key)} characters) of run {run.run_name!r} is not one the target"
-                        f" takes (at most {MAX_KEY} characters: letters, digits, _ - . space : /, no '..' or"
+                        f" takes (at most {MAX_KEY_LENGTH} characters: letters, digits, _ - . space : /, no '..' or"
                         " leading '/'); nothing of the run was written"
                     )
                 if len(value) > limit:
@@ -368,12 +366,6 @@ class RestSink(RestRegistrySink, SinkStore):
                 dataset["profile"] = ds.profile
             datasets.append({"tags": [{"key": k, "value": v} for k, v in ds.tags.items()], "dataset": dataset})
         self._post("runs/log-inputs", {"run_id": run_id, "datasets": datasets})
-
-
-def _not_unique(key: str) -> bool:
-    """MLflow's path_not_unique: a key must be its own normalised path."""
-    norm = posixpath.normpath(key)
-    return norm != key or norm == "." or norm.startswith("..") or norm.startswith("/")
 
 
 def _losses_value(losses: list[str]) -> str:
