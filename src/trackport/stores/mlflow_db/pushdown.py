@@ -81,9 +81,12 @@ def _metric(db: Database, clause: Clause) -> Any:
     if clause.aggregate in ("MIN", "MAX"):
         m = db.tables["metrics"]
         pick = sa.func.min if clause.aggregate == "MIN" else sa.func.max
+        # `key || ''` keeps the planner off the primary key (key, ...), which would scan every
+        # point of the key in the store once per run; by (run_uuid, key, step) it reads the
+        # run's own points.
         value = (
             sa.select(pick(m.c.value))
-            .where(m.c.run_uuid == runs.c.run_uuid, m.c.key == clause.key, m.c.is_nan == sa.false())
+            .where(m.c.run_uuid == runs.c.run_uuid, m.c.key.concat("") == clause.key, m.c.is_nan == sa.false())
             .scalar_subquery()
         )
         return _compare(value, clause)
