@@ -14,7 +14,6 @@ from trackport.samples import sample_store
 from trackport.selection import runs_of
 from trackport.stores.base import Selection, Unreadable
 from trackport.stores.mlflow_db.sqlite import SqliteSource
-from trackport.transfer.plan import plan_experiments
 
 KINDS = ["rest", "sqlite", "database", "mlruns", "bundle"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, ContextManager, Iterable, Iterator
+from typing import BinaryIO, Callable, ContextManager, Iterable
 
 from trackport.domain import (
     DELETED,
@@ -27,7 +27,7 @@ from trackport.domain import (
     Run,
 )
 from trackport.errors import BadInputError
-from trackport.kinds import LOGGED_MODEL, Unit
+from trackport.kinds import LOGGED_MODEL
 from trackport.models import metric_value_to_json
 from trackport.runs.listing import (
     SOURCE_NAME_TAG,
@@ -39,7 +39,7 @@ from trackport.runs.listing import (
 )
 from trackport.search import metric_summaries
 from trackport.selection import runs_of
-from trackport.stores.base import Selection, SourceStore, Unreadable
+from trackport.stores.base import Selection, SourceStore, Unreadable, read_units
 
 NOTE_TAG = "mlflow.note.content"
 ENTRY_POINT_TAG = "mlflow.project.entryPoint"
@@ -204,7 +204,7 @@ def _logged_models(source: SourceStore, experiment: Experiment, run: Run) -> tup
     """The logged models whose source run this is, and the experiment's logged models the
     source could not read (one of them may be this run's)."""
     entries, unreadable = [], []
-    for unit in _logged_model_units(source, experiment):
+    for unit in read_units(source, LOGGED_MODEL, experiment, Selection(include_deleted=True)) or ():
         if isinstance(unit, Unreadable):
             unreadable.append(unit)
         elif unit.refs.get("run") == run.run_id:
@@ -214,16 +214,6 @@ def _logged_models(source: SourceStore, experiment: Experiment, run: Run) -> tup
                 _environment(files, "", lambda path, u=unit: source.open_unit_artifact(u, path)),
             ))
     return tuple(entries), tuple(unreadable)
-
-
-def _logged_model_units(source: SourceStore, experiment: Experiment) -> Iterator[Unit | Unreadable]:
-    """The experiment's logged models, from a store that holds documents of any kind (a
-    bundle: iter_units) or one that reads logged models (iter_logged_models); none from a
-    store that holds none (as trackport.transfer.units.DocumentUnits.listing finds them)."""
-    if hasattr(source, "iter_units"):
-        return source.iter_units(LOGGED_MODEL, experiment)
-    read = getattr(source, f"iter_{LOGGED_MODEL.plural}", None)
-    return iter(()) if read is None else read(experiment)
 
 
 def _legacy_models(source: SourceStore, run: Run, artifacts: Iterable[ArtifactFile]) -> tuple[ModelEntry, ...]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, ContextManager, Iterator, Protocol
+from typing import Any, BinaryIO, ContextManager, Iterator, Protocol
 
 import pyarrow as pa
 
+from trackport.kinds import UnitKind
 from trackport.domain import (
     ArtifactFile,
     Capabilities,
@@ -174,6 +175,16 @@ class SourceStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_units(source: SourceStore, kind: UnitKind, experiment: Experiment | None, everything: Selection) -> Iterator[Any] | None:
+    """The source's units of a kind, of the experiment (None: of the workspace, as
+    `everything` selects): from a store that holds documents of any kind (iter_units) or one
+    that reads the kind (iter_<plural>); None when the source holds no units of the kind."""
+    if hasattr(source, "iter_units"):
+        return source.iter_units(kind, experiment)
+    read = getattr(source, f"iter_{kind.plural}", None)
+    return None if read is None else read(everything if experiment is None else experiment)
 
 
 class RunContent(Protocol):

@@ -27,7 +27,7 @@ import pyarrow as pa
 from trackport import kinds
 from trackport.domain import DELETED, PARENT_RUN_ID_TAG, ArtifactFile, Experiment, Run, SourceRunId
 from trackport.selection import runs_of
-from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable, UnitWriteResult
+from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable, UnitWriteResult, read_units
 
 Key = tuple[str, str]  # (kind name, source id)
 
@@ -197,11 +197,8 @@ class DocumentUnits(UnitType):
         self.kind = kind
 
     def listing(self, source: SourceStore, experiment: Experiment | None, everything: Selection) -> Iterator[Any] | None:
-        """experiment None: the workspace's units (iter_units(kind, None) / iter_<plural>(selection))."""
-        if hasattr(source, "iter_units"):  # a store that holds documents of any kind
-            return source.iter_units(self.kind, experiment)
-        read = getattr(source, f"iter_{self.kind.plural}", None)
-        return None if read is None else read(everything if experiment is None else experiment)
+        """experiment None: the workspace's units."""
+        return read_units(source, self.kind, experiment, everything)
 
     def _sink_method(self, sink: SinkStore, verb: str) -> Callable | None:
         """sink.put_unit / find_unit (any kind), else put_<kind> / find_<kind>."""
