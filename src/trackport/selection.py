@@ -22,6 +22,7 @@ from trackport.domain import DELETED, Experiment, Run
 from trackport.errors import BadInputError
 from trackport.kinds import MODEL_VERSION, REGISTERED_MODEL, Unit, UnitKind
 from trackport.models import name_matches, split_version_id
+from trackport.search import filter_runs
 from trackport.stores.base import Selection, SourceStore, Unreadable
 
 T = TypeVar("T")  # anything with .experiment_id and .name (an Experiment, a database row)
@@ -120,8 +121,6 @@ def runs_of(source: SourceStore, experiment: Experiment, selection: Selection) -
     if selection.created_after is not None or selection.created_before is not None:
         runs = (r for r in runs if isinstance(r, Unreadable) or created_within(r, selection.created_after, selection.created_before))
     if selection.filter:
-        from trackport.search import filter_runs
-
         runs = filter_runs(source, runs, selection.filter)
     return runs
 

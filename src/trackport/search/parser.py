@@ -54,7 +54,6 @@ class Clause:
     comparator: str  # upper case: one of the *_COMPARATORS
     value: float | int | str | tuple[str, ...] | None
     aggregate: str | None = None  # MIN | MAX | LATEST, metrics only
-    quoted: bool = True  # the value was written as a string (False: a number, taken as text)
 
 
 @dataclass(frozen=True)
@@ -186,7 +185,7 @@ class _Parser:
             value = float(value) if kind == METRIC else _integer(self, value_token, value)
         elif not quoted and kind in (ATTRIBUTE, DATASET):
             raise self.fail(value_token, f"expected a quoted string for {kind} {key!r}")
-        return Clause(kind, key, comparator, value, aggregate, quoted)
+        return Clause(kind, key, comparator, value, aggregate)
 
     def operand(self) -> tuple[str, str, str | None]:
         token = self.peek()

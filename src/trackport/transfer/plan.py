@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from trackport import kinds
 from trackport.domain import DELETED, Capabilities, Experiment
 from trackport.errors import BadInputError
+from trackport.search import parse
 from trackport.selection import runs_of, select_workspace_units, takes_registry
 from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
 from trackport.transfer.units import unit_types, workspace_unit_types
@@ -69,8 +70,6 @@ def plan_experiments(source: SourceStore, selection: Selection, *, holds_more: b
     its registry, so holding no runs is no reason to refuse)."""
     where = source.describe().uri
     if selection.filter:
-        from trackport.search import parse
-
         parse(selection.filter)  # a malformed filter is refused before anything is opened for writing
     planned = []
     for unit in source.list_experiments(dataclasses.replace(selection, include_deleted=True)):
