@@ -13,7 +13,6 @@ from typing import Any, BinaryIO, ContextManager, Iterator, Protocol
 
 import pyarrow as pa
 
-from trackport.kinds import UnitKind
 from trackport.domain import (
     ArtifactFile,
     Capabilities,
@@ -25,6 +24,7 @@ from trackport.domain import (
     TargetRunId,
     summarize,
 )
+from trackport.kinds import UnitKind
 
 
 @dataclass(frozen=True)
