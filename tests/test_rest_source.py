@@ -165,9 +165,9 @@ def test_history_with_and_without_remembered_keys(source, source_server):
     """The 1000-point history, read both right after iter_runs and for a Run met otherwise."""
     exp = next(e for e in source.list_experiments(ALL) if e.name == sample_store.EXPERIMENT_A)
     parent = next(r for r in source.iter_runs(exp, ALL) if r.run_name == "parent run")
-    assert parent.run_id in source._metric_keys
+    assert parent.run_id in source._latest
     first = pa.Table.from_batches(list(source.iter_metric_batches(parent)))
-    assert parent.run_id not in source._metric_keys  # popped when used
+    assert parent.run_id not in source._latest  # popped when used
     other = open_rest(source_server.url)
     try:
         second = pa.Table.from_batches(list(other.iter_metric_batches(parent)))  # via runs/get
@@ -418,7 +418,7 @@ def test_remembered_keys_are_bounded(source_server):
     try:
         exp = next(e for e in source.list_experiments(ALL) if e.name == sample_store.EXPERIMENT_A)
         runs = list(source.iter_runs(exp, ALL))
-        assert list(source._metric_keys) == [runs[-1].run_id]
+        assert list(source._latest) == [runs[-1].run_id]
         parent = runs[0]
         table = pa.Table.from_batches(list(source.iter_metric_batches(parent)))  # via runs/get
         assert table.num_rows == len(sample_store.PARENT_METRICS) + len(sample_store.EVAL_METRICS)
