@@ -12,7 +12,7 @@ import click
 from trackport import __version__, kinds
 from trackport.cli import render
 from trackport.cli.runs import runs_group
-from trackport.cli.options import selection_options, sink_options, transfer_options
+from trackport.cli.options import rename_options, selection_options, sink_options, transfer_options
 from trackport.cli.running import (
     check_target, fail_cleanly, internal_error, resolve_selection, run_transfer, show, transfer_config,
 )
@@ -86,11 +86,12 @@ def export_command(source, bundle, selection, workers, as_json):
 @selection_options
 @transfer_options
 @sink_options
+@rename_options
 @fail_cleanly
-def import_command(bundle, target, selection, workers, as_json, sink):
+def import_command(bundle, target, selection, workers, as_json, sink, renames):
     """Replay the bundle BUNDLE into the store TARGET (all it holds, deleted units included,
     unless --exclude-deleted or another selection says otherwise)."""
-    _into_store(open_bundle_source, bundle, target, selection, workers, as_json, sink)
+    _into_store(open_bundle_source, bundle, target, selection, workers, as_json, sink, renames)
 
 
 @cli.command("copy")
@@ -99,18 +100,19 @@ def import_command(bundle, target, selection, workers, as_json, sink):
 @selection_options
 @transfer_options
 @sink_options
+@rename_options
 @fail_cleanly
-def copy_command(source, target, selection, workers, as_json, sink):
+def copy_command(source, target, selection, workers, as_json, sink, renames):
     """Copy straight from store SOURCE to store TARGET, without a bundle."""
-    _into_store(open_source, source, target, selection, workers, as_json, sink)
+    _into_store(open_source, source, target, selection, workers, as_json, sink, renames)
 
 
-def _into_store(opener, source, target, selection, workers, as_json, sink_options) -> None:
+def _into_store(opener, source, target, selection, workers, as_json, sink_options, renames) -> None:
     """import and copy: a transfer from what opener opens into the store TARGET."""
     check_target(source, target)
     config = transfer_config(workers)
     sink = lambda: open_sink(target, config=config, **sink_options)  # noqa: E731
-    show(run_transfer(opener(source, config=config), sink, selection, config, as_json), as_json)
+    show(run_transfer(opener(source, config=config), sink, selection, config, as_json, renames), as_json)
 
 
 @cli.command("verify")
@@ -124,9 +126,10 @@ def _into_store(opener, source, target, selection, workers, as_json, sink_option
     help="fast: runs, point counts and artifact sizes; full: every field, point and byte.",
 )
 @selection_options
+@rename_options
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @fail_cleanly
-def verify_stores_command(source, target, level, selection, as_json):
+def verify_stores_command(source, target, level, selection, renames, as_json):
     """Prove that TARGET holds what SOURCE holds (a store or a bundle on either side)."""
     from trackport.transfer.compare import compare_stores
     from trackport.transfer.plan import plan_transfer
@@ -139,8 +142,8 @@ def verify_stores_command(source, target, level, selection, as_json):
         expected.close()
         raise
     try:
-        taken = plan_transfer(expected, resolve_selection(expected, **selection)).selection  # with --model: the runs behind
-        differences = [str(d) for d in compare_stores(expected, actual, taken, level=level)]
+        plan = plan_transfer(expected, resolve_selection(expected, **selection), renames)  # with --model: the runs behind
+        differences = [str(d) for d in compare_stores(expected, actual, plan.selection, level=level, renames=renames)]
     finally:
         expected.close()
         actual.close()

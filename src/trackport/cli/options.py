@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import datetime
 import functools
+from pathlib import Path
 
 import click
 
 from trackport.config import TransferConfig
+from trackport.errors import TrackportError
+from trackport.renames import Renames
 from trackport.stores.base import EXISTING_MODEL_POLICIES, LONG_VALUE_POLICIES
 
 SELECTION_NAMES = (
@@ -135,6 +138,50 @@ def run_filter_options(command):
         " history, e.g. \"metrics.r2 > 0.3 AND MIN(metrics.rmse) <= 1\" (any source).",
     )(command)
     return command
+
+
+def _pairs(option: str, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for value in values:
+        old, sep, new = value.partition("=")
+        if not sep or not old or not new:
+            raise click.UsageError(f"{option} {value!r}: expected OLD=NEW")
+        pairs.append((old, new))
+    return tuple(pairs)
+
+
+def rename_options(command):
+    """--rename-experiment, --rename-experiment-prefix, --rename-file, handed to the command
+    as one trackport.renames.Renames `renames`."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        names, prefixes, path = (kwargs.pop(k) for k in ("rename_experiment", "rename_experiment_prefix", "rename_file"))
+        try:
+            renames = Renames(_pairs("--rename-experiment", names), _pairs("--rename-experiment-prefix", prefixes))
+        except TrackportError as exc:
+            raise click.UsageError(str(exc)) from None
+        try:
+            kwargs["renames"] = renames.merged(Renames.from_file(Path(path))) if path else renames
+        except TrackportError as exc:  # this wrapper runs outside the command's fail_cleanly
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
+        return command(*args, **kwargs)
+
+    decorated = click.option(
+        "--rename-file", metavar="FILE", help="Experiment names to change: a CSV with the header old,new, or a JSON object."
+    )(wrapper)
+    decorated = click.option(
+        "--rename-experiment-prefix",
+        multiple=True,
+        metavar="OLD=NEW",
+        help="Experiments whose names start with OLD take NEW instead, e.g. /Users/a/=/Shared/b/ (repeatable;"
+        " the longest matching prefix wins; an exact --rename-experiment before any prefix).",
+    )(decorated)
+    return click.option(
+        "--rename-experiment", multiple=True, metavar="OLD=NEW", help="Write experiment OLD as NEW in the target (repeatable)."
+    )(decorated)
 
 
 def sink_options(command):

@@ -16,6 +16,7 @@ from trackport.cli import render
 from trackport.cli.progress import ProgressBars
 from trackport.config import TransferConfig
 from trackport.errors import BadInputError, ExitCode, InternalError, TrackportError, reason, storage_error
+from trackport.renames import Renames
 from trackport.stores.base import Selection, SinkStore, SourceStore
 from trackport.stores.registry import locate, refuse_same_store
 from trackport.transfer import Summary, transfer
@@ -96,11 +97,13 @@ def resolve_selection(
     )
 
 
-def run_transfer(source: SourceStore, make_sink, options: dict, config: TransferConfig, as_json: bool = False) -> Summary:
+def run_transfer(
+    source: SourceStore, make_sink, options: dict, config: TransferConfig, as_json: bool = False, renames: Renames = Renames()
+) -> Summary:
     try:
         selection = resolve_selection(source, **options)
         # Plan before the sink exists, so that bad input leaves nothing behind in the target.
-        plan = plan_transfer(source, selection)
+        plan = plan_transfer(source, selection, renames)
         sink: SinkStore = make_sink()
     except BaseException:
         source.close()

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from trackport.domain import METRIC_SCHEMA, PARENT_RUN_ID_TAG, Experiment, Run
 from trackport.stores.base import Selection, SourceStore, Unreadable
+from trackport.renames import Renames
 from trackport.selection import runs_of, select_workspace_units, takes_registry
 from trackport.transfer.compare_units import compare_units, sha256_of
 from trackport.transfer.units import unit_types, workspace_unit_types
@@ -49,6 +50,7 @@ def compare_stores(
     *,
     level: str = "full",
     run_id_map: Callable[[str], str | None] | None = None,
+    renames: Renames = Renames(),
     clamps_infinity: bool | None = None,
 ) -> Iterator[Difference]:
     """Every difference between what `expected` holds in the selection and what `actual`
@@ -77,7 +79,7 @@ def compare_stores(
             yield Difference(f"experiment {experiment.source_id}", f"unreadable: {experiment.reason}")
             continue
         where = f"experiment {experiment.name!r}"
-        other = actual_experiments.get(experiment.name)
+        other = actual_experiments.get(renames.experiment(experiment.name))
         if other is None:
             yield Difference(where, "missing")
             continue

@@ -23,6 +23,7 @@ from typing import Callable
 from trackport.config import DEFAULT, TransferConfig
 from trackport.domain import DELETED, Experiment, TargetExperimentId
 from trackport.errors import BadInputError, FatalError, InternalError, TrackportError, reason as _reason, storage_error
+from trackport.renames import Renames
 from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
 from trackport.transfer.idmap import IdMap
 from trackport.transfer.ledger import Ledger
@@ -56,16 +57,18 @@ def transfer(
     config: TransferConfig = DEFAULT,
     on_progress: ProgressCallback | None = None,
     plan: Plan | None = None,
+    renames: Renames = Renames(),
 ) -> Summary:
     """Move the selection from source to sink and return what happened.
 
     Fatal errors (FatalError) propagate at once, with `.summary` holding what was done; a
     unit that fails is recorded in the summary and the ledger, and the rest goes on.
     Re-running the same transfer skips what the sink already holds complete. plan: what
-    plan_transfer(source, selection) gave, where the caller planned before opening the sink.
+    plan_transfer(source, selection, renames) gave, where the caller planned before opening the
+    sink. renames: the names experiments take in the target (with a plan, the plan's).
     """
     started = time.monotonic()
-    plan = plan or plan_transfer(source, selection)
+    plan = plan or plan_transfer(source, selection, renames)
     selection, planned = plan.selection, plan.experiments
     source_description, target = source.describe(), sink.describe()
     if source_description.identity and source_description.identity == target.identity:
@@ -73,7 +76,7 @@ def transfer(
     state_dir = sink.state_dir()
     notice = claim_records(state_dir, target)
     sink.begin(source_description, selection)
-    run = _Transfer(source, sink, selection, IdMap(state_dir), Ledger(state_dir), config, on_progress)
+    run = _Transfer(source, sink, selection, IdMap(state_dir), Ledger(state_dir), config, on_progress, plan.renames)
     run.planned["experiment"] = len(planned)
     run.count_runs_up_front([p.unit for p in planned if isinstance(p.unit, Experiment)])
     if notice:
@@ -121,8 +124,10 @@ class _Transfer:
         ledger: Ledger,
         config: TransferConfig,
         on_progress: ProgressCallback | None,
+        renames: Renames,
     ) -> None:
         self.source = source
+        self.renames = renames
         self.sink = sink
         self.selection = selection
         self.everything = dataclasses.replace(selection, include_deleted=True)
@@ -240,7 +245,7 @@ class _Transfer:
         if runs is None:
             return
         try:
-            written = self.sink.put_experiment(experiment)
+            written = self.sink.put_experiment(dataclasses.replace(experiment, name=self.renames.experiment(name)))
         except Exception as exc:  # noqa: BLE001 - recorded, reported, counted
             reason = self.unit_failure(exc, "experiment", exp_id)
             problem = self._each_unit(

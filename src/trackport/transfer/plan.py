@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from trackport import kinds
 from trackport.domain import DELETED, Capabilities, Experiment
 from trackport.errors import BadInputError
+from trackport.renames import Renames
 from trackport.search import parse
 from trackport.selection import runs_of, select_workspace_units, takes_registry
 from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
@@ -30,11 +31,13 @@ class Plan:
     # versions as run ids (their deleted ones too: a version needs its run).
     selection: Selection
     experiments: list[PlannedExperiment]
+    renames: Renames = Renames()  # the names the experiments take in the target
 
 
-def plan_transfer(source: SourceStore, selection: Selection) -> Plan:
+def plan_transfer(source: SourceStore, selection: Selection, renames: Renames = Renames()) -> Plan:
     """What the transfer will take; BadInputError (nothing written yet) for a selection
-    that takes nothing, so an empty store or a typo never produces an empty target."""
+    that takes nothing, so an empty store or a typo never produces an empty target, or for
+    renames that would write two experiments into one."""
     where = source.describe().uri
     if (selection.models or selection.models_only) and (selection.experiments or selection.narrows_runs):
         raise BadInputError(
@@ -54,7 +57,9 @@ def plan_transfer(source: SourceStore, selection: Selection) -> Plan:
         if not runs:
             return Plan(selection, [])
         selection = dataclasses.replace(selection, run_ids=tuple(runs), include_deleted=True, runs_from_models=True)
-    return Plan(selection, plan_experiments(source, selection, holds_more=holds_registry))
+    planned = plan_experiments(source, selection, holds_more=holds_registry)
+    renames.check(p.unit.name for p in planned if isinstance(p.unit, Experiment))
+    return Plan(selection, planned, renames)
 
 
 def _listing(source: SourceStore, kind: kinds.UnitKind, selection: Selection):
