@@ -19,6 +19,7 @@ from typing import Iterable, Mapping, Sequence
 
 from trackport.domain import MAX_TAG_VALUE, key_problem
 from trackport.errors import BadInputError, storage_error
+from trackport.locking import TargetLock
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
@@ -60,6 +61,18 @@ class RunEditor(ABC):
     # runs.deleted_time). Where it does not (a server's REST API), deletion_times() gives
     # the times trackport recorded when it deleted runs itself.
     knows_deletion_times: bool = False
+    # The target's lock while the editor may write; None when opened for reading only.
+    _lock: TargetLock | None = None
+
+    def _writable(self) -> None:
+        """Refuse a change through an editor opened for reading only (a dry run)."""
+        if self._lock is None:
+            raise BadInputError(f"{self.uri} was opened for reading only")
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @abstractmethod
     def edit_tags(self, run_id: str, set_tags: Mapping[str, str], delete_keys: Sequence[str]) -> None:

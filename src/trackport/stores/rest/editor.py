@@ -58,13 +58,7 @@ class RestEditor(RestSource, RunEditor):
         try:
             RestSource.close(self)
         finally:
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
-
-    def _writable(self) -> None:
-        if self._lock is None:
-            raise BadInputError(f"{self.uri} was opened for reading only")
+            self._release()
 
     def _post(self, endpoint: str, body: dict) -> dict:
         """One change; MLflow's refusal of it (a bad key, a missing run) is bad input."""

@@ -47,7 +47,6 @@ class SqliteEditor(SqliteSource, RunEditor):
         path = sqlite_path_from_uri(bare)
         if not path.is_file():  # an edit never makes a store
             raise BadInputError(f"no MLflow sqlite store at {path}: check the path (sqlite:///relative or sqlite:////absolute)")
-        self._lock: TargetLock | None = None
         if write:
             self._lock = TargetLock(sqlite_state_dir(path), str(path))
             try:
@@ -66,14 +65,11 @@ class SqliteEditor(SqliteSource, RunEditor):
         try:
             SqliteSource.close(self)
         finally:
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            self._release()
 
     def _transaction(self, change: Callable[[sqlite3.Cursor], T]) -> T:
         """change(cursor) in one transaction, committed whole or not at all."""
-        if self._lock is None:
-            raise BadInputError(f"{self.uri} was opened for reading only")
+        self._writable()
         try:
             with closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)) as con:
                 cursor = con.cursor()
