@@ -17,7 +17,7 @@ LAYERS = [
     ["trackport.errors"],
     ["trackport.domain", "trackport.config", "trackport._files", "trackport.kinds", "trackport.locking", "trackport.renames"],
     ["trackport.stores.base", "trackport.provenance", "trackport.models", "trackport.editing"],
-    ["trackport.search"],
+    ["trackport.search", "trackport.fingerprint", "trackport.patching"],
     ["trackport.selection"],
     ["trackport.transfer", "trackport.stores", "trackport.bundle", "trackport.runs"],
     ["trackport.opening"],
