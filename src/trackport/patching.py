@@ -39,6 +39,7 @@ class RunPatch:
     inputs: tuple[DatasetInput, ...] = ()  # dataset inputs the target lacks
     artifacts: tuple[ArtifactFile, ...] = ()  # files to write (new, or of another size), from content
     lifecycle_stage: str | None = None  # "active" (restore) or "deleted" (soft delete)
+    deleted_time: int | None = None  # with "deleted": the source's time, where the target keeps one
 
     @property
     def empty(self) -> bool:

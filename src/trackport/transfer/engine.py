@@ -32,7 +32,7 @@ from trackport.transfer.plan import DELETED_REASON, IN_DELETED_EXPERIMENT, Plan,
 from trackport.transfer.scheduler import ExperimentUnits
 from trackport.transfer.summary import Failure, Summary
 from trackport.transfer.target_records import claim_records
-from trackport.transfer.units import Moved, UnitType, unit_types, workspace_unit_types
+from trackport.transfer.units import Moved, RunUnits, UnitType, unit_types, workspace_unit_types
 
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -58,6 +58,7 @@ def transfer(
     on_progress: ProgressCallback | None = None,
     plan: Plan | None = None,
     renames: Renames = Renames(),
+    run_units: RunUnits | None = None,
 ) -> Summary:
     """Move the selection from source to sink and return what happened.
 
@@ -66,6 +67,7 @@ def transfer(
     Re-running the same transfer skips what the sink already holds complete. plan: what
     plan_transfer(source, selection, renames) gave, where the caller planned before opening the
     sink. renames: the names experiments take in the target (with a plan, the plan's).
+    run_units: how runs are moved, where not as RunUnits does (a sync, an incremental export).
     """
     started = time.monotonic()
     plan = plan or plan_transfer(source, selection, renames)
@@ -76,7 +78,7 @@ def transfer(
     state_dir = sink.state_dir()
     notice = claim_records(state_dir, target)
     sink.begin(source_description, selection)
-    run = _Transfer(source, sink, selection, IdMap(state_dir), Ledger(state_dir), config, on_progress, plan.renames)
+    run = _Transfer(source, sink, selection, IdMap(state_dir), Ledger(state_dir), config, on_progress, plan.renames, run_units)
     run.planned["experiment"] = len(planned)
     run.count_runs_up_front([p.unit for p in planned if isinstance(p.unit, Experiment)])
     if notice:
@@ -125,6 +127,7 @@ class _Transfer:
         config: TransferConfig,
         on_progress: ProgressCallback | None,
         renames: Renames,
+        run_units: RunUnits | None = None,
     ) -> None:
         self.source = source
         self.renames = renames
@@ -136,7 +139,7 @@ class _Transfer:
         self.summary = Summary()
         self.on_progress = on_progress
         self.config = config
-        self.types = unit_types()
+        self.types = unit_types(run_units)
         self.workspace_types = workspace_unit_types()
         self._types = {t.kind.name: t for t in self.types + self.workspace_types}
         self.failed: set[tuple[str, str]] = set()  # units failed in this transfer: their dependents fail too

@@ -274,9 +274,10 @@ def register_type(unit_type: UnitType) -> None:
     _TYPES[unit_type.kind.name] = unit_type
 
 
-def unit_types() -> list[UnitType]:
-    """Every kind moved inside an experiment, in dependency order: runs, then the others."""
-    return [RunUnits()] + [_TYPES.get(k.name) or DocumentUnits(k) for k in kinds.generic_kinds()]
+def unit_types(run_units: RunUnits | None = None) -> list[UnitType]:
+    """Every kind moved inside an experiment, in dependency order: runs (as run_units moves
+    them, RunUnits by default), then the others."""
+    return [run_units or RunUnits()] + [_TYPES.get(k.name) or DocumentUnits(k) for k in kinds.generic_kinds()]
 
 
 def workspace_unit_types() -> list[UnitType]:
