@@ -40,6 +40,9 @@ class RunPatch:
     artifacts: tuple[ArtifactFile, ...] = ()  # files to write (new, or of another size), from content
     lifecycle_stage: str | None = None  # "active" (restore) or "deleted" (soft delete)
     deleted_time: int | None = None  # with "deleted": the source's time, where the target keeps one
+    # The target run is deleted now: a store that cannot change a deleted run (a server)
+    # restores it first and deletes it again at the end unless lifecycle_stage says "active".
+    target_deleted: bool = False
 
     @property
     def empty(self) -> bool:
