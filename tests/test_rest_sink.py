@@ -338,9 +338,9 @@ def test_long_histories_arrive_whole(target_server, tmp_path):
         source = TinySource(Experiment("7", name), [(run, [("loss", i, i, 1.0 / (i + 1)) for i in range(n)], {})])
         with rest_sink(target_server.url, tmp_path) as sink:
             exp = sink.put_experiment(source.experiments[0]).target_experiment_id
-            from trackport.transfer.units import _SourceRunContent
+            from trackport.transfer.units import SourceRunContent
 
-            result = sink.put_run(run, exp, _SourceRunContent(source, run))
+            result = sink.put_run(run, exp, SourceRunContent(source, run))
         assert result.metric_points == n
         history = client.get_metric_history(result.target_run_id, "loss")
         assert sorted((m.step, m.value) for m in history) == [(i, 1.0 / (i + 1)) for i in range(n)]

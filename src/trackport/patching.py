@@ -45,12 +45,17 @@ class RunPatch:
     target_deleted: bool = False
 
     @property
-    def empty(self) -> bool:
-        return not (
+    def changes_content(self) -> bool:
+        """Whether it changes more than the run's lifecycle."""
+        return bool(
             self.run_name is not None or self.status is not None or self.end_time is not None
             or self.new_params or self.changed_params or self.set_tags or self.delete_tags
-            or self.metric_points is not None or self.inputs or self.artifacts or self.lifecycle_stage
+            or self.metric_points is not None or self.inputs or self.artifacts
         )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.changes_content or self.lifecycle_stage)
 
 
 class RunPatcher(ABC):

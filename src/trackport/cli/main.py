@@ -12,6 +12,7 @@ import click
 from trackport import __version__, kinds
 from trackport.cli import render
 from trackport.cli.runs import runs_group
+from trackport.cli.sync import sync_command
 from trackport.cli.options import rename_options, selection_options, sink_options, transfer_options
 from trackport.cli.running import (
     check_target, fail_cleanly, internal_error, resolve_selection, run_transfer, show, transfer_config,
@@ -249,6 +250,7 @@ def inspect_command(bundle, as_json):
 
 
 cli.add_command(runs_group)
+cli.add_command(sync_command)
 
 
 @cli.command("demo")

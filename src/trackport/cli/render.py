@@ -165,3 +165,10 @@ def inspect_text(info: dict) -> str:
         lines += ["", f"{kind('experiment').count(len(experiments))}:"] + ["  " + line for line in _columns(rows, numbers=(3,))]
         lines += unreadable
     return "\n".join(lines)
+
+
+def sync_line(actions: dict[str, int]) -> str:
+    """A sync's runs in one line."""
+    words = {"new": "new", "updated": "updated in place", "unchanged": "unchanged", "conflicts": "in conflict",
+             "gone": "gone from the source"}
+    return "sync: " + ", ".join(f"{actions.get(k, 0):,} {w}" for k, w in words.items())

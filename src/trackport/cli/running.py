@@ -113,7 +113,7 @@ def run_transfer(
             click.echo(f"the target cannot hold: {loss}", err=True)
     progress = ProgressBars(enabled=not as_json)  # JSON is for programs: never bars
     try:
-        return transfer(source, sink, selection, config=config, on_progress=progress, plan=plan)
+        return move(source, sink, selection, config=config, on_progress=progress, plan=plan)
     except TrackportError as exc:
         done = getattr(exc, "summary", None)
         if done is not None:  # what was done before the stop, then the one-line error
@@ -141,5 +141,7 @@ def show(summary: Summary, as_json: bool) -> None:
         click.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
     else:
         click.echo(render.summary_table(summary))
+        if summary.sync is not None:
+            click.echo(render.sync_line(summary.sync))
     if summary.failed:
         sys.exit(ExitCode.UNITS_FAILED)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -48,6 +49,15 @@ class JsonlAppender:
             try:
                 self._file.write(line)
                 self._file.flush()
+            except OSError as exc:
+                raise (storage_error(exc, str(self.path)) or exc) from None
+
+    def sync(self) -> None:
+        """Make what was appended durable (it survives a power cut, not only a kill)."""
+        with self._lock:
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
             except OSError as exc:
                 raise (storage_error(exc, str(self.path)) or exc) from None
 

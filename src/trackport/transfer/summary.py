@@ -37,6 +37,8 @@ class Summary:
     # Runs whose artifact folder the source did not find: how many, and the first one.
     missing_artifact_folders: int = 0
     first_missing_artifact_folder: str | None = None
+    # A sync's runs: new, updated (in place), unchanged, conflicts, gone (from the source).
+    sync: dict[str, int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def track(self, kind: str) -> None:
@@ -103,4 +105,5 @@ class Summary:
             "planned_losses": list(self.planned_losses),
             "notices": self.all_notices(),
             "elapsed_seconds": round(self.elapsed_seconds, 3),
+            **({"sync": dict(self.sync)} if self.sync is not None else {}),
         }

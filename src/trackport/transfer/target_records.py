@@ -20,9 +20,10 @@ from trackport.errors import storage_error
 from trackport.stores.base import StoreDescription
 from trackport.transfer.idmap import IDMAP_FILE
 from trackport.transfer.ledger import LEDGER_FILE, TRANSFERS_FILE
+from trackport.transfer.sync_state import SYNC_FILE
 
 TARGET_FILE = "target.json"
-RECORDS = (IDMAP_FILE, LEDGER_FILE, TRANSFERS_FILE, TARGET_FILE)
+RECORDS = (IDMAP_FILE, LEDGER_FILE, TRANSFERS_FILE, SYNC_FILE, TARGET_FILE)
 
 
 def claim_records(state_dir: Path, target: StoreDescription) -> str | None:
@@ -52,6 +53,16 @@ def claim_records(state_dir: Path, target: StoreDescription) -> str | None:
     if before != target.identity and target.identity:
         _write(path, target)
     return None
+
+
+def records_belong(state_dir: Path, target: StoreDescription) -> bool:
+    """Whether the records in state_dir are the target's (none yet counts as its own), read
+    without changing anything (for a dry run)."""
+    try:
+        recorded = json.loads((state_dir / TARGET_FILE).read_text(encoding="utf-8")).get("identity")
+    except (OSError, ValueError, AttributeError):
+        return True
+    return not (recorded and target.identity and recorded != target.identity)
 
 
 def _write(path: Path, target: StoreDescription) -> None:

@@ -98,7 +98,7 @@ class UnitType(ABC):
         dependency's target id, None where the target holds no copy of it."""
 
 
-class _SourceRunContent:
+class SourceRunContent:
     """Lets a sink pull one run's metrics and artifacts from the source as it writes."""
 
     def __init__(self, source: SourceStore, run: Run) -> None:
@@ -143,14 +143,14 @@ class RunUnits(UnitType):
         return f"parent run {dependency[1]}" if dependency[0] == "run" else super().dependency_name(dependency)
 
     def move(self, source: SourceStore, sink: SinkStore, run: Run, target_experiment_id: str, targets: dict) -> Moved:
-        remapped, losses = _remap_parent(run, targets)
+        remapped, losses = remap_parent(run, targets)
         existing = sink.find_run(remapped, target_experiment_id)
         if existing is not None:
             return Moved(existing, "skipped", "already complete in the target")
         if not sink.capabilities.undoes_failed_runs:
             source.check_run(run)  # a damaged run is refused before anything of it is written
         missing = source.missing_artifact_folder(run)
-        result = sink.put_run(remapped, target_experiment_id, _SourceRunContent(source, run))
+        result = sink.put_run(remapped, target_experiment_id, SourceRunContent(source, run))
         return Moved(
             result.target_run_id,
             amounts={
@@ -164,7 +164,7 @@ class RunUnits(UnitType):
         )
 
 
-def _remap_parent(run: Run, targets: dict[Key, str | None]) -> tuple[Run, list[str]]:
+def remap_parent(run: Run, targets: dict[Key, str | None]) -> tuple[Run, list[str]]:
     parent = run.parent_run_id
     if not parent:
         return run, []

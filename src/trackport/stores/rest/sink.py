@@ -54,6 +54,7 @@ from trackport.stores.rest.artifacts import ArtifactUploader
 from trackport.stores.rest.copies import COMPLETE_VALUE, Copies
 from trackport.stores.rest.http import API, NotFoundError, RestClient, RestError
 from trackport.stores.rest.metric_json import MetricTexts
+from trackport.stores.rest.patch import RestPatcher
 from trackport.stores.rest.registry_sink import RestRegistrySink
 from trackport.stores.rest.server import ServerInfo
 
@@ -77,7 +78,7 @@ def state_dir_for_url(state_root: Path, base_url: str) -> Path:
     return state_root / _sanitize(f"{parts.hostname or ''}_{parts.port or ''}{parts.path}".replace("__", "_"))
 
 
-class RestSink(RestRegistrySink, SinkStore):
+class RestSink(RestRegistrySink, RestPatcher, SinkStore):
     def __init__(
         self,
         client: RestClient,
@@ -98,6 +99,7 @@ class RestSink(RestRegistrySink, SinkStore):
         self.uri = uri
         self.info = info
         self.on_long_value = on_long_value
+        self._config = config
         self._state_root = Path(state_root) if state_root is not None else state_home() / "targets"
         self.capabilities = Capabilities(
             keeps_run_ids=False,
