@@ -98,8 +98,10 @@ def resolve_selection(
 
 
 def run_transfer(
-    source: SourceStore, make_sink, options: dict, config: TransferConfig, as_json: bool = False, renames: Renames = Renames()
+    source: SourceStore, make_sink, options: dict, config: TransferConfig, as_json: bool = False,
+    renames: Renames = Renames(), move=transfer,
 ) -> Summary:
+    """move: transfer, or a function called as it is (sync)."""
     try:
         selection = resolve_selection(source, **options)
         # Plan before the sink exists, so that bad input leaves nothing behind in the target.
