@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,10 +29,19 @@ from trackport.transfer.sync_runs import SyncOptions
 ALL = Selection(include_deleted=True)
 
 
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, made once (MLflow's migrations take seconds), copied by each test."""
+    path = tmp_path_factory.mktemp("empty") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 class Source:
     """A local sqlite store the test changes with MLflow's own client."""
 
-    def __init__(self, root: Path, runs: int = 0) -> None:
+    def __init__(self, root: Path, template: Path, runs: int = 0) -> None:
+        shutil.copyfile(template, root / "source.db")
         self.uri = f"sqlite:///{root / 'source.db'}"
         self.client = MlflowClient(tracking_uri=self.uri)
         self.name = f"sync-{uuid.uuid4().hex[:8]}"
@@ -94,8 +104,8 @@ def target_uri(request, tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'target.db'}"
 
 
-def test_second_sync_brings_every_change_in_place_and_third_writes_nothing(tmp_path, target_uri):
-    src = Source(tmp_path)
+def test_second_sync_brings_every_change_in_place_and_third_writes_nothing(tmp_path, empty_db, target_uri):
+    src = Source(tmp_path, empty_db)
     for name in ("grows", "tagged", "renamed", "deleted", "restored", "untouched"):
         src.add(name)
     src.add("running", status="RUNNING")
@@ -143,8 +153,8 @@ def test_second_sync_brings_every_change_in_place_and_third_writes_nothing(tmp_p
     assert third.counts["metric_points"]["done"] == 0 and third.counts["artifact_files"]["done"] == 0
 
 
-def test_target_edits_are_conflicts_and_purged_runs_are_deleted(tmp_path, target_uri):
-    src = Source(tmp_path, runs=3)
+def test_target_edits_are_conflicts_and_purged_runs_are_deleted(tmp_path, empty_db, target_uri):
+    src = Source(tmp_path, empty_db, runs=3)
     assert _sync(src.uri, target_uri).failed == 0
     copies = _target_runs(target_uri, src.name)
     edited = copies[src.runs["r0"]][0]
@@ -170,8 +180,8 @@ def test_target_edits_are_conflicts_and_purged_runs_are_deleted(tmp_path, target
     assert _sync(src.uri, target_uri).sync["gone"] == 0
 
 
-def test_renamed_experiment_is_renamed_not_copied_again(tmp_path, target_server):
-    src = Source(tmp_path, runs=2)
+def test_renamed_experiment_is_renamed_not_copied_again(tmp_path, empty_db, target_server):
+    src = Source(tmp_path, empty_db, runs=2)
     assert _sync(src.uri, target_server.url).sync["new"] == 2
     src.client.rename_experiment(src.experiment_id, src.name + "-renamed")
     again = _sync(src.uri, target_server.url)
@@ -179,8 +189,8 @@ def test_renamed_experiment_is_renamed_not_copied_again(tmp_path, target_server)
     assert len(_target_runs(target_server.url, src.name + "-renamed")) == 2
 
 
-def test_cli_sync_dry_run_and_refusals(tmp_path, target_server):
-    src = Source(tmp_path, runs=2)
+def test_cli_sync_dry_run_and_refusals(tmp_path, empty_db, target_server):
+    src = Source(tmp_path, empty_db, runs=2)
     runner = CliRunner()
     dry = runner.invoke(cli, ["sync", src.uri, target_server.url, "--dry-run"])
     assert dry.exit_code == 0, dry.output
@@ -196,8 +206,8 @@ def test_cli_sync_dry_run_and_refusals(tmp_path, target_server):
     assert typo.exit_code == 2
 
 
-def test_sync_killed_midway_converges_without_duplicates(tmp_path, target_server):
-    src = Source(tmp_path, runs=24)
+def test_sync_killed_midway_converges_without_duplicates(tmp_path, empty_db, target_server):
+    src = Source(tmp_path, empty_db, runs=12)
     for name in list(src.runs):
         src.client.log_batch(src.runs[name], metrics=[Metric(f"m{k}", float(s), 1_700_000_000_000 + s, s) for k in range(4) for s in range(250)])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -213,11 +223,11 @@ def test_sync_killed_midway_converges_without_duplicates(tmp_path, target_server
         while time.monotonic() < deadline and _lines(state) < start_lines + 4 and process.poll() is None:
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
-        process.wait()
+        assert process.wait() == -signal.SIGKILL, "the sync ended before it could be killed half-way"
         again = _sync(src.uri, target_server.url)
         assert again.failed == 0 and again.sync["conflicts"] == 0, again.failures
         assert _differences(src.uri, target_server.url) == []
-        assert len(_target_runs_active(target_server.url, src.name)) == 24
+        assert len(_target_runs_active(target_server.url, src.name)) == 12
         for name in src.runs:
             src.client.set_tag(src.runs[name], "round", str(attempt))
 

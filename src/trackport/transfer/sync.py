@@ -162,9 +162,12 @@ def dry_run(
 
 
 def _experiment_named(reader: SourceStore, name: str) -> str | None:
-    for found in reader.list_experiments(Selection(experiments=(name,), include_deleted=True)):
-        if isinstance(found, Experiment) and found.name == name:
-            return found.experiment_id
+    try:
+        for found in reader.list_experiments(Selection(experiments=(f"name:{name}",), include_deleted=True)):
+            if isinstance(found, Experiment) and found.name == name:
+                return found.experiment_id
+    except BadInputError:  # the target holds no experiment of that name
+        pass
     return None
 
 

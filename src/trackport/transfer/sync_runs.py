@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from trackport.domain import DELETED, Experiment, Run
+from trackport.domain import DELETED, Experiment, Run, SourceRunId
 from trackport.errors import UnitError
 from trackport.fingerprint import Fingerprint, changed_parts, fingerprint
 from trackport.patching import RunPatch
@@ -151,7 +151,9 @@ class SyncRunUnits(RunUnits):
             return self._gone_from_source(sink, run, target_experiment_id)
         remapped, losses = remap_parent(run, targets)
         source_fp = source_fingerprint(source, run)
-        copy_id = sink.find_run(remapped, target_experiment_id)
+        # Looked up without side effects (find_run would also mark a copy deleted when its
+        # source run is): the copy is read as it is before anything changes it.
+        copy_id = sink.lookup_run(SourceRunId(run.run_id), target_experiment_id)
         held = self.index.get(target_experiment_id, copy_id) if copy_id is not None else None
         record = self.state.run(run.run_id)
         decision = decide(record, copy_id, run, source_fp, held[1] if held else None, self.options)
