@@ -3,5 +3,6 @@
 Modules: `store` (SqliteStore), `rows` (runs and their inputs as rows of MLflow's tables),
 `metrics` (metric points in bulk), `group_commit` (one sqlite writer for many threads),
 `schema` (MLflow's schema, copied from a template), `files` (where a store's files are and
-how a database is made ready for writing), `run_folders` (the artifact folders of runs).
+how a database is made ready for writing), `run_folders` (the artifact folders of runs),
+`patch` (a run brought up to date in place, for trackport sync).
 """

@@ -27,13 +27,10 @@ from trackport.stores.mlflow_db.tables import chunks
 from trackport.stores.mlflow_db.uri import split_uri_options
 from trackport.stores.sqlite.files import default_artifact_root, open_for_writing, sqlite_path_from_uri, sqlite_state_dir
 from trackport.stores.sqlite.group_commit import BUSY_TIMEOUT_S
+from trackport.stores.sqlite.rows import SET_TAG
 from trackport.stores.sqlite.schema import artifact_root_uri, installed_mlflow_version, schema_template
 
 T = TypeVar("T")
-_SET_TAG = (
-    "INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?) "
-    "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value"
-)
 
 
 class SqliteEditor(SqliteSource, RunEditor):
@@ -101,7 +98,7 @@ class SqliteEditor(SqliteSource, RunEditor):
             for key in delete_keys:
                 if cursor.execute("DELETE FROM tags WHERE run_uuid = ? AND key = ?", (run_id, key)).rowcount == 0:
                     raise BadInputError(f"run {run_id} has no tag {key!r}; nothing was changed")
-            cursor.executemany(_SET_TAG, [(key, value, run_id) for key, value in set_tags.items()])
+            cursor.executemany(SET_TAG, [(key, value, run_id) for key, value in set_tags.items()])
             if RUN_NAME_TAG in set_tags:  # MLflow's set_tag renames the run too
                 cursor.execute("UPDATE runs SET name = ? WHERE run_uuid = ?", (set_tags[RUN_NAME_TAG], run_id))
 
@@ -114,7 +111,7 @@ class SqliteEditor(SqliteSource, RunEditor):
         def change(cursor: sqlite3.Cursor) -> None:
             self._active_run(cursor, run_id)
             cursor.execute("UPDATE runs SET name = ? WHERE run_uuid = ?", (name, run_id))
-            cursor.execute(_SET_TAG, (RUN_NAME_TAG, name, run_id))
+            cursor.execute(SET_TAG, (RUN_NAME_TAG, name, run_id))
 
         self._transaction(change)
 

@@ -157,18 +157,37 @@ def _statements(run_id: str, points: PreparedPoints) -> Iterator[tuple[str, list
 def insert_points(
     cursor: sqlite3.Cursor, run_id: str, points: PreparedPoints, inserts: Iterator[tuple[str, list[Any]]]
 ) -> int:
-    """Execute a run's metric inserts and insert its latest points; return the number of
-    points stored."""
+    """Execute a run's metric inserts and bring its latest points up to date; return the
+    number of points stored. The run may hold points already (a sync appending to it)."""
     con = cursor.connection
     before = con.total_changes
     for sql, values in inserts:
         cursor.execute(sql, values)
     stored_points = con.total_changes - before
-    cursor.executemany(
-        "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?)",
-        [(k, v, ts, step, nan, run_id) for k, (step, ts, v, nan) in points.latest.items()],
-    )
+    cursor.executemany(_LATEST_SQL, [(k, v, ts, step, nan, run_id) for k, (step, ts, v, nan) in points.latest.items()])
     return stored_points
+
+
+def collapsed_loss(points: PreparedPoints, stored_points: int) -> str | None:
+    """The loss to report when fewer points were stored than prepared: exact duplicates
+    (of each other, or of points the run held) kept once."""
+    if stored_points >= points.source_points:
+        return None
+    return (
+        f"{points.source_points - stored_points} exact duplicate metric points collapsed "
+        "(MLflow's SQL store keeps one of each)"
+    )
+
+
+# A key's latest point replaced only by a greater (step, timestamp, stored value), as
+# MLflow's _update_latest_metrics_if_necessary decides; a new key's inserted.
+_LATEST_SQL = (
+    "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value, timestamp = excluded.timestamp, "
+    "step = excluded.step, is_nan = excluded.is_nan "
+    "WHERE (excluded.step, excluded.timestamp, excluded.value) "
+    "> (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)"
+)
 
 
 @functools.cache

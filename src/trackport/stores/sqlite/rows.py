@@ -7,9 +7,9 @@ import time
 import uuid
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from trackport.domain import RUN_NAME_TAG, Run
+from trackport.domain import RUN_NAME_TAG, DatasetInput, Run
 from trackport.kinds import Unit
 from trackport.models import metric_value_from_json
 from trackport.stores.mlflow_db.models import MODEL_INPUT, MODEL_OUTPUT
@@ -23,6 +23,14 @@ WRITTEN_TABLES = (
 )
 
 
+SET_TAG = (
+    "INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?) "
+    "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value"
+)
+SET_PARAM = (
+    "INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?) "
+    "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value"
+)
 _STATUS_NUMBERS = {"UNSPECIFIED": 0, "PENDING": 1, "READY": 2, "FAILED": 3}  # logged_models.status
 
 
@@ -73,14 +81,24 @@ class Rows:
         self.insert(cursor, "params", [{"key": k, "value": v, "run_uuid": run.run_id} for k, v in run.params.items()])
         self.insert(cursor, "tags", [{"key": k, "value": v, "run_uuid": run.run_id} for k, v in tags.items()])
 
-    def insert_inputs(self, cursor: sqlite3.Cursor, run: Run, exp_id: int) -> None:
-        for ds in run.inputs:
+    def insert_inputs(self, cursor: sqlite3.Cursor, run_id: str, inputs: Sequence[DatasetInput], exp_id: int) -> None:
+        """The run's dataset inputs: the experiment's dataset of that name and digest (made
+        if missing), linked to the run unless it already is (MLflow's log-inputs skips
+        those too: one link per dataset and run, which the table's key demands)."""
+        for ds in inputs:
             row = cursor.execute(
                 "SELECT dataset_uuid FROM datasets WHERE experiment_id = ? AND name = ? AND digest = ?",
                 (exp_id, ds.name, ds.digest),
             ).fetchone()
             if row is not None:
                 dataset_uuid = row[0]
+                linked = cursor.execute(
+                    "SELECT 1 FROM inputs WHERE source_type = 'DATASET' AND source_id = ? "
+                    "AND destination_type = 'RUN' AND destination_id = ?",
+                    (dataset_uuid, run_id),
+                ).fetchone()
+                if linked is not None:
+                    continue
             else:
                 dataset_uuid = uuid.uuid4().hex
                 self.insert(cursor, "datasets", [{
@@ -99,11 +117,35 @@ class Rows:
                 "source_type": "DATASET",
                 "source_id": dataset_uuid,
                 "destination_type": "RUN",
-                "destination_id": run.run_id,
+                "destination_id": run_id,
                 "step": 0,
             }])
             self.insert(cursor, "input_tags",
                         [{"input_uuid": input_uuid, "name": k, "value": v} for k, v in ds.tags.items()])
+
+    # ---------------------------------------------------------------- a run changed in place
+
+    def set_run_name(self, cursor: sqlite3.Cursor, run_id: str, name: str) -> None:
+        """runs.name and the mlflow.runName tag, kept equal as MLflow keeps them (an empty
+        name has no tag, as insert_run writes it)."""
+        cursor.execute("UPDATE runs SET name = ? WHERE run_uuid = ?", (name, run_id))
+        if name:
+            cursor.execute(SET_TAG, (RUN_NAME_TAG, name, run_id))
+        else:
+            cursor.execute("DELETE FROM tags WHERE run_uuid = ? AND key = ?", (run_id, RUN_NAME_TAG))
+
+    def set_params(self, cursor: sqlite3.Cursor, run_id: str, params: Mapping[str, str]) -> None:
+        """Params added, or changed where the run has them (MLflow never changes one; a local
+        store can)."""
+        cursor.executemany(SET_PARAM, [(k, v, run_id) for k, v in params.items()])
+
+    def set_tags(self, cursor: sqlite3.Cursor, run_id: str, tags: Mapping[str, str], delete: Sequence[str] = ()) -> None:
+        """Tags deleted (those the run lacks are no error), then set; setting mlflow.runName
+        renames the run, as MLflow's set_tag does."""
+        cursor.executemany("DELETE FROM tags WHERE run_uuid = ? AND key = ?", [(run_id, k) for k in delete])
+        cursor.executemany(SET_TAG, [(k, v, run_id) for k, v in tags.items()])
+        if RUN_NAME_TAG in tags:
+            cursor.execute("UPDATE runs SET name = ? WHERE run_uuid = ?", (tags[RUN_NAME_TAG], run_id))
 
     def insert_logged_model(self, cursor: sqlite3.Cursor, unit: Unit, exp_id: int, artifact_location: str) -> None:
         """A logged model unit's rows: the model, its params, tags and metrics, and its links to runs."""

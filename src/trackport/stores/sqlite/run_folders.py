@@ -18,6 +18,10 @@ So a sink never writes into, or removes, a folder it did not make:
 
 A logged model's folder, `<experiment location>/models/<model id>/`, is claimed the same
 way (its claim names its kind, so that settling asks whether the model was committed).
+
+A run the store already holds (trackport sync patching it in place) has its folder: files
+are written into it one by one, each replacing the file of its path atomically
+(replace_files).
 """
 from __future__ import annotations
 
@@ -26,9 +30,10 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Sequence, Union
 
 from trackport._files import CHUNK_SIZE
+from trackport.domain import ArtifactFile
 from trackport.errors import UnitError, storage_error
 from trackport.stores._artifact_path import checked_artifact_path
 from trackport.stores.base import RunContent, RunWriteResult, UnitWriteResult
@@ -36,6 +41,7 @@ from trackport.stores.base import RunContent, RunWriteResult, UnitWriteResult
 CLAIMS_DIR = "claims"
 ARTIFACTS = "artifacts"
 TEMP_PREFIX = ".artifacts.tmp-"
+PATCH_TEMP_PREFIX = ".artifact-file.tmp-"  # a file being replaced (replace_files)
 RUN = "run"
 WriteResult = Union[RunWriteResult, UnitWriteResult]  # counts artifact_files and artifact_bytes
 # For a file's path, what to do to its whole content before it is written (an MLmodel file
@@ -87,21 +93,9 @@ class RunFolders:
         try:
             temp.mkdir()
             for f in files:
-                dest = (temp / checked_artifact_path(unit_id, f.path)).resolve()
-                if not dest.is_relative_to(root) or dest == root:  # out through a link
-                    raise UnitError(f"{what} {unit_id}: artifact path {f.path!r} escapes its artifact directory")
+                dest = destination(root, unit_id, f.path, what)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                change = rewrite(f.path) if rewrite is not None else None
-                with content.open_artifact(f.path) as src, open(dest, "xb") as dst:
-                    if change is not None:  # a small file (an MLmodel), rewritten whole
-                        data = change(src.read())
-                        dst.write(data)
-                        result.artifact_bytes += len(data)
-                    else:
-                        while chunk := src.read(CHUNK_SIZE):
-                            dst.write(chunk)
-                            result.artifact_bytes += len(chunk)
-                result.artifact_files += 1
+                copy_file(content, f.path, dest, result, rewrite(f.path) if rewrite is not None else None)
             os.rename(temp, folder / ARTIFACTS)
         except FileExistsError:
             raise UnitError(f"{what} {unit_id}: an artifact path is listed twice") from None
@@ -135,6 +129,58 @@ class RunFolders:
                 record.unlink(missing_ok=True)
             else:
                 self.undo(unit_id, Path(claim["folder"]))
+
+
+def destination(root: Path, unit_id: str, path: str, what: str = RUN) -> Path:
+    """Where the artifact file at path goes under root (a resolved folder): refused, one
+    line, when the path is not a plain relative one or leads out of root through a link."""
+    dest = (root / checked_artifact_path(unit_id, path)).resolve()
+    if not dest.is_relative_to(root) or dest == root:  # out through a link
+        raise UnitError(f"{what} {unit_id}: artifact path {path!r} escapes its artifact directory")
+    return dest
+
+
+def copy_file(
+    content: RunContent, path: str, dest: Path, result: WriteResult, change: Callable[[bytes], bytes] | None = None
+) -> None:
+    """The source's file at path written to dest, which must not exist yet; counted in result."""
+    with content.open_artifact(path) as src, open(dest, "xb") as dst:
+        if change is not None:  # a small file (an MLmodel), rewritten whole
+            data = change(src.read())
+            dst.write(data)
+            result.artifact_bytes += len(data)
+        else:
+            while chunk := src.read(CHUNK_SIZE):
+                dst.write(chunk)
+                result.artifact_bytes += len(chunk)
+    result.artifact_files += 1
+
+
+def replace_files(run_id: str, artifact_dir: Path, content: RunContent, files: Sequence[ArtifactFile],
+                  result: WriteResult) -> None:
+    """Write files into the artifact folder of a run this store holds (made if missing),
+    each one whole or not at all: written under a temporary name in the run's own folder
+    (artifact_dir's parent, outside what is listed as the run's artifacts), then moved over
+    the file of that path with os.replace. Temporary files a killed patch left are removed
+    first (the store's lock is held, so no other writer of ours has any open)."""
+    run_folder = artifact_dir.parent
+    try:
+        for stale in run_folder.glob(f"{PATCH_TEMP_PREFIX}*") if run_folder.is_dir() else ():
+            stale.unlink(missing_ok=True)
+        artifact_dir.mkdir(parents=True, exist_ok=True)
+        root = artifact_dir.resolve()
+        for f in files:
+            dest = destination(root, run_id, f.path)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            temp = run_folder / f"{PATCH_TEMP_PREFIX}{uuid.uuid4().hex[:12]}"
+            try:
+                copy_file(content, f.path, temp, result)
+                os.replace(temp, dest)
+            finally:
+                temp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise (storage_error(exc, f"the artifacts of run {run_id} into {artifact_dir}")
+               or UnitError(f"run {run_id}: cannot write its artifacts into {artifact_dir}: {exc}")) from None
 
 
 def _foreign(what: str, unit_id: str, folder: Path) -> str:

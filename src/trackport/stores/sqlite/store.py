@@ -59,12 +59,14 @@ from trackport.stores.sqlite.files import (
 )
 from trackport.stores.sqlite.group_commit import BUSY_TIMEOUT_S, CommitError, GroupCommitWriter
 from trackport.stores.sqlite.metrics import (
+    collapsed_loss,
     insert_points,
     metric_inserts,
     prepare_points,
     remove_stale_spools,
 )
 from trackport.stores.sqlite.models import LOGGED_MODEL, ModelWriting
+from trackport.stores.sqlite.patch import SqlitePatching
 from trackport.stores.sqlite.rows import Rows
 from trackport.stores.sqlite.run_folders import RunFolders
 from trackport.stores.sqlite.schema import (
@@ -80,10 +82,11 @@ _DEFAULT_WORKSPACE = "default"
 T = TypeVar("T")
 
 
-class SqliteStore(SqliteSource, ModelWriting, SinkStore):
+class SqliteStore(SqliteSource, ModelWriting, SqlitePatching, SinkStore):
     """Read through SqliteSource (read-only, never MLflow's store layer); as a sink
     (create=True), a database of the installed MLflow's schema, made from its template if
-    missing, written in bulk (logged models and the registry: sqlite.models)."""
+    missing, written in bulk (logged models and the registry: sqlite.models), its runs
+    brought up to date in place by trackport sync (sqlite.patch)."""
 
     capabilities = Capabilities.lossless()
 
@@ -294,7 +297,7 @@ class SqliteStore(SqliteSource, ModelWriting, SinkStore):
 
                 def write_rows(cursor: sqlite3.Cursor) -> int:
                     self._rows.insert_run(cursor, run, exp_id, artifact_uri)
-                    self._rows.insert_inputs(cursor, run, exp_id)
+                    self._rows.insert_inputs(cursor, run.run_id, run.inputs, exp_id)
                     return insert_points(cursor, run.run_id, points, inserts)
 
                 try:
@@ -307,11 +310,9 @@ class SqliteStore(SqliteSource, ModelWriting, SinkStore):
             raise
         if files:
             self._folders.committed(run.run_id)
-        if result.metric_points < points.source_points:
-            result.losses.append(
-                f"{points.source_points - result.metric_points} exact duplicate metric points collapsed "
-                "(MLflow's SQL store keeps one of each)"
-            )
+        loss = collapsed_loss(points, result.metric_points)
+        if loss is not None:
+            result.losses.append(loss)
         return result
 
 
