@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,8 +30,12 @@ def producer_version() -> str:
         return __version__
 
 
-def build_root(source: dict, selection: dict, created_at: str | None = None, counts: dict | None = None) -> dict:
-    return {
+def build_root(
+    source: dict, selection: dict, created_at: str | None = None, counts: dict | None = None,
+    *, bundle_id: str | None = None, previous: dict | None = None,
+) -> dict:
+    """previous: the link an increment refers to (bundle/chain.py), absent from a full bundle."""
+    doc = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "producer": {"name": "trackport", "version": producer_version()},
@@ -38,7 +43,11 @@ def build_root(source: dict, selection: dict, created_at: str | None = None, cou
         "source": source,
         "selection": selection,
         "counts": counts,
+        "bundle_id": bundle_id or uuid.uuid4().hex,  # format 1.4: how the links of a chain name each other
     }
+    if previous is not None:
+        doc["previous"] = previous
+    return doc
 
 
 def newest_version(doc: dict) -> str:

@@ -76,8 +76,9 @@ def experiment_from_doc(doc: dict) -> Experiment:
 
 
 # -- run.json ------------------------------------------------------------------------------
-def run_doc(run: Run, experiment_id: str, metrics: dict | None, artifacts: list[dict]) -> dict:
-    return {
+def run_doc(run: Run, experiment_id: str, metrics: dict | None, artifacts: list[dict], fingerprint: dict | None = None) -> dict:
+    """fingerprint: the run's (format 1.4), recorded so the next increment can compare."""
+    doc = {
         "info": {
             "run_id": run.run_id,
             "experiment_id": experiment_id,
@@ -96,6 +97,9 @@ def run_doc(run: Run, experiment_id: str, metrics: dict | None, artifacts: list[
         "metrics": metrics,
         "artifacts": artifacts,
     }
+    if fingerprint is not None:
+        doc["fingerprint"] = dict(fingerprint)
+    return doc
 
 
 def run_from_doc(doc: dict) -> Run:

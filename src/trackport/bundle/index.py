@@ -86,6 +86,7 @@ class BundleIndex:
     memory grows with the number of runs and units, not of files."""
 
     root: Path
+    bundle_id: str | None = None  # the root descriptor's (format 1.4): how links of a chain name it
     root_entry: ManifestEntry | None = None
     experiments: dict[str, ManifestEntry | None] = field(default_factory=dict)  # id -> experiment.json entry
     runs: dict[str, dict[str, list[tuple[int, int]]]] = field(default_factory=dict)  # exp -> run -> spans
@@ -137,11 +138,11 @@ class BundleIndex:
         return out
 
 
-def read_index(root: Path) -> BundleIndex:
+def read_index(root: Path, bundle_id: str | None = None) -> BundleIndex:
     """Index root/manifest.jsonl, checking every line (UTF-8, strict JSON, fields, a safe
     path, strict path order). Lines with a problem are left out of the index and their
     problems recorded in it; all of them are bundle-wide."""
-    index = BundleIndex(root)
+    index = BundleIndex(root, bundle_id)
     manifest = index.manifest
     if os.path.islink(manifest):
         index.problems.append(Problem(MANIFEST_FILE, "is a symbolic link; a bundle never holds links"))

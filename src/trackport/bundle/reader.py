@@ -37,7 +37,7 @@ from trackport.errors import BadInputError, UnitError
 from trackport.kinds import Unit, UnitKind
 from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
 from trackport.selection import resolve_experiments, run_order, select_runs
-from trackport.bundle import descriptor, validator
+from trackport.bundle import chain, descriptor, validator
 from trackport.bundle.checked_stream import CheckedArtifact
 from trackport.bundle.documents import short
 from trackport.bundle.index import BundleIndex, Problem, read_index
@@ -61,10 +61,14 @@ class BundleSource(SourceStore):
             raise BadInputError(
                 f"{self.path} is incomplete (no {MANIFEST_FILE}): the export did not finish; re-run the export"
             )
-        self._index: BundleIndex = read_index(self.path)
+        self._index: BundleIndex = read_index(self.path, self.root.get("bundle_id"))
         problems = self._index.problems or validator.check_root_entry(self._index)
         if problems:  # the manifest or the descriptor is damaged: nothing can be trusted
             raise BadInputError(self._message(problems[0]))
+        # An increment (format 1.4): the earlier links of its chain, each checked now, so
+        # that a missing or damaged one stops an import before anything is written.
+        self.links = chain.earlier_links(self.path, self.root)
+        self._links = chain.by_id(self.links)
         self._plans: OrderedDict[tuple[str, str], RunPlan] = OrderedDict()
         self._plans_lock = threading.Lock()
         # Checked documents of units with files, for the workers that write them (few: logged models).
@@ -102,7 +106,7 @@ class BundleSource(SourceStore):
             if plan is not None:
                 self._plans.move_to_end(key)
                 return plan
-        plan, problems = validator.check_run(self._index, experiment_id, run_id)
+        plan, problems = validator.check_run(self._index, experiment_id, run_id, self._links)
         if problems or plan is None:
             raise UnitError(self._message(problems[0]))
         with self._plans_lock:
@@ -160,16 +164,20 @@ class BundleSource(SourceStore):
 
     def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
         plan = self._plan(run)
-        if plan.metrics is None:
-            return
-        rel, _, sha256, _ = plan.metrics
-        problem = validator.hash_problem(self._index, rel, sha256)  # before the first batch
-        if problem:
-            raise UnitError(f"{self._index.file(rel)}: {problem}")
+        for part in plan.metrics or ():  # every part hashed before the first batch
+            problem = validator.hash_problem(part.index, part.rel, part.sha256)
+            if problem:
+                raise UnitError(f"{part.path}: {problem}")
         try:
-            yield from validator.metric_batches(self._index, plan)
+            yield from validator.metric_batches(plan)
         except Refused as e:
             raise UnitError(self._message(e.problem)) from None
+
+    def run_plan(self, run_id: str) -> RunPlan | None:
+        """The checked plan of a run the bundle holds (in whichever experiment), None when
+        it holds none; UnitError when it is damaged (an increment refers to it)."""
+        homes = self._index.run_homes.get(run_id) or []
+        return self._checked_run(homes[0], run_id) if len(homes) == 1 else None
 
     def check_run(self, run: Run) -> None:
         """Every point decoded and every artifact byte hashed, before a sink that cannot
@@ -183,7 +191,7 @@ class BundleSource(SourceStore):
 
     def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
         plan = self._plan(run)
-        return iter([ArtifactFile(path=p, size=size) for p, (_, size, _) in sorted(plan.artifacts.items())])
+        return iter([ArtifactFile(path=p, size=stored.size) for p, stored in sorted(plan.artifacts.items())])
 
     def open_artifact(self, run: Run, path: str) -> ContextManager[BinaryIO]:
         try:
@@ -194,11 +202,10 @@ class BundleSource(SourceStore):
         listed = plan.artifacts.get(path)
         if listed is None:
             raise UnitError(f"run {run.run_id}: artifact {path!r} is not listed in {self._index.file(plan.run_json)}")
-        return self._open_checked(*listed)
+        return self._open_checked(listed.path, listed.size, listed.sha256)
 
-    def _open_checked(self, rel: str, size: int, sha256: str) -> ContextManager[BinaryIO]:
+    def _open_checked(self, target: Path, size: int, sha256: str) -> ContextManager[BinaryIO]:
         """A listed file, opened without following a link, hashed as it is read."""
-        target = self._index.file(rel)
         try:
             fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError as e:
@@ -246,7 +253,8 @@ class BundleSource(SourceStore):
         listed = self._unit_plan(unit).files.get(path)
         if listed is None:
             raise UnitError(f"{unit.kind} {unit.unit_id}: file {short(path)!r} is not named by its document")
-        return self._open_checked(*listed)
+        rel, size, sha256 = listed
+        return self._open_checked(self._index.file(rel), size, sha256)
 
     def check_unit(self, unit: Unit) -> None:
         """Every byte of the unit's files hashed, before a sink that cannot take a unit back

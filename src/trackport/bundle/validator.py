@@ -11,7 +11,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import pyarrow as pa
 
@@ -52,14 +52,33 @@ class Refused(Exception):
 
 
 @dataclass(frozen=True)
+class Stored:
+    """A file a run.json names, checked: the bundle (a link of its chain, format 1.4) that
+    holds it, its path there, its size and sha256, and (a part of a metric history) its points."""
+
+    index: BundleIndex
+    rel: str
+    size: int
+    sha256: str
+    points: int = 0
+
+    @property
+    def path(self):
+        return self.index.file(self.rel)
+
+
+@dataclass(frozen=True)
 class RunPlan:
-    """A run whose run.json was read and whose files were checked against the manifest:
-    what its metric file and artifacts must be (paths relative to the bundle root)."""
+    """A run whose run.json was read and whose files were checked against the manifest
+    (of the link holding each one): what its metric history is made of (its parts, oldest
+    first; one for a history stored whole) and its artifacts."""
 
     run: Run
     run_json: str
-    metrics: tuple[str, int, str, int] | None  # file, size, sha256, points
-    artifacts: dict[str, tuple[str, int, str]]  # artifact path -> (file, size, sha256)
+    metrics: list[Stored] | None
+    artifacts: dict[str, Stored]  # artifact path -> where it is
+    doc: dict  # run.json as read (its records, its fingerprint): what an increment refers to
+    index: BundleIndex | None = None  # the bundle's own
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -157,9 +176,15 @@ def check_experiment(index: BundleIndex, experiment_id: str) -> tuple[Experiment
     return experiment, []
 
 
-def check_run(index: BundleIndex, experiment_id: str, run_id: str) -> tuple[RunPlan | None, list[Problem]]:
+def check_run(
+    index: BundleIndex, experiment_id: str, run_id: str, links: Mapping[str, BundleIndex] | None = None,
+    *, link_files: bool = True,
+) -> tuple[RunPlan | None, list[Problem]]:
     """The run's run.json and every file it names. The plan holds the metric file and
-    artifacts that passed; it is None when run.json itself cannot be used."""
+    artifacts that passed; it is None when run.json itself cannot be used. links: the
+    earlier links of the bundle's chain by bundle id, where files a record names by its
+    `link` are (at the same path as here, listed in that link's manifest as recorded).
+    link_files=False: the files in links are not looked at (verify checks each link itself)."""
     rel_dir = f"{EXPERIMENTS_DIR}/{experiment_id}/{RUNS_DIR}/{run_id}"
     run_json = f"{rel_dir}/{RUN_FILE}"
     key: UnitKey = ("run", run_id)
@@ -181,37 +206,63 @@ def check_run(index: BundleIndex, experiment_id: str, run_id: str) -> tuple[RunP
         message = f"holds run {run.run_id!r} of experiment {run.experiment_id!r}, not its directory's"
         problems.append(Problem(run_json, message, key))
         return None, problems
+    elsewhere: dict[str, dict[str, ManifestEntry]] = {}  # link id -> its entries of this run
 
-    def named_file(inner: str, size: int, sha256: str, what: str) -> bool:
-        """Whether a file run.json names is listed as recorded and is there."""
+    def named_file(inner: str, record: dict, what: str, points: int = 0) -> Stored | None:
+        """The file a record of run.json names, when it is listed as recorded and is there
+        (in this bundle, or in the link of the chain the record names)."""
         rel = f"{rel_dir}/{inner}"
-        entry = entries.get(inner)
+        home, where, link = index, rel, record.get("link")
+        if link is not None:
+            home = (links or {}).get(link)  # type: ignore[assignment]
+            if home is None:
+                problems.append(Problem(run_json, f"its {what} {short(inner)!r} is in bundle {short(link, 40)!r}, "
+                                                  "which is no earlier link of this bundle's chain", key))
+                return None
+            where = f"{rel} in the earlier link {home.root}"
+            if link not in elsewhere:
+                try:
+                    elsewhere[link] = home.run_entries(experiment_id, run_id)
+                except ValueError as e:
+                    problems.append(Problem(run_json, f"{where}: {e}", key))
+                    return None
+        entry = (entries if link is None else elsewhere[link]).get(inner)
+        problem = None
         if entry is None:
             problem = f"({what} named by {run_json}) is not listed in {MANIFEST_FILE}"
-        elif (entry.size, entry.sha256) != (size, sha256):
+        elif (entry.size, entry.sha256) != (record["size"], record["sha256"]):
             problem = f"{MANIFEST_FILE} and {run_json} disagree about its size or sha256"
-        else:
-            problem = file_problem(index, rel, size)
+        elif link is None or link_files:
+            problem = file_problem(home, rel, record["size"])
         if problem:
-            problems.append(Problem(rel, problem, key))
-        return problem is None
+            problems.append(Problem(rel, problem, key) if link is None else Problem(run_json, f"{where} {problem}", key))
+            return None
+        return Stored(home, rel, record["size"], record["sha256"], points)
 
     metrics = None
     m = doc["metrics"]
     if m is not None:
-        try:
-            check_component(m["file"], "metrics file")
-        except ValueError as e:
-            problems.append(Problem(run_json, short(str(e)), key))
-        else:
-            if named_file(m["file"], m["size"], m["sha256"], "metrics"):
-                metrics = (f"{rel_dir}/{m['file']}", m["size"], m["sha256"], m["points"])
-    artifacts: dict[str, tuple[str, int, str]] = {}
+        parts = [*(m.get("earlier") or ()), m]  # oldest first; the last holds what the others do not
+        last = m["points"] - sum(p["points"] for p in parts[:-1])
+        stored: list[Stored | None] = []
+        if last < 1:
+            problems.append(Problem(run_json, "metrics: points is not more than its earlier parts hold", key))
+        for n, part in enumerate(parts if last >= 1 else ()):
+            try:
+                check_component(part["file"], "metrics file")
+            except ValueError as e:
+                problems.append(Problem(run_json, short(str(e)), key))
+                stored.append(None)
+                continue
+            stored.append(named_file(part["file"], part, "metrics", part["points"] if n < len(parts) - 1 else last))
+        if stored and None not in stored:
+            metrics = stored
+    artifacts: dict[str, Stored] = {}
     for a in _file_records(doc["artifacts"], run_json, key, "artifact", problems):
-        inner = f"{ARTIFACTS_DIR}/{a['path']}"
-        if named_file(inner, a["size"], a["sha256"], "artifact"):
-            artifacts[a["path"]] = (f"{rel_dir}/{inner}", a["size"], a["sha256"])
-    return RunPlan(run, run_json, metrics, artifacts), problems
+        found = named_file(f"{ARTIFACTS_DIR}/{a['path']}", a, "artifact")
+        if found is not None:
+            artifacts[a["path"]] = found
+    return RunPlan(run, run_json, metrics, artifacts, doc, index), problems
 
 
 def _file_records(records, document: str, key: UnitKey, what: str, problems: list[Problem]) -> Iterator[dict]:
@@ -231,21 +282,30 @@ def _file_records(records, document: str, key: UnitKey, what: str, problems: lis
         yield record
 
 
-def metric_batches(index: BundleIndex, plan: RunPlan) -> Iterator[pa.RecordBatch]:
-    """The run's metric points, checked as they stream (column types, no nulls, only its
-    run's rows, as many as run.json says); Refused on the first problem. The file's sha256
-    is the caller's to check (the reader before the first batch, verify with every file)."""
-    rel, _, _, points = plan.metrics  # type: ignore[misc]
+def metric_batches(plan: RunPlan) -> Iterator[pa.RecordBatch]:
+    """The run's metric points, part after part, checked as they stream (column types, no
+    nulls, only its run's rows, as many as run.json says); Refused on the first problem.
+    The files' sha256 are the caller's to check (the reader before the first batch, verify
+    with every file)."""
     key = ("run", plan.run.run_id)
-    try:
-        yield from read_metrics(index.file(rel), run_id=plan.run.run_id, expected_rows=points)
-    except TrackportError:
-        raise
-    except MetricsFileError as e:
-        raise Refused(Problem(rel, str(e), key)) from None
-    except Exception as e:  # noqa: BLE001 - any failure to decode is damage of this file
-        reason = short(str(e).splitlines()[0]) if str(e) else type(e).__name__
-        raise Refused(Problem(rel, f"cannot be read: {reason}", key)) from None
+    for part in plan.metrics or ():
+        try:
+            yield from read_metrics(part.path, run_id=plan.run.run_id, expected_rows=part.points)
+        except TrackportError:
+            raise
+        except MetricsFileError as e:
+            raise Refused(_part_problem(plan, part, str(e))) from None
+        except Exception as e:  # noqa: BLE001 - any failure to decode is damage of this file
+            reason = short(str(e).splitlines()[0]) if str(e) else type(e).__name__
+            raise Refused(_part_problem(plan, part, f"cannot be read: {reason}")) from None
+
+
+def _part_problem(plan: RunPlan, part: Stored, message: str) -> Problem:
+    """A problem of a part of a history: about its file in this bundle, or about run.json
+    naming the file of an earlier link."""
+    if part.index is plan.index:
+        return Problem(part.rel, message, ("run", plan.run.run_id))
+    return Problem(plan.run_json, f"{part.path} (in an earlier link of the chain) {message}", ("run", plan.run.run_id))
 
 
 @dataclass(frozen=True)

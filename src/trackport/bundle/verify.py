@@ -16,13 +16,14 @@ bundle at all raises BadInputError.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trackport import kinds
 from trackport.errors import BadInputError
-from trackport.bundle import schemas, validator
+from trackport.bundle import chain, schemas, validator
 from trackport.bundle.descriptor import check_root
 from trackport.bundle.documents import loads
 from trackport.bundle.index import BundleIndex, Problem, read_index, unit_of
@@ -88,6 +89,36 @@ def verify_bundle(path: str | os.PathLike, level: str = "full") -> VerifyReport:
     if not has_manifest:
         report.add(MANIFEST_FILE, "missing: the bundle is incomplete (the export did not finish); re-run the export")
         return report
+    links = _chain(root, report)
+    _verify_tree(root, level, report, chain.by_id(links))
+    for n, link in enumerate(links):  # each earlier link on its own, at the same level
+        inner = VerifyReport(path=link.path, level=level)
+        _verify_tree(link.path, level, inner, chain.by_id(links[n + 1:]))
+        report.files_checked += inner.files_checked
+        report.bytes_checked += inner.bytes_checked
+        if inner.problems:
+            first = inner.problems[0]
+            more = f" (and {len(inner.problems) - 1} more; run 'trackport bundle verify {link.path}')" if len(inner.problems) > 1 else ""
+            report.add(str(link.path), f"link {link.number} of the chain (bundle {link.bundle_id}) is damaged: {first}{more}")
+    return report
+
+
+def _chain(root: Path, report: VerifyReport) -> list:
+    """The earlier links of an increment; a link missing or unreadable is one problem naming
+    it (the links before it cannot be reached, so they are not checked)."""
+    doc = check_root(root).doc
+    if doc is None or doc.get("previous") is None:
+        return []
+    found: list = []
+    try:
+        chain.earlier_links(root, doc, check_files=False, into=found)
+    except chain.LinkError as e:
+        report.add(str(e.where), e.problem)
+    return found
+
+
+def _verify_tree(root: Path, level: str, report: VerifyReport, links: dict) -> None:
+    """One bundle's own files and documents (those of an increment naming files of its links)."""
     index = read_index(root)
     report.extend(index.problems)
     report.extend(validator.check_root_entry(index))
@@ -95,9 +126,8 @@ def verify_bundle(path: str | os.PathLike, level: str = "full") -> VerifyReport:
     if level in ("complete", "full"):
         _check_unlisted_files(root, listed, report)
     if level == "full":
-        _check_documents(index, report)
+        _check_documents(index, report, links)
         _check_transfer_files(index, report)
-    return report
 
 
 def _check_root_descriptor(root: Path, report: VerifyReport) -> bool:
@@ -143,18 +173,19 @@ def _check_unlisted_files(root: Path, listed: set[str], report: VerifyReport) ->
         report.add(rel, f"{kind} present but not listed in the manifest")
 
 
-def _check_documents(index: BundleIndex, report: VerifyReport) -> None:
+def _check_documents(index: BundleIndex, report: VerifyReport, links: dict) -> None:
     """Phase 4 (full), every unit checked as the reader checks it before an import takes
     it, and every metric file read through."""
     for experiment_id in index.experiments:
         report.extend(validator.check_experiment(index, experiment_id)[1])
     for experiment_id, runs in index.runs.items():
         for run_id in runs:
-            plan, problems = validator.check_run(index, experiment_id, run_id)
+            plan, problems = validator.check_run(index, experiment_id, run_id, links, link_files=False)
             report.extend(problems)
             if plan is not None and plan.metrics is not None:
+                own = dataclasses.replace(plan, metrics=[p for p in plan.metrics if p.index is index])  # links: their own check
                 try:
-                    for _ in validator.metric_batches(index, plan):
+                    for _ in validator.metric_batches(own):
                         pass
                 except Refused as e:
                     report.extend([e.problem])

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import threading
+import uuid
 from pathlib import Path
 
 from trackport.domain import Capabilities, Experiment, Run
@@ -89,6 +90,9 @@ class BundleSink(SinkStore):
         self._begun = False
         self._target_lock = TargetLock(p / TRANSFER_DIR, str(p))
 
+    # The link an increment is made from (bundle/increment.py), written into a new root.
+    previous_record: dict | None = None
+
     # -- description -------------------------------------------------------------------
     def describe(self) -> StoreDescription:
         return StoreDescription(kind="bundle", uri=str(self.path))
@@ -132,8 +136,11 @@ class BundleSink(SinkStore):
             self._root_doc = old
             return
         created_at = old.get("created_at") if old is not None else None
+        bundle_id = old.get("bundle_id") if old is not None else None
         try:  # the root first: a kill before it leaves nothing but the lock and a temp file
-            doc = descriptor.build_root(source_doc, selection.to_json(), created_at=created_at)
+            doc = descriptor.build_root(
+                source_doc, selection.to_json(), created_at=created_at, bundle_id=bundle_id, previous=self.previous_record
+            )
             write_json_atomic(p / ROOT_FILE, doc)
             (p / EXPERIMENTS_DIR).mkdir(exist_ok=True)
         except OSError as e:
@@ -171,6 +178,7 @@ class BundleSink(SinkStore):
         self._remove_stale_temps()
         try:
             root_doc = dict(root_doc, format_version=descriptor.newest_version(root_doc), counts=self._count())
+            root_doc.setdefault("bundle_id", uuid.uuid4().hex)  # a bundle of format 1.3 added to
             write_json_atomic(self.path / ROOT_FILE, root_doc)
             write_manifest(self.path)
         except OSError as e:
@@ -224,6 +232,22 @@ class BundleSink(SinkStore):
         return TargetRunId(source_run_id) if (d / RUN_FILE).is_file() else None
 
     def put_run(self, run: Run, target_experiment_id: TargetExperimentId, content: RunContent) -> RunWriteResult:
+        return self._put(run, target_experiment_id, lambda tmp: self._write_run(run, target_experiment_id, content, tmp))
+
+    def previous_fingerprint(self, run: Run) -> dict | None:
+        """The run's fingerprint in the link an increment is made from (None: no such link)."""
+        return None
+
+    def put_run_since(
+        self, run: Run, target_experiment_id: TargetExperimentId, content: RunContent, *, fingerprint: dict, changed: list[str]
+    ) -> RunWriteResult:
+        """put_run, recording the run's fingerprint (trackport.fingerprint) in run.json;
+        into an increment, what did not change (changed: the parts that did) as references."""
+        write = lambda tmp: self._write_run(run, target_experiment_id, content, tmp, fingerprint)  # noqa: E731
+        return self._put(run, target_experiment_id, write)
+
+    def _put(self, run: Run, target_experiment_id: TargetExperimentId, write) -> RunWriteResult:
+        """The run written by write(temp dir), then renamed into place."""
         try:
             check_component(run.run_id, "run id")
             parent = runs_dir(self.path, target_experiment_id)
@@ -234,7 +258,7 @@ class BundleSink(SinkStore):
         try:
             parent.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
-            result = self._write_run(run, target_experiment_id, content, tmp)
+            result = write(tmp)
             self._publish(tmp, final)
             return result
         except OSError as e:
@@ -243,7 +267,7 @@ class BundleSink(SinkStore):
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def _write_run(self, run: Run, eid: str, content: RunContent, tmp: Path) -> RunWriteResult:
+    def _write_run(self, run: Run, eid: str, content: RunContent, tmp: Path, fingerprint: dict | None = None) -> RunWriteResult:
         result = RunWriteResult(target_run_id=TargetRunId(run.run_id))
         written = write_metrics(tmp / METRICS_FILE, run.run_id, content.metric_batches(), row_group_rows=self.row_group_rows)
         metrics = None
@@ -252,7 +276,7 @@ class BundleSink(SinkStore):
             metrics = {"file": METRICS_FILE, "points": points, "sha256": sha, "size": size}
             result.metric_points = points
         artifacts = _copy_files(content, tmp / ARTIFACTS_DIR, f"run {run.run_id}: artifact", result)
-        write_json(tmp / RUN_FILE, run_doc(run, eid, metrics, artifacts))
+        write_json(tmp / RUN_FILE, run_doc(run, eid, metrics, artifacts, fingerprint))
         return result
 
     def find_unit(self, unit: Unit, target_experiment_id: str | None) -> str | None:
