@@ -80,11 +80,20 @@ def open_bundle_source(uri: str, *, config: TransferConfig = DEFAULT) -> SourceS
     return BundleSource(_bundle_path(uri), checked_runs=config.bundle_checked_runs)
 
 
-def open_bundle_sink(uri: str, *, config: TransferConfig = DEFAULT) -> SinkStore:
-    """The bundle at uri (made if missing), to write into."""
+def open_bundle_sink(uri: str, *, config: TransferConfig = DEFAULT, since: str | None = None) -> SinkStore:
+    """The bundle at uri (made if missing), to write into; since: the bundle an increment
+    is made from (export --since-bundle), opened and checked first."""
     from trackport.bundle import BundleSink
 
     path = _bundle_path(uri)
+    if since is not None:
+        from trackport.bundle.increment import IncrementSink
+
+        previous = _bundle_path(since)
+        with _opening(uri):
+            return IncrementSink(
+                path, previous, row_group_rows=config.bundle_row_group_rows, checked_runs=config.bundle_checked_runs
+            )
     with _opening(uri):
         return BundleSink(path, row_group_rows=config.bundle_row_group_rows)
 

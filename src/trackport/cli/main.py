@@ -70,13 +70,23 @@ def cli() -> None:
 @click.argument("bundle")
 @selection_options
 @transfer_options
+@click.option(
+    "--since-bundle", "previous", metavar="PREVIOUS",
+    help="Write only what changed since the bundle PREVIOUS (in the same directory), referring to it for the rest.",
+)
 @fail_cleanly
-def export_command(source, bundle, selection, workers, as_json):
+def export_command(source, bundle, selection, workers, as_json, previous):
     """Write SOURCE's experiments, runs, logged models and registry into the bundle directory BUNDLE."""
+    from functools import partial
+
+    from trackport.transfer import transfer
+    from trackport.transfer.incremental import IncrementalRunUnits
+
     check_target(source, bundle)
     config = transfer_config(workers)
     summary = run_transfer(
-        open_source(source, config=config), lambda: open_bundle_sink(bundle, config=config), selection, config, as_json
+        open_source(source, config=config), lambda: open_bundle_sink(bundle, config=config, since=previous), selection,
+        config, as_json, move=partial(transfer, run_units=IncrementalRunUnits()),
     )
     show(summary, as_json)
 
