@@ -104,7 +104,7 @@ def decide(record: RunRecord | None, copy_id: str | None, run: Run, source_fp: F
     if not known:
         why = "last change was cut off" if record is not None and record.pending else "no record of an earlier sync"
         return Decision("compare", reason=why)
-    if target_fp is not None and target_fp != record.target:
+    if record.target and target_fp is not None and target_fp != record.target:
         return Decision("conflict", changed_parts(record.target, target_fp))
     moved = changed_parts(record.source, source_fp)
     if moved:
