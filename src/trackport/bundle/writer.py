@@ -231,8 +231,12 @@ class BundleSink(SinkStore):
             return None
         return TargetRunId(source_run_id) if (d / RUN_FILE).is_file() else None
 
-    def put_run(self, run: Run, target_experiment_id: TargetExperimentId, content: RunContent) -> RunWriteResult:
-        return self._put(run, target_experiment_id, lambda tmp: self._write_run(run, target_experiment_id, content, tmp))
+    def put_run(
+        self, run: Run, target_experiment_id: TargetExperimentId, content: RunContent, *, fingerprint: dict | None = None
+    ) -> RunWriteResult:
+        """fingerprint: the run's (trackport.fingerprint), recorded in run.json (format 1.4)."""
+        write = lambda tmp: self._write_run(run, target_experiment_id, content, tmp, fingerprint)  # noqa: E731
+        return self._put(run, target_experiment_id, write)
 
     def previous_fingerprint(self, run: Run) -> dict | None:
         """The run's fingerprint in the link an increment is made from (None: no such link)."""
@@ -243,8 +247,7 @@ class BundleSink(SinkStore):
     ) -> RunWriteResult:
         """put_run, recording the run's fingerprint (trackport.fingerprint) in run.json;
         into an increment, what did not change (changed: the parts that did) as references."""
-        write = lambda tmp: self._write_run(run, target_experiment_id, content, tmp, fingerprint)  # noqa: E731
-        return self._put(run, target_experiment_id, write)
+        return self.put_run(run, target_experiment_id, content, fingerprint=fingerprint)
 
     def _put(self, run: Run, target_experiment_id: TargetExperimentId, write) -> RunWriteResult:
         """The run written by write(temp dir), then renamed into place."""
