@@ -61,6 +61,8 @@ SELECTIONS = {
     "name: form": lambda ids: Selection(experiments=(f"name:{sample_store.EXPERIMENT_A}",)),
     "run ids": lambda ids: Selection(run_ids=ids({"child", "killed run"})),
     "run ids and an experiment": lambda ids: Selection(experiments=(sample_store.EXPERIMENT_A,), run_ids=ids({"child", "killed run"})),
+    # --since: started, ended or deleted at or after it, or a metric's latest point logged then.
+    "changed since": lambda ids: Selection(changed_since=sample_store.BASE_TIME + 25_000, include_deleted=True),
 }
 
 

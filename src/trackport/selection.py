@@ -16,13 +16,14 @@ runs in the same order:
 """
 from __future__ import annotations
 
+from itertools import islice
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from trackport.domain import DELETED, Experiment, Run
 from trackport.errors import BadInputError
 from trackport.kinds import MODEL_VERSION, REGISTERED_MODEL, Unit, UnitKind
 from trackport.models import name_matches, split_version_id
-from trackport.search import filter_runs
+from trackport.search import SUMMARY_BATCH, filter_runs, metric_summaries
 from trackport.stores.base import Selection, SourceStore, Unreadable
 
 T = TypeVar("T")  # anything with .experiment_id and .name (an Experiment, a database row)
@@ -120,6 +121,8 @@ def runs_of(source: SourceStore, experiment: Experiment, selection: Selection) -
         runs = (r for r in runs if isinstance(r, Unreadable) or r.lifecycle_stage == DELETED)
     if selection.created_after is not None or selection.created_before is not None:
         runs = (r for r in runs if isinstance(r, Unreadable) or created_within(r, selection.created_after, selection.created_before))
+    if selection.changed_since is not None:
+        runs = changed_since(source, runs, selection.changed_since)
     if selection.filter:
         runs = filter_runs(source, runs, selection.filter)
     return runs
@@ -132,6 +135,34 @@ def created_within(run: Run, after: int | None, before: int | None) -> bool:
         return True
     start = run.start_time
     return start is not None and (after is None or start >= after) and (before is None or start <= before)
+
+
+def changed_since(source: SourceStore, runs: Iterable[Run | Unreadable], since: int) -> Iterator[Run | Unreadable]:
+    """The runs started or changed at or after `since` (epoch ms), in the order given:
+    start, end or deleted time at or after it, or else any metric's latest point (MLflow's
+    latest: the greatest step, then timestamp) logged at or after it, read a batch at a time
+    with metric_summaries(whole_history=False), which every source answers cheaply. MLflow
+    keeps no last-update time: a tag or param edit, an artifact upload or a restore moves no
+    timestamp and is not seen. A deleted run of unknown deletion time is taken. An unreadable
+    run is passed on (counted where it is met)."""
+    listing = iter(runs)
+    while batch := list(islice(listing, SUMMARY_BATCH)):
+        undecided = [r for r in batch if isinstance(r, Run) and not _moved_since(r, since)]
+        summaries = metric_summaries(source, undecided, None, whole_history=False)
+        late = {
+            run_id for run_id, metrics in summaries.items()
+            if any(m.timestamp is not None and m.timestamp >= since for m in metrics.values())
+        }
+        undecided_ids = {r.run_id for r in undecided}
+        yield from (r for r in batch if isinstance(r, Unreadable) or r.run_id not in undecided_ids or r.run_id in late)
+
+
+def _moved_since(run: Run, since: int) -> bool:
+    """A time of the run's at or after since; a deleted run whose deletion time the source
+    does not give (a tracking server's API has none) is taken: it may have been deleted since."""
+    if run.lifecycle_stage == DELETED and run.deleted_time is None:
+        return True
+    return any(t is not None and t >= since for t in (run.start_time, run.end_time, run.deleted_time))
 
 
 def _id(experiment: Experiment | Unreadable) -> str:

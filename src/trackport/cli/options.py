@@ -14,6 +14,7 @@ from trackport.stores.base import EXISTING_MODEL_POLICIES, LONG_VALUE_POLICIES
 
 SELECTION_NAMES = (
     "experiments", "run_ids", "include_deleted", "filter_string", "models", "models_only", "status", "created_after", "created_before",
+    "since",
 )
 STATUSES = ("active", "deleted", "all")
 
@@ -41,6 +42,9 @@ class Time(click.ParamType):
 
 TIME = Time()
 SINK_NAMES = ("artifact_root", "on_long_value", "on_existing_model")
+RENAME_NAMES = (
+    "rename_experiment", "rename_experiment_prefix", "target_experiment", "rename_model", "rename_model_prefix", "rename_file",
+)
 
 
 def _packed(names: tuple[str, ...], into: str):
@@ -63,12 +67,12 @@ def _models_alone(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         picks_runs = kwargs["experiments"] or kwargs["run_ids"] or kwargs["filter_string"] or kwargs["status"] == "deleted"
-        picks_runs = picks_runs or kwargs["created_after"] is not None or kwargs["created_before"] is not None
+        picks_runs = picks_runs or any(kwargs[k] is not None for k in ("created_after", "created_before", "since"))
         if (kwargs["models"] or kwargs["models_only"]) and picks_runs:
             which = "--model" if kwargs["models"] else "--models-only"
             raise click.UsageError(
                 f"{which} takes the registry (and with --model the runs behind it); it cannot be combined with"
-                " --experiment, --run-id, --filter, --status deleted or --created-*: run two transfers"
+                " --experiment, --run-id, --filter, --status deleted, --created-* or --since: run two transfers"
             )
         return command(*args, **kwargs)
 
@@ -116,7 +120,13 @@ def selection_options(command):
 
 
 def run_filter_options(command):
-    """--filter, --status, --created-after, --created-before: which runs, on any source."""
+    """--filter, --status, --created-after, --created-before, --since: which runs, on any source."""
+    command = click.option(
+        "--since",
+        type=TIME,
+        help="Only runs started or changed at or after TIME (epoch ms or an ISO date): start, end or"
+        " deletion time, or a metric's latest point, at or after it. A tag or param edit moves no time.",
+    )(command)
     command = click.option(
         "--created-before", type=TIME, help="Only runs created (started) at or before TIME: epoch ms or an ISO date."
     )(command)
@@ -151,27 +161,57 @@ def _pairs(option: str, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 def rename_options(command):
-    """--rename-experiment, --rename-experiment-prefix, --rename-file, handed to the command
-    as one trackport.renames.Renames `renames`."""
+    """--rename-experiment, --rename-experiment-prefix, --target-experiment, --rename-model,
+    --rename-model-prefix, --rename-file, handed to the command as one
+    trackport.renames.Renames `renames`."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        names, prefixes, path = (kwargs.pop(k) for k in ("rename_experiment", "rename_experiment_prefix", "rename_file"))
+        names, prefixes, target, models, model_prefixes, path = (kwargs.pop(k) for k in RENAME_NAMES)
         try:
-            renames = Renames(_pairs("--rename-experiment", names), _pairs("--rename-experiment-prefix", prefixes))
+            renames = Renames(
+                _pairs("--rename-experiment", names), _pairs("--rename-experiment-prefix", prefixes), target,
+                _pairs("--rename-model", models), _pairs("--rename-model-prefix", model_prefixes),
+            )
         except TrackportError as exc:
             raise click.UsageError(str(exc)) from None
         try:
-            kwargs["renames"] = renames.merged(Renames.from_file(Path(path))) if path else renames
+            from_file = Renames.from_file(Path(path)) if path else Renames()
         except TrackportError as exc:  # this wrapper runs outside the command's fail_cleanly
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
             raise error from None
+        try:
+            kwargs["renames"] = renames.merged(from_file)
+        except TrackportError as exc:  # the file and the options contradict each other
+            raise click.UsageError(f"--rename-file {path}: {exc}") from None
         return command(*args, **kwargs)
 
     decorated = click.option(
-        "--rename-file", metavar="FILE", help="Experiment names to change: a CSV with the header old,new, or a JSON object."
+        "--rename-file",
+        metavar="FILE",
+        help="Names to change: a CSV with the header old,new (experiments) or old,new,kind (kind: experiment or"
+        " model), or JSON: {old: new} (experiments) or {\"experiments\": {old: new}, \"models\": {old: new}}.",
     )(wrapper)
+    decorated = click.option(
+        "--rename-model-prefix",
+        multiple=True,
+        metavar="OLD=NEW",
+        help="Registered models and prompts whose names start with OLD take NEW instead (repeatable; the longest"
+        " matching prefix wins; an exact --rename-model before any prefix).",
+    )(decorated)
+    decorated = click.option(
+        "--rename-model",
+        multiple=True,
+        metavar="OLD=NEW",
+        help="Write registered model (or prompt) OLD, its versions and aliases, as NEW in the target (repeatable).",
+    )(decorated)
+    decorated = click.option(
+        "--target-experiment",
+        metavar="NAME",
+        help="Write every selected run into the one experiment NAME (a deliberate merge; the runs keep their"
+        " provenance). Not with --rename-experiment*.",
+    )(decorated)
     decorated = click.option(
         "--rename-experiment-prefix",
         multiple=True,

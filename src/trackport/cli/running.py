@@ -79,11 +79,12 @@ def transfer_config(workers: int) -> TransferConfig:
 
 def resolve_selection(
     source: SourceStore, experiments, run_ids, include_deleted, filter_string, models=(), models_only=False,
-    status=None, created_after=None, created_before=None,
+    status=None, created_after=None, created_before=None, since=None,
 ) -> Selection:
     """A bundle source takes deleted units unless told otherwise (it holds what its export
     selected); a store leaves them out unless asked. --status all is --include-deleted,
-    active is --exclude-deleted, deleted takes deleted runs only."""
+    active is --exclude-deleted, deleted takes deleted runs only. since: --since (runs started
+    or changed at or after it, Selection.changed_since)."""
     if status is not None and include_deleted is not None and include_deleted != (status != "active"):
         raise click.UsageError(f"--status {status} contradicts --{'include' if include_deleted else 'exclude'}-deleted; give one of them")
     if status is not None:
@@ -93,7 +94,7 @@ def resolve_selection(
         raise click.UsageError("--created-after is later than --created-before: no run can match")
     return Selection(
         tuple(experiments), tuple(run_ids), deleted, filter_string or None, tuple(models), bool(models_only),
-        created_after=created_after, created_before=created_before, deleted_only=status == "deleted",
+        created_after=created_after, created_before=created_before, deleted_only=status == "deleted", changed_since=since,
     )
 
 

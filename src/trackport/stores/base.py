@@ -47,6 +47,10 @@ class Selection:
     created_before: int | None = None
     # Deleted runs only (`--status deleted`; include_deleted is then true as well).
     deleted_only: bool = False
+    # Runs started or changed at or after this time, epoch milliseconds (`--since`): start,
+    # end or deleted time, or any metric's latest point, at or after it (MLflow keeps no
+    # last-update time of a run; trackport.selection.changed_since).
+    changed_since: int | None = None
 
     def to_json(self) -> dict:
         return {
@@ -59,13 +63,15 @@ class Selection:
             "created_after": self.created_after,
             "created_before": self.created_before,
             "deleted_only": self.deleted_only,
+            "changed_since": self.changed_since,
         }
 
     @property
     def filters_runs(self) -> bool:
-        """Whether it takes runs by what they hold (a filter, deleted state, creation time):
-        trackport.selection.runs_of decides, not a listing by id."""
-        return bool(self.filter or self.deleted_only or self.created_after is not None or self.created_before is not None)
+        """Whether it takes runs by what they hold (a filter, deleted state, creation or
+        change time): trackport.selection.runs_of decides, not a listing by id."""
+        times = (self.created_after, self.created_before, self.changed_since)
+        return bool(self.filter or self.deleted_only or any(t is not None for t in times))
 
     @property
     def narrows_runs(self) -> bool:

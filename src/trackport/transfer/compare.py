@@ -20,6 +20,7 @@ from trackport.stores.base import Selection, SourceStore, Unreadable
 from trackport.renames import Renames
 from trackport.selection import runs_of, select_workspace_units, takes_registry
 from trackport.transfer.compare_units import compare_units, sha256_of
+from trackport.transfer.renamed_units import expected_listing
 from trackport.transfer.units import unit_types, workspace_unit_types
 from trackport.provenance import (
     SOURCE_RUN_ID_TAG,
@@ -83,7 +84,7 @@ def compare_stores(
         if other is None:
             yield Difference(where, "missing")
             continue
-        if level == "full":
+        if level == "full" and renames.target is None:  # --target-experiment: no copy of any one experiment
             yield from _compare_experiment(where, experiment, other)
         matched[("experiment", experiment.experiment_id)] = other.experiment_id
         copies: dict[str, list[Run]] = {}
@@ -116,11 +117,12 @@ def compare_stores(
         yield from _compare_units(
             where, expected, experiment, actual, other,
             lambda k, i: id_map(i) if k == "run" else matched.get((k, i), i), matched, level, selection, clamps_infinity,
+            renames,
         )
     if takes_registry(selection):
         yield from _compare_units(
             "the workspace", expected, None, actual, None, lambda k, i: matched.get((k, i), i), matched, level, selection,
-            clamps_infinity,
+            clamps_infinity, renames,
         )
 
 
@@ -135,9 +137,10 @@ def _compare_units(
     level: str,
     selection: Selection,
     clamps: bool,
+    renames: Renames,
 ) -> Iterator[Difference]:
     """Units of the other registered kinds (the workspace's when experiment is None):
-    transfer/compare_units.py."""
+    transfer/compare_units.py; registered models expected under their new names."""
     everything = Selection(include_deleted=True)
     for unit_type in unit_types()[1:] if experiment is not None else workspace_unit_types():
         mine = unit_type.listing(expected, experiment, selection if experiment is None else everything)
@@ -153,6 +156,7 @@ def _compare_units(
                     and (not selection.narrows_runs or unit_type.anchor(u) in matched)
                 )
             )
+        mine = expected_listing(renames, mine)
         theirs = unit_type.listing(actual, other, everything)
         for place, what in compare_units(where, unit_type, expected, mine, actual, theirs, id_map, matched, level, clamps):
             yield Difference(place, what)

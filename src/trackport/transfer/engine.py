@@ -29,6 +29,7 @@ from trackport.transfer.idmap import IdMap
 from trackport.transfer.ledger import Ledger
 from trackport.selection import select_workspace_units, takes_registry
 from trackport.transfer.plan import DELETED_REASON, IN_DELETED_EXPERIMENT, Plan, PlannedExperiment, declared_losses, plan_transfer
+from trackport.transfer.renamed_units import experiment_as_written, target_experiment_note, with_renamed_models
 from trackport.transfer.scheduler import ExperimentUnits
 from trackport.transfer.summary import Failure, Summary
 from trackport.transfer.target_records import claim_records
@@ -88,7 +89,7 @@ def transfer(
         run.summary.notices.append(
             f"the source holds units of kinds this trackport does not know ({', '.join(unknown)}); they are not moved"
         )
-    run.summary.planned_losses = declared_losses(source, sink)
+    run.summary.planned_losses = declared_losses(source, sink) + target_experiment_note(plan.renames)
     run.ledger.started(
         {"kind": source_description.kind, "uri": source_description.uri},
         selection.to_json(),
@@ -139,8 +140,8 @@ class _Transfer:
         self.summary = Summary()
         self.on_progress = on_progress
         self.config = config
-        self.types = unit_types(run_units)
-        self.workspace_types = workspace_unit_types()
+        self.types = with_renamed_models(unit_types(run_units), renames)
+        self.workspace_types = with_renamed_models(workspace_unit_types(), renames)
         self._types = {t.kind.name: t for t in self.types + self.workspace_types}
         self.failed: set[tuple[str, str]] = set()  # units failed in this transfer: their dependents fail too
         self.planned: dict[str, int | None] = {}
@@ -248,7 +249,8 @@ class _Transfer:
         if runs is None:
             return
         try:
-            written = self.sink.put_experiment(dataclasses.replace(experiment, name=self.renames.experiment(name)))
+            as_written = experiment_as_written(self.renames, experiment)
+            written = self.sink.put_experiment(as_written)
         except Exception as exc:  # noqa: BLE001 - recorded, reported, counted
             reason = self.unit_failure(exc, "experiment", exp_id)
             problem = self._each_unit(
@@ -265,7 +267,7 @@ class _Transfer:
         for unit_type in self.types:
             problem = problem or self._move_kind(scope, unit_type, runs if unit_type.kind.name == "run" else None)
         if problem is None:
-            problem = self._finish_experiment(experiment, target)
+            problem = self._finish_experiment(as_written, target)
         if problem:
             self.record_failure("experiment", exp_id, name, problem)
             return

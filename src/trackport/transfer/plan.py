@@ -37,7 +37,8 @@ class Plan:
 def plan_transfer(source: SourceStore, selection: Selection, renames: Renames = Renames()) -> Plan:
     """What the transfer will take; BadInputError (nothing written yet) for a selection
     that takes nothing, so an empty store or a typo never produces an empty target, or for
-    renames that would write two experiments into one."""
+    renames that would write two experiments (without --target-experiment) or two
+    registered models into one."""
     where = source.describe().uri
     if (selection.models or selection.models_only) and (selection.experiments or selection.narrows_runs):
         raise BadInputError(
@@ -47,15 +48,17 @@ def plan_transfer(source: SourceStore, selection: Selection, renames: Renames = 
     holds_registry = takes_registry(selection) and next(iter(_listing(source, kinds.REGISTERED_MODEL, selection)), None) is not None
     if selection.models and not holds_registry:
         raise BadInputError(f"{where}: no registered model or prompt matches --model {' '.join(selection.models)}")
+    if holds_registry and renames.renames_models:  # two models written as one: refused before writing
+        renames.check_models(u.unit_id for u in _listing(source, kinds.REGISTERED_MODEL, selection) if isinstance(u, kinds.Unit))
     if selection.models_only:
         if not holds_registry:
             raise BadInputError(f"{where}: the store holds no registered model or prompt to transfer")
-        return Plan(selection, [])
+        return Plan(selection, [], renames)
     if selection.models:
         versions = _listing(source, kinds.MODEL_VERSION, selection)
         runs = sorted({u.refs["run"] for u in versions if isinstance(u, kinds.Unit) and "run" in u.refs})
         if not runs:
-            return Plan(selection, [])
+            return Plan(selection, [], renames)
         selection = dataclasses.replace(selection, run_ids=tuple(runs), include_deleted=True, runs_from_models=True)
     planned = plan_experiments(source, selection, holds_more=holds_registry)
     renames.check(p.unit.name for p in planned if isinstance(p.unit, Experiment))

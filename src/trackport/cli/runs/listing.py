@@ -70,12 +70,15 @@ class Columns(click.ParamType):
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE (whole or not at all) instead of stdout.")
 @fail_cleanly
-def list_command(source, experiments, run_ids, filter_string, status, created_after, created_before, output_format, columns, output):
+def list_command(
+    source, experiments, run_ids, filter_string, status, created_after, created_before, since, output_format, columns, output,
+):
     """List the runs of SOURCE (a store or a bundle), oldest first, with their params and latest metric values."""
     store = open_source(source)
     try:
         selection = resolve_selection(
             store, experiments, run_ids, None, filter_string, status=status, created_after=created_after, created_before=created_before,
+            since=since,
         )
         extra = {name for group in columns for name in group}
         rows = run_rows(store, selection, with_metrics=output_format != "table")
