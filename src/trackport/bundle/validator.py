@@ -287,7 +287,6 @@ def metric_batches(plan: RunPlan) -> Iterator[pa.RecordBatch]:
     nulls, only its run's rows, as many as run.json says); Refused on the first problem.
     The files' sha256 are the caller's to check (the reader before the first batch, verify
     with every file)."""
-    key = ("run", plan.run.run_id)
     for part in plan.metrics or ():
         try:
             yield from read_metrics(part.path, run_id=plan.run.run_id, expected_rows=part.points)

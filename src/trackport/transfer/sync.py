@@ -25,7 +25,8 @@ from trackport.transfer.idmap import IdMap
 from trackport.transfer.plan import Plan, plan_transfer
 from trackport.transfer.summary import Summary
 from trackport.transfer.sync_diff import run_difference
-from trackport.transfer.sync_runs import SyncOptions, SyncRunUnits, TargetIndex, decide, source_fingerprint
+from trackport.transfer.sync_runs import SyncOptions, SyncRunUnits, TargetIndex, decide
+from trackport.transfer.units import source_fingerprint
 from trackport.transfer.sync_state import ExperimentRecord, SyncState
 from trackport.transfer.target_records import claim_records, records_belong
 
@@ -148,7 +149,7 @@ def dry_run(
                 continue
             seen.add(run.run_id)
             copy = copies.get(run.run_id)
-            source_fp = source_fingerprint(source, run)
+            source_fp, _ = source_fingerprint(source, run)
             held = index.get(target_id, copy.run_id) if copy is not None else None
             decision = decide(state.run(run.run_id), copy.run_id if copy else None, run, source_fp, held[1] if held else None, options)
             action, detail = decision.action, ", ".join(decision.parts) or decision.reason

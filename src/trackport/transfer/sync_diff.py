@@ -14,7 +14,6 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from trackport.domain import DELETED, METRIC_SCHEMA, RUN_NAME_TAG, Run
 from trackport.patching import RunPatch

@@ -25,7 +25,7 @@ from trackport.selection import runs_of
 from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
 from trackport.transfer.sync_diff import run_difference
 from trackport.transfer.sync_state import RunRecord, SyncState
-from trackport.transfer.units import Moved, RunUnits, remap_parent, SourceRunContent
+from trackport.transfer.units import Moved, RunUnits, SourceRunContent, remap_parent, source_fingerprint
 
 ON_CONFLICT = ("fail", "skip", "source")
 ACTIONS = ("new", "updated", "unchanged", "conflicts", "gone")
@@ -91,11 +91,6 @@ class TargetIndex:
         return found
 
 
-def source_fingerprint(source: SourceStore, run: Run) -> Fingerprint:
-    latest = source.metric_summaries([run], None, whole_history=False).get(run.run_id, {})
-    return fingerprint(run, latest, list(source.list_artifacts(run)))
-
-
 def decide(record: RunRecord | None, copy_id: str | None, run: Run, source_fp: Fingerprint,
            target_fp: Fingerprint | None, options: SyncOptions) -> Decision:
     if copy_id is None:
@@ -150,7 +145,7 @@ class SyncRunUnits(RunUnits):
         if run.run_id in self._gone:
             return self._gone_from_source(sink, run, target_experiment_id)
         remapped, losses = remap_parent(run, targets)
-        source_fp = source_fingerprint(source, run)
+        source_fp, artifacts = source_fingerprint(source, run)
         # Looked up without side effects (find_run would also mark a copy deleted when its
         # source run is): the copy is read as it is before anything changes it.
         copy_id = sink.lookup_run(SourceRunId(run.run_id), target_experiment_id)
@@ -179,7 +174,7 @@ class SyncRunUnits(RunUnits):
             self._count("unchanged")
             return Moved(copy_id, "skipped", "equal to the source", notes=difference.notes)
         self.state.begin_change(record or RunRecord(run.run_id, run.experiment_id, copy_id, {}, {}, run.run_name))
-        written = sink.patch_run(copy_id, difference.patch, SourceRunContent(source, run))
+        written = sink.patch_run(copy_id, difference.patch, SourceRunContent(source, run, artifacts))
         self._record(run, target_experiment_id, copy_id, source_fp)
         self._count("updated")
         return Moved(

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from trackport import kinds
 from trackport.domain import DELETED, PARENT_RUN_ID_TAG, ArtifactFile, Experiment, Run, SourceRunId
+from trackport.fingerprint import Fingerprint, fingerprint
 from trackport.selection import runs_of
 from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable, UnitWriteResult, read_units
 
@@ -99,17 +100,19 @@ class UnitType(ABC):
 
 
 class SourceRunContent:
-    """Lets a sink pull one run's metrics and artifacts from the source as it writes."""
+    """Lets a sink pull one run's metrics and artifacts from the source as it writes;
+    artifacts: the run's artifact listing when it was read already (for its fingerprint)."""
 
-    def __init__(self, source: SourceStore, run: Run) -> None:
+    def __init__(self, source: SourceStore, run: Run, artifacts: list[ArtifactFile] | None = None) -> None:
         self._source = source
         self._run = run
+        self._artifacts = artifacts
 
     def metric_batches(self) -> Iterator[pa.RecordBatch]:
         return self._source.iter_metric_batches(self._run)
 
     def artifact_files(self) -> Iterator[ArtifactFile]:
-        return self._source.list_artifacts(self._run)
+        return iter(self._artifacts) if self._artifacts is not None else self._source.list_artifacts(self._run)
 
     def open_artifact(self, path: str) -> AbstractContextManager[BinaryIO]:
         return self._source.open_artifact(self._run, path)
@@ -147,10 +150,16 @@ class RunUnits(UnitType):
         existing = sink.find_run(remapped, target_experiment_id)
         if existing is not None:
             return Moved(existing, "skipped", "already complete in the target")
+        return self.write(source, run, losses, lambda: sink.put_run(remapped, target_experiment_id, SourceRunContent(source, run)), sink)
+
+    @staticmethod
+    def write(source: SourceStore, run: Run, losses: list[str], put: Callable[[], Any], sink: SinkStore) -> Moved:
+        """Write a run with put() (a RunWriteResult): a damaged run is refused first where
+        the sink cannot undo a run it failed to write; a missing artifact folder is noted."""
         if not sink.capabilities.undoes_failed_runs:
             source.check_run(run)  # a damaged run is refused before anything of it is written
         missing = source.missing_artifact_folder(run)
-        result = sink.put_run(remapped, target_experiment_id, SourceRunContent(source, run))
+        result = put()
         return Moved(
             result.target_run_id,
             amounts={
@@ -162,6 +171,14 @@ class RunUnits(UnitType):
             notes=[f"no artifact folder at {missing}"] if missing else [],
             missing_artifact_folder=missing,
         )
+
+
+def source_fingerprint(source: SourceStore, run: Run) -> tuple[Fingerprint, list[ArtifactFile]]:
+    """The run's fingerprint from what its source gives cheaply (its listing, latest metric
+    points, artifact paths and sizes), and the artifact listing read for it."""
+    latest = source.metric_summaries([run], None, whole_history=False).get(run.run_id, {})
+    artifacts = list(source.list_artifacts(run))
+    return fingerprint(run, latest, artifacts), artifacts
 
 
 def remap_parent(run: Run, targets: dict[Key, str | None]) -> tuple[Run, list[str]]:
