@@ -12,6 +12,7 @@ import pytest
 
 from model_memory import model_source
 from trackport.bundle import BundleSink, BundleSource, verify_bundle
+from trackport.bundle.layout import FORMAT_VERSION
 from trackport.errors import BadInputError, UnitError
 from trackport.opening import open_bundle_sink, open_bundle_source
 from trackport.stores.base import Selection
@@ -39,7 +40,7 @@ def test_models_round_trip_through_a_bundle(tmp_path):
     bundle = tmp_path / "b"
     assert verify_bundle(bundle, "full").ok
     root = json.loads((bundle / "trackport-bundle.json").read_text())
-    assert root["format_version"] == "1.3"
+    assert root["format_version"] == FORMAT_VERSION
     assert root["counts"]["logged_models"] == 2 and root["counts"]["model_versions"] == 6
     # Runs' artifacts (2 files each) and the logged models' files.
     assert root["counts"]["artifact_files"] == 2 * 4 + 4

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from trackport.cli.main import cli
@@ -187,6 +187,25 @@ def test_renamed_experiment_is_renamed_not_copied_again(tmp_path, empty_db, targ
     again = _sync(src.uri, target_server.url)
     assert again.sync["new"] == 0 and any("renamed" in n for n in again.notices)
     assert len(_target_runs(target_server.url, src.name + "-renamed")) == 2
+
+
+def test_sync_under_a_prefix_rename_keeps_the_renamed_copy_in_step(tmp_path, empty_db):
+    src = Source(tmp_path, empty_db, runs=2)
+    target = f"sqlite:///{tmp_path / 'staging.db'}"
+    rename = ("--rename-experiment-prefix", "sync-=staging-sync-")
+    runner = CliRunner()
+    first = runner.invoke(cli, ["sync", src.uri, target, "--json", *rename])
+    assert first.exit_code == 0, first.output
+    src.client.log_metric(src.runs["r1"], "loss", 0.01, timestamp=1_700_000_200_000, step=9)
+    second = runner.invoke(cli, ["sync", src.uri, target, "--json", *rename])
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.output[second.output.index("{"):])["sync"] == {
+        "new": 0, "updated": 1, "unchanged": 1, "conflicts": 0, "gone": 0,
+    }
+    renamed = src.name.replace("sync-", "staging-sync-", 1)
+    assert len(_target_runs(target, renamed)) == 2 and MlflowClient(tracking_uri=target).get_experiment_by_name(src.name) is None
+    verified = runner.invoke(cli, ["verify", src.uri, target, *rename])
+    assert verified.exit_code == 0 and verified.output.strip().endswith("0 differences"), verified.output
 
 
 def test_cli_sync_dry_run_and_refusals(tmp_path, empty_db, target_server):
