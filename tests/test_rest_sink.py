@@ -371,3 +371,24 @@ def test_deleted_experiment_and_restored_target(target_server, tmp_path):
     [kept_copy] = copies(client, exp.experiment_id, kept.run_id)
     [gone_copy] = copies(client, exp.experiment_id, gone.run_id)
     assert (kept_copy.info.lifecycle_stage, gone_copy.info.lifecycle_stage) == ("active", "deleted")
+
+
+def test_verify_passes_over_a_deleted_partial_copy_and_reports_an_active_one(target_server, tmp_path):
+    """A run a killed transfer began in a server is deleted by the next transfer (a server
+    cannot purge): verify ignores it then, and reports it while it still looks ordinary."""
+    from trackport.transfer.compare import compare_stores
+
+    run = tiny_run("kept", params={"p": "1"})
+    source = TinySource(Experiment("7", f"partial-{uuid.uuid4().hex[:8]}"), [(run, [("m", 0, 1, 1.0)], {})])
+    with rest_sink(target_server.url, tmp_path) as sink:
+        assert transfer(source, sink, Selection(include_deleted=True)).failed == 0
+    client = MlflowClient(tracking_uri=target_server.url)
+    exp_id = client.get_experiment_by_name(source.experiments[0].name).experiment_id
+    partial = client.create_run(exp_id, tags={SOURCE_RUN_TAG: run.run_id}, run_name="kept").info.run_id
+
+    def differences() -> list[str]:
+        return [str(d) for d in compare_stores(source, open_source(target_server.url), Selection(include_deleted=True))]
+
+    assert any("2 copies in the target" in d and partial in d for d in differences())
+    client.delete_run(partial)
+    assert differences() == []

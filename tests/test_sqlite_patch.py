@@ -8,6 +8,7 @@ import math
 import shutil
 import sqlite3
 import sys
+import threading
 import time
 from contextlib import closing, contextmanager
 from io import BytesIO
@@ -317,3 +318,33 @@ def test_files_for_a_run_that_had_none_and_a_killed_patch_s_leftovers(store_uri,
     assert got.read_bytes() == b"abc"
     assert Path(client.download_artifacts(child, "report.json", str(tmp_path / "c"))).read_bytes() == b"{}"
     assert sorted(p.name for p in child_folder.iterdir()) == ["artifacts"]
+
+
+def test_a_store_reads_its_metrics_while_this_process_holds_a_write_open(store_uri):
+    """A sync reads target runs while its group commit writes. ADBC's own copy of SQLite
+    cannot see this process's lock (POSIX locks are per process) and took the writer's
+    journal for a hot one: "attempt to write a readonly database". The read must wait for
+    the write instead."""
+    with SqliteStore(store_uri, create=True) as sink:
+        parent = next(r for e in sink.list_experiments(EVERYTHING) for r in sink.iter_runs(e, EVERYTHING)
+                      if sum(b.num_rows for b in sink.iter_metric_batches(r)))
+        expected = sum(b.num_rows for b in sink.iter_metric_batches(parent))
+        with closing(sqlite3.connect(sink.path, isolation_level=None)) as writer:
+            writer.execute("PRAGMA cache_size = 1")  # pages spill: the journal is written out
+            writer.execute("BEGIN IMMEDIATE")
+            writer.execute("CREATE TABLE filler (x)")
+            writer.executemany("INSERT INTO filler VALUES (?)", ((i,) for i in range(5000)))
+            read: list[int | BaseException] = []
+
+            def reader() -> None:
+                try:
+                    read.append(sum(b.num_rows for b in sink.iter_metric_batches(parent)))
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    read.append(exc)
+
+            thread = threading.Thread(target=reader)
+            thread.start()
+            time.sleep(0.5)
+            writer.execute("ROLLBACK")
+            thread.join(30)
+        assert read == [expected]

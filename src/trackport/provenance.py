@@ -12,6 +12,7 @@ SOURCE_RUN_ID_TAG = "trackport.source.run_id"
 SOURCE_EXPERIMENT_ID_TAG = "trackport.source.experiment_id"
 LOSSES_TAG = "trackport.losses"
 COMPLETE_TAG = "trackport.complete"  # written last: a run without it is a partial copy
+COMPLETE_VALUE = "true"
 # On a unit of another kind that a target gives a new id (a logged model) or that the target
 # may hold already (a registered model, a version appended to one): the source unit's id.
 SOURCE_UNIT_TAG = "trackport.source.id"
@@ -30,6 +31,11 @@ MLMODEL_FILE = "MLmodel"
 
 def is_provenance_tag(key: str) -> bool:
     return key.startswith(PROVENANCE_PREFIX)
+
+
+def is_partial_copy(tags: dict[str, str]) -> bool:
+    """A run trackport began writing into a server and never finished (see rest.copies)."""
+    return SOURCE_RUN_ID_TAG in tags and tags.get(COMPLETE_TAG) != COMPLETE_VALUE
 
 
 def rewrite_tag(key: str, value: str, source_run_id: str, target_run_id: str) -> str:

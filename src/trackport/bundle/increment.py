@@ -27,8 +27,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from trackport._files import copy_stream, safe_join
-from trackport.domain import Run, TargetExperimentId
+from trackport.domain import ArtifactFile, Run, TargetExperimentId
 from trackport.errors import BadInputError, UnitError
 from trackport.stores.base import RunContent, RunWriteResult, Selection, StoreDescription
 from trackport.bundle import chain, descriptor
@@ -37,7 +36,7 @@ from trackport.bundle.layout import ARTIFACTS_DIR, METRICS_FILE, ROOT_FILE, RUN_
 from trackport.bundle.metrics_parquet import DEFAULT_ROW_GROUP_ROWS, write_metrics
 from trackport.bundle.reader import BundleSource
 from trackport.bundle.validator import RunPlan, Stored
-from trackport.bundle.writer import BundleSink
+from trackport.bundle.writer import BundleSink, copy_files
 
 
 class IncrementSink(BundleSink):
@@ -188,26 +187,14 @@ def _reference_metrics(before: RunPlan) -> dict | None:
 def _artifacts(run: Run, content: RunContent, before: RunPlan, root: Path, result: RunWriteResult) -> list[dict]:
     """Every artifact of the run: a reference where the previous link has a file of that
     path and size, else copied (hashed as it is written)."""
-    files = []
-    for af in content.artifact_files():
+
+    def held(af: ArtifactFile) -> dict | None:
         known = before.artifacts.get(af.path)
         if known is not None and af.size is not None and known.size == af.size:
-            files.append(dict(_record(known), path=af.path))
-            continue
-        try:
-            target = safe_join(root, af.path)
-        except ValueError as e:
-            raise UnitError(f"run {run.run_id}: artifact {e}; nothing of it was written") from None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with content.open_artifact(af.path) as src:
-                sha, size = copy_stream(src, target)
-        except FileExistsError:
-            raise UnitError(f"run {run.run_id}: artifact {af.path!r} is listed twice") from None
-        files.append({"path": af.path, "size": size, "sha256": sha})
-        result.artifact_files += 1
-        result.artifact_bytes += size
-    return sorted(files, key=lambda f: f["path"])
+            return dict(_record(known), path=af.path)
+        return None
+
+    return copy_files(content, root, f"run {run.run_id}: artifact", result, held)
 
 
 def _points(batch: pa.RecordBatch) -> Iterator[tuple]:

@@ -14,8 +14,9 @@ import shutil
 import threading
 import uuid
 from pathlib import Path
+from typing import Callable
 
-from trackport.domain import Capabilities, Experiment, Run
+from trackport.domain import ArtifactFile, Capabilities, Experiment, Run
 from trackport.domain import SourceRunId, TargetExperimentId, TargetRunId
 from trackport.errors import BadInputError, TrackportError, UnitError, storage_error
 from trackport.locking import LOCK_FILE, TargetLock
@@ -278,7 +279,7 @@ class BundleSink(SinkStore):
             points, sha, size = written
             metrics = {"file": METRICS_FILE, "points": points, "sha256": sha, "size": size}
             result.metric_points = points
-        artifacts = _copy_files(content, tmp / ARTIFACTS_DIR, f"run {run.run_id}: artifact", result)
+        artifacts = copy_files(content, tmp / ARTIFACTS_DIR, f"run {run.run_id}: artifact", result)
         write_json(tmp / RUN_FILE, run_doc(run, eid, metrics, artifacts, fingerprint))
         return result
 
@@ -336,7 +337,7 @@ class BundleSink(SinkStore):
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
-            files = _copy_files(content, tmp, f"{unit.kind} {unit.unit_id}: file", result)
+            files = copy_files(content, tmp, f"{unit.kind} {unit.unit_id}: file", result)
             with self._lock:
                 if os.path.lexists(final):  # left by a killed export into this bundle (see put_unit)
                     shutil.rmtree(final)
@@ -375,11 +376,17 @@ def _empty_but_for_a_lock(path: Path) -> bool:
     return True
 
 
-def _copy_files(content: RunContent | UnitContent, root: Path, what: str, result: RunWriteResult | UnitWriteResult) -> list[dict]:
+def copy_files(content: RunContent | UnitContent, root: Path, what: str, result: RunWriteResult | UnitWriteResult,
+               held: Callable[[ArtifactFile], dict | None] = lambda af: None) -> list[dict]:
     """Every file of content into root, hashed as it is written, counted into result;
-    their records ({path, size, sha256}) sorted by path. what: "run <id>: artifact"."""
+    their records ({path, size, sha256}) sorted by path. what: "run <id>: artifact".
+    held: the record of a file held already (an increment's reference), not copied."""
     files: list[dict] = []
     for af in content.artifact_files():
+        record = held(af)
+        if record is not None:
+            files.append(record)
+            continue
         try:
             target = safe_join(root, af.path)
         except ValueError as e:

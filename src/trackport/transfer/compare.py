@@ -15,7 +15,7 @@ import pyarrow as pa
 
 import pyarrow.compute as pc
 
-from trackport.domain import METRIC_SCHEMA, PARENT_RUN_ID_TAG, Experiment, Run
+from trackport.domain import DELETED, METRIC_SCHEMA, PARENT_RUN_ID_TAG, Experiment, Run
 from trackport.stores.base import Selection, SourceStore, Unreadable
 from trackport.renames import Renames
 from trackport.selection import runs_of, select_workspace_units, takes_registry
@@ -25,6 +25,7 @@ from trackport.transfer.units import unit_types, workspace_unit_types
 from trackport.provenance import (
     SOURCE_RUN_ID_TAG,
     is_mlmodel,
+    is_partial_copy,
     is_provenance_tag,
     rewrite_mlmodel,
     rewrite_tag,
@@ -60,8 +61,9 @@ def compare_stores(
     Runs are matched through run_id_map, or else by the provenance tag trackport writes
     into targets that assign new ids, or else by id. The comparison allows exactly what a
     transfer changes on purpose: ids (also the run's own id inside its tags and MLmodel
-    files), trackport's provenance tags in the target, and ±inf stored clamped when
-    clamps_infinity (by default: when the actual store declares it does)."""
+    files), trackport's provenance tags in the target, the deleted partial copies that
+    interrupted transfers leave in a server, and ±inf stored clamped when clamps_infinity
+    (by default: when the actual store declares it does)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}")
     if clamps_infinity is None:
@@ -92,6 +94,8 @@ def compare_stores(
             if isinstance(r, Unreadable):
                 yield Difference(f"run {r.source_id}", f"unreadable in the target: {r.reason}")
                 continue
+            if r.lifecycle_stage == DELETED and is_partial_copy(r.tags):
+                continue  # what an interrupted transfer left in a server, which cannot purge it
             source_id = r.run_id if run_id_map else r.tags.get(SOURCE_RUN_ID_TAG, r.run_id)
             copies.setdefault(source_id, []).append(r)
         by_target = {r.run_id: r for found in copies.values() for r in found}

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from trackport.domain import DELETED, Run
-from trackport.provenance import COMPLETE_TAG, SOURCE_RUN_ID_TAG
+from trackport.provenance import COMPLETE_TAG, COMPLETE_VALUE, SOURCE_RUN_ID_TAG
 from trackport.stores.rest.http import API, NotFoundError, RestClient
-
-COMPLETE_VALUE = "true"
 _SIMPLE_ID = re.compile(r"^[\w\-]+$")
 
 

@@ -121,6 +121,11 @@ class SqliteStore(SqliteSource, ModelWriting, SqlitePatching, SinkStore):
         SqliteSource.__init__(self, uri, path, artifacts_destination=artifacts_destination, config=config)
         if create:  # what killed transfers into this store left: cleared while holding its lock
             self.__dict__["identity"] = self._folders.store_identity  # read once, while opening
+            # Metrics are read back through Python's sqlite3, never ADBC's own copy of SQLite:
+            # POSIX locks are per process, so that copy cannot see this process's write lock
+            # and takes the open transaction's journal for a hot one ("attempt to write a
+            # readonly database" on a read during a sync).
+            self.__dict__["_adbc"] = None
             self._folders.settle(self._committed)
 
     def _open_for_writing(self, path: Path, artifact_root: str | None, config: TransferConfig) -> None:
