@@ -10,6 +10,7 @@ connection and a dropped one never poisons a pool.
 """
 from __future__ import annotations
 
+import collections
 import http.client
 import random
 import socket
@@ -63,6 +64,7 @@ class FaultProxy:
         self.counts: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._script = list(faults.script)
         self.requests = 0
+        self.paths: collections.Counter[tuple[str, str]] = collections.Counter()  # (method, path) -> requests
         self.enabled = True  # switch faults off (e.g. while a test reads the target directly)
         proxy = self
 
@@ -104,6 +106,15 @@ class FaultProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def requests_to(self, prefix: str, method: str | None = None) -> int:
+        """Requests whose path (query left out) starts with prefix (and of that method)."""
+        with self._count_lock:
+            return sum(n for (m, p), n in self.paths.items() if p.startswith(prefix) and method in (None, m))
+
+    def reset_paths(self) -> None:
+        with self._count_lock:
+            self.paths.clear()
 
     # -- used by the handler ----------------------------------------------------------
 
@@ -149,6 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         self.close_connection = True
         proxy = self.owner
+        with proxy._count_lock:
+            proxy.paths[(self.command, self.path.split("?", 1)[0])] += 1
         fault, delay, retry_after = proxy._draw(self.path)
         if delay:
             proxy._count("delayed")

@@ -41,8 +41,15 @@ def open_source(uri: str, *, config: TransferConfig = DEFAULT) -> SourceStore:
         from trackport.stores.rest.server import connect
         from trackport.stores.rest.source import RestSource
 
-        client, info = connect(uri, "source", config=config)
-        return RestSource(client, uri, info, config=config)
+        from trackport.stores.mlflow_db.uri import split_uri_options
+
+        bare, artifacts_destination = split_uri_options(uri)  # ?artifacts_destination=s3://... (docs/s3-artifacts.md)
+        client, info = connect(bare, "source", config=config)
+        try:
+            return RestSource(client, bare, info, config=config, artifacts_destination=artifacts_destination)
+        except BaseException:
+            client.close()
+            raise
     if location.kind == SQLITE:
         from trackport.stores.sqlite.store import SqliteStore
 
@@ -105,20 +112,26 @@ def open_sink(
     on_long_value: str = "error",
     on_existing_model: str = "fail",
     config: TransferConfig = DEFAULT,
+    artifacts_direct: bool = False,
 ) -> SinkStore:
     """A store to write into: a tracking server, a local sqlite store (created if missing)
     or a bundle. The sink holds the target's lock until it is closed. on_existing_model:
     what to do with a registered model of the target trackport did not write (fail, skip,
-    append); a bundle has none."""
+    append); a bundle has none. artifacts_direct: a tracking server's artifacts are
+    written straight into its S3 bucket (docs/s3-artifacts.md); other stores ignore it."""
     location = locate(uri)
     if location.kind == REST:
         from trackport.stores.rest.server import connect
         from trackport.stores.rest.sink import RestSink
 
-        client, info = connect(uri, "target", config=config)
+        from trackport.stores.mlflow_db.uri import split_uri_options
+
+        bare, artifacts_destination = split_uri_options(uri)  # ?artifacts_destination=s3://... (docs/s3-artifacts.md)
+        client, info = connect(bare, "target", config=config)
         try:
             return RestSink(
-                client, uri, info, on_long_value=on_long_value, on_existing_model=on_existing_model, config=config
+                client, bare, info, on_long_value=on_long_value, on_existing_model=on_existing_model, config=config,
+                artifacts_direct=artifacts_direct, artifacts_destination=artifacts_destination,
             )
         except BaseException:
             client.close()

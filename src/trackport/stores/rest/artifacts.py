@@ -3,8 +3,10 @@ and a logged model's (under the model's own artifact URI).
 
 Small files are sent whole; larger ones stream from a rewindable body (urllib3 rewinds it
 on a retry), in parts straight to presigned URLs where the server's destination supports
-MLflow's multipart upload. An MLmodel file names its run and logged model, so it is
-rewritten for the new ids (provenance.rewrite_mlmodel).
+MLflow's multipart upload. With artifacts_direct (--artifacts-direct) files go straight to
+the S3 bucket the artifact URI names (s3://..., or mlflow-artifacts:/ under the server's
+destination given as ?artifacts_destination=), never through the server. An MLmodel file
+names its run and logged model, so it is rewritten for the new ids (provenance.rewrite_mlmodel).
 """
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ from urllib.parse import quote, urlsplit
 
 from trackport._files import CHUNK_SIZE, check_relpath
 from trackport.domain import Run
-from trackport.errors import TransientError, UnitError
+from trackport.errors import BadInputError, TransientError, UnitError
+from trackport.s3 import S3Url
 from trackport.provenance import is_mlmodel, rewrite_mlmodel
 from trackport.stores.base import UnitContent
 from trackport.stores.rest.http import ARTIFACTS_API, RestClient, RestError
+from trackport.stores.s3_artifacts import S3Artifacts, s3_root
 
 MULTIPART_MIN_SIZE = 500 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE
 MULTIPART_CHUNK = 10 * 1024 * 1024  # MLflow client's MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE
@@ -36,9 +40,18 @@ class Counted(Protocol):
 
 
 class ArtifactUploader:
-    def __init__(self, client: RestClient, *, multipart_uploads: bool) -> None:
+    def __init__(
+        self,
+        client: RestClient,
+        *,
+        multipart_uploads: bool,
+        direct: S3Artifacts | None = None,
+        destination: S3Url | None = None,
+    ) -> None:
         self.client = client
         self.multipart_uploads = multipart_uploads  # the server said it takes them
+        self.direct = direct  # --artifacts-direct: files go to S3 with our own credentials
+        self.destination = destination  # the server's --artifacts-destination, when given
 
     def upload(self, run: Run, target_id: str, artifact_uri: str, content: UnitContent, result: Counted) -> None:
         """Every artifact of the source run into the target run (whose artifact URI the
@@ -52,14 +65,53 @@ class ArtifactUploader:
         server gave it), counted into result; an MLmodel file through rewrite. owner names
         whose files they are in messages ("run 3f2a...")."""
         root: str | None = None
+        bucket: S3Url | None = None
         for artifact in content.artifact_files():
-            if root is None:
-                root = _artifact_root(artifact_uri)
+            if root is None and bucket is None:
+                if self.direct is not None:
+                    bucket = self._direct_root(artifact_uri)
+                else:
+                    root = _artifact_root(artifact_uri)
             try:
                 path = check_relpath(artifact.path)
             except ValueError as exc:
                 raise UnitError(f"{owner}: artifact path refused: {exc}") from None
-            self._upload_one(root, path, artifact.size, content, result, rewrite)
+            if bucket is not None:
+                self._put_direct(bucket, path, content, result, rewrite)
+            else:
+                self._upload_one(root, path, artifact.size, content, result, rewrite)
+
+    def _direct_root(self, artifact_uri: str) -> S3Url:
+        found = s3_root(artifact_uri, self.destination)
+        if found is None:
+            if artifact_uri.startswith("mlflow-artifacts:"):
+                raise BadInputError(
+                    "--artifacts-direct: the target serves its artifacts (mlflow-artifacts:/...) and trackport does not"
+                    " know where it keeps them; add ?artifacts_destination=s3://bucket/prefix (its"
+                    " --artifacts-destination) to the target's URL"
+                )
+            raise BadInputError(
+                f"--artifacts-direct: the target stores artifacts at {urlsplit(artifact_uri).scheme or artifact_uri!r},"
+                " not in S3; leave out --artifacts-direct"
+            )
+        return found
+
+    def _put_direct(
+        self, bucket: S3Url, path: str, content: UnitContent, result: Counted, rewrite: Callable[[bytes], bytes]
+    ) -> None:
+        """One file straight into S3 (a failure there is fatal: there is no fallback the
+        user did not ask for)."""
+        assert self.direct is not None
+        with content.open_artifact(path) as stream:
+            if is_mlmodel(path):
+                data = stream.read()
+                result.artifact_bytes += len(data)
+                self.direct.put(bucket, path, rewrite(data))
+            else:
+                counted = _Counting(stream)
+                self.direct.put(bucket, path, counted)  # type: ignore[arg-type]
+                result.artifact_bytes += counted.count
+        result.artifact_files += 1
 
     def _upload_one(
         self, root: str, path: str, size: int, content: UnitContent, result: Counted, rewrite: Callable[[bytes], bytes]
@@ -143,9 +195,10 @@ def _artifact_root(artifact_uri: str) -> str:
     parts = urlsplit(artifact_uri)
     if parts.scheme != "mlflow-artifacts":
         scheme = parts.scheme or artifact_uri or "an unknown location"
+        hint = " or give --artifacts-direct to write into the bucket" if scheme == "s3" else ""
         raise UnitError(
             f"target stores artifacts at {scheme} which trackport cannot upload to through the server "
-            "(start the server with --serve-artifacts / --artifacts-destination)"
+            f"(start the server with --serve-artifacts / --artifacts-destination{hint})"
         )
     return _quote_path(parts.path.strip("/"))
 
@@ -184,3 +237,16 @@ class _rewindable:
     def __exit__(self, *exc: object) -> None:
         if self._spool is not None:
             self._spool.close()
+
+
+class _Counting:
+    """A stream that counts the bytes read from it (what went to S3)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.count += len(data)
+        return data

@@ -57,6 +57,7 @@ from trackport.stores.rest.metric_json import MetricTexts
 from trackport.stores.rest.patch import RestPatcher
 from trackport.stores.rest.registry_sink import RestRegistrySink
 from trackport.stores.rest.server import ServerInfo
+from trackport.stores.s3_artifacts import S3Artifacts, parse_destination
 
 # log-batch limits (MLflow's utils/validation.py, enforced by the server).
 MAX_METRICS_PER_BATCH = 1000
@@ -89,6 +90,8 @@ class RestSink(RestRegistrySink, RestPatcher, SinkStore):
         on_existing_model: str = "fail",
         state_root: Path | None = None,
         config: TransferConfig = DEFAULT,
+        artifacts_direct: bool = False,
+        artifacts_destination: str | None = None,
     ) -> None:
         if on_long_value not in LONG_VALUE_POLICIES:
             raise ValueError(f"on_long_value must be one of {LONG_VALUE_POLICIES}, not {on_long_value!r}")
@@ -118,7 +121,12 @@ class RestSink(RestRegistrySink, RestPatcher, SinkStore):
         )
         self._target_lock = TargetLock(self.state_dir(), self.client.base_url)
         self._copies = Copies(client, search_page=config.rest_runs_page)  # runs/search pages
-        self._artifacts = ArtifactUploader(client, multipart_uploads=info.multipart_uploads)
+        self._artifacts = ArtifactUploader(
+            client,
+            multipart_uploads=info.multipart_uploads,
+            direct=S3Artifacts(max_connections=max(16, 2 * config.workers)) if artifacts_direct else None,
+            destination=parse_destination(artifacts_destination),
+        )
         self._init_models()
 
     # ------------------------------------------------------------------ common

@@ -37,6 +37,7 @@ from trackport.stores.rest.http import API, ARTIFACTS_API, NotFoundError, RestCl
 from trackport.stores.rest.metric_summaries import HistorySummaries, latest_summaries
 from trackport.stores.rest.models_source import RestModelsSource
 from trackport.stores.rest.server import ServerInfo
+from trackport.stores.s3_artifacts import FALLBACK_ERRORS, S3Artifacts, fallback_note, parse_destination, s3_root
 
 _RUN_ID = re.compile(r"^[\w\-]+$")
 
@@ -143,7 +144,15 @@ class RestSource(RestModelsSource, SourceStore):
     (the factory hands the client over and keeps no reference). Page sizes are config's
     rest_* (the server's own limits by default)."""
 
-    def __init__(self, client: RestClient, uri: str, info: ServerInfo, *, config: TransferConfig = DEFAULT) -> None:
+    def __init__(
+        self,
+        client: RestClient,
+        uri: str,
+        info: ServerInfo,
+        *,
+        config: TransferConfig = DEFAULT,
+        artifacts_destination: str | None = None,
+    ) -> None:
         self.client = client
         self.uri = uri
         self.info = info
@@ -157,6 +166,12 @@ class RestSource(RestModelsSource, SourceStore):
         self._latest: dict[str, list[dict]] = {}
         self._keys_lock = threading.Lock()  # the engine may read runs from several threads
         self._histories = HistorySummaries(client, self._history)
+        # Artifacts in S3 (an s3:// artifact URI, or mlflow-artifacts:/ under the server's
+        # destination named by ?artifacts_destination=) are read there, not through the
+        # server; where that fails the server serves them, and the run says so in its notes.
+        self._destination = parse_destination(artifacts_destination)
+        self._s3 = S3Artifacts(max_connections=max(16, 2 * config.workers))
+        self._notes: dict[str, list[str]] = {}
         self._init_models()
 
     def describe(self) -> StoreDescription:
@@ -307,7 +322,35 @@ class RestSource(RestModelsSource, SourceStore):
             yield from answer.get("files") or ()
 
     def list_artifacts(self, run: Run) -> Iterator[ArtifactFile]:
+        root = s3_root(run.artifact_uri, self._destination)
+        if root is not None:
+            files = self._direct(run, root, lambda: self._s3.list(root))
+            if files is not None:
+                yield from files
+                return
         yield from walk_listing(lambda directory: self._list_dir(run.run_id, directory))
+
+    def _direct(self, run: Run, root, action):
+        """action()'s answer from S3; None (and a note on the run) when S3 refused the
+        credentials, lacks the bucket or cannot be reached, now or earlier in this transfer."""
+        reason = self._s3.broken(root)
+        if reason is None:
+            try:
+                return action()
+            except FALLBACK_ERRORS as exc:
+                reason = self._s3.mark_broken(root, exc)
+        note = fallback_note(root, reason)
+        with self._keys_lock:
+            notes = self._notes.setdefault(run.run_id, [])
+            if note not in notes:
+                notes.append(note)
+        return None
+
+    def unit_notes(self, run: Run) -> list[str]:
+        """What reading the run had to do differently (artifacts read through the server
+        because reading them from S3 directly failed), taken once."""
+        with self._keys_lock:
+            return self._notes.pop(run.run_id, [])
 
     def _local_root(self, run: Run):
         uri = run.artifact_uri or ""
@@ -324,6 +367,12 @@ class RestSource(RestModelsSource, SourceStore):
     def open_artifact(self, run: Run, path: str) -> Iterator[BinaryIO]:
         clean = checked_artifact_path(run.run_id, path)
         uri = run.artifact_uri or ""
+        root = s3_root(uri, self._destination)
+        direct = None if root is None else self._direct(run, root, lambda: self._s3.open(root, clean))
+        if direct is not None:
+            with direct:
+                yield direct
+            return
         if uri.startswith("mlflow-artifacts:"):
             prefix = urlparse(uri).path.strip("/")
             full = f"{prefix}/{clean}" if prefix else clean
