@@ -56,6 +56,26 @@ from servers import ADMIN_PASSWORD, ADMIN_USER, MlflowServer, start_all  # noqa:
 
 
 @pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """moto in server mode (tests/s3server.py), shared by the session: tests make their own buckets."""
+    from s3server import MotoServer
+
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_server, monkeypatch):
+    """This process's boto3 pointed at moto, with its test credentials."""
+    for name, value in moto_server.env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return moto_server
+
+
+@pytest.fixture(scope="session")
 def _servers(tmp_path_factory):
     """The session's shared servers, booted together: a source filled with the sample, an
     empty target, and a basic-auth server."""

@@ -31,8 +31,10 @@ class MlflowServer:
         extra_env: dict | None = None,
         workers: int = 1,
         port: int | None = None,
+        artifacts_destination: str | None = None,
     ) -> None:
         self.workdir = workdir
+        self.artifacts_destination = artifacts_destination  # e.g. s3://bucket/prefix (with extra_env for its endpoint)
         self.workers = workers
         self.basic_auth = basic_auth
         self.extra_env = extra_env or {}
@@ -55,7 +57,7 @@ class MlflowServer:
         command = [
             sys.executable, "-m", "mlflow", "server",
             "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
-            "--artifacts-destination", str(self.workdir / "mlartifacts"),
+            "--artifacts-destination", self.artifacts_destination or str(self.workdir / "mlartifacts"),
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
         ]
         if self.basic_auth:

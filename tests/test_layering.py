@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # of one layer are independent of each other.
 LAYERS = [
     ["trackport.errors"],
-    ["trackport.domain", "trackport.config", "trackport._files", "trackport.kinds", "trackport.locking", "trackport.renames"],
+    ["trackport.domain", "trackport.config", "trackport._files", "trackport.kinds", "trackport.locking", "trackport.renames", "trackport.s3"],
     ["trackport.stores.base", "trackport.provenance", "trackport.models", "trackport.editing"],
     ["trackport.search", "trackport.fingerprint", "trackport.patching"],
     ["trackport.selection"],

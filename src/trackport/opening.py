@@ -17,7 +17,7 @@ from trackport.config import DEFAULT, TransferConfig, state_home
 from trackport.editing import RunEditor
 from trackport.errors import BadInputError, storage_error
 from trackport.stores.base import SinkStore, SourceStore
-from trackport.stores.registry import DATABASE, KNOWN, PATH, REST, SQLITE, local_path, locate
+from trackport.stores.registry import DATABASE, KNOWN, PATH, REST, S3, SQLITE, local_path, locate
 
 
 def _sqlite_uri(uri: str) -> str:
@@ -60,6 +60,8 @@ def open_source(uri: str, *, config: TransferConfig = DEFAULT) -> SourceStore:
 
         bare, artifacts_destination = split_uri_options(uri)
         return ServerDatabaseSource(bare, artifacts_destination=artifacts_destination, config=config)
+    if location.kind == S3:
+        return open_bundle_source(uri, config=config)
     path = local_path(uri)
     if not path.exists():
         raise BadInputError(f"{uri}: no such file or directory; expected {KNOWN}")
@@ -80,10 +82,24 @@ def _bundle_path(uri: str) -> Path:
     return local_path(uri)
 
 
+def local_bundle(uri: str) -> Path:
+    """The directory of the bundle at uri, for verify and inspect: an S3 bundle is first
+    downloaded into its staging copy (files held already are not fetched again)."""
+    if locate(uri).kind == S3:
+        from trackport.bundle.s3_stores import fetch
+
+        return fetch(uri).staging
+    return local_path(uri)
+
+
 def open_bundle_source(uri: str, *, config: TransferConfig = DEFAULT) -> SourceStore:
-    """The bundle at uri, to read from."""
+    """The bundle at uri (a local directory or s3://bucket/prefix), to read from."""
     from trackport.bundle import BundleSource
 
+    if locate(uri).kind == S3:
+        from trackport.bundle.s3_stores import S3BundleSource
+
+        return S3BundleSource(uri, checked_runs=config.bundle_checked_runs)
     return BundleSource(_bundle_path(uri), checked_runs=config.bundle_checked_runs)
 
 
@@ -92,6 +108,12 @@ def open_bundle_sink(uri: str, *, config: TransferConfig = DEFAULT, since: str |
     is made from (export --since-bundle), opened and checked first."""
     from trackport.bundle import BundleSink
 
+    if locate(uri).kind == S3:
+        if since is not None:
+            raise BadInputError(f"{uri}: incremental bundles (--since-bundle) are written to local directories only, for now")
+        from trackport.bundle.s3_stores import S3BundleSink
+
+        return S3BundleSink(uri, row_group_rows=config.bundle_row_group_rows)
     path = _bundle_path(uri)
     if since is not None:
         from trackport.bundle.increment import IncrementSink
@@ -176,6 +198,10 @@ def state_dir_for(uri: str) -> Path:
         raise BadInputError(f"{uri.split('://', 1)[0]}://...: a tracking server's database is never a target")
     from trackport.bundle.layout import TRANSFER_DIR
 
+    if location.kind == S3:
+        from trackport.bundle.s3_bundle import staging_root
+
+        return staging_root(uri) / "export" / TRANSFER_DIR
     return local_path(uri) / TRANSFER_DIR
 
 

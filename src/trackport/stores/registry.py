@@ -22,15 +22,17 @@ REST = "rest"  # an MLflow tracking server: http(s)://... or Databricks
 SQLITE = "sqlite"  # a local MLflow sqlite store (also a tracking server's sqlite database)
 DATABASE = "database"  # a tracking server's PostgreSQL / MySQL database, read-only
 PATH = "path"  # a local directory: a bundle or a legacy mlruns/ store
+S3 = "s3"  # a bundle at s3://bucket/prefix
 
 KNOWN = (
     "http(s)://tracking-server, databricks[://PROFILE], sqlite:///path/mlflow.db (or path.db),"
     " postgresql://... or mysql://... (a tracking server's database, read-only),"
-    " file:///path or a local path (a bundle directory or an mlruns/ directory)"
+    " file:///path or a local path (a bundle directory or an mlruns/ directory),"
+    " s3://bucket/prefix (a bundle on S3)"
 )
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _SERVER_DB_SCHEMES = ("postgresql", "postgres", "mysql", "mariadb", "mssql")
-_LATER = {"s3": "bundles on S3", "gs": "bundles on Google Cloud Storage", "abfss": "bundles on Azure"}
+_LATER = {"gs": "bundles on Google Cloud Storage", "abfss": "bundles on Azure"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ def locate(uri: str) -> Location:
         return Location(SQLITE, uri)
     if scheme == "file":
         return Location(PATH, uri)
+    if scheme == "s3":
+        return Location(S3, uri)
     if scheme.split("+", 1)[0] in _SERVER_DB_SCHEMES:
         return Location(DATABASE, uri)
     later = f" ({_LATER[scheme]} are not supported yet)" if scheme in _LATER else ""
@@ -88,6 +92,8 @@ def location_key(uri: str) -> str:
             return f"file:{os.path.realpath(path)}"
     if uri == "databricks" or uri.startswith("databricks://"):
         return uri.rstrip("/")
+    if location.kind == S3:
+        return uri.split("?", 1)[0].rstrip("/")
     scheme, host, port, path = _server(uri)
     return f"{scheme}://{host}:{port}{path}"
 

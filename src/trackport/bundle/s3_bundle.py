@@ -1,0 +1,275 @@
+"""Bundles at s3://bucket/prefix, staged through a local directory.
+
+The bundle format is written and read in a local directory (the staging copy, under
+$TRACKPORT_HOME/s3/<hash of the URL>/bundle), with every guarantee of a local bundle;
+this module moves the files between it and the bucket:
+
+* export: the staging copy is written as a local bundle; finish() then uploads every file
+  the bucket does not hold already (same size and sha256), the root descriptor next to
+  last and manifest.jsonl last, so a reader sees the old bundle or the new one, never
+  a half-written one. Each object carries its sha256 (metadata, and S3's own SHA256
+  checksum, which S3 verifies on receipt); large files go in parts (boto3's managed
+  transfer). A killed export leaves the staging copy: the next run resumes it and sends
+  only the files the bucket lacks.
+* import, verify, inspect: the objects are downloaded into the staging copy (a file held
+  already with the object's size and ETag is not fetched again), then read as a local bundle,
+  whose checks (manifest, sizes, sha256) apply unchanged.
+
+What was sent or fetched is recorded beside the staging copy (a local objects.jsonl: path,
+size, sha256, ETag). Nothing is ever appended to in the bucket: every object is written whole.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from trackport import s3
+from trackport._files import check_relpath, is_temp_name, sha256_file, write_bytes_atomic
+from trackport.config import state_home
+from trackport.errors import BadInputError, TrackportError
+from trackport.bundle.layout import MANIFEST_FILE, ROOT_FILE, UNLISTED, walk_files
+
+RECORD_FILE = "objects.jsonl"
+META_SHA256 = "sha256"  # x-amz-meta-sha256: the object's sha256, hex
+
+
+def staging_root(uri: str) -> Path:
+    """Where the staging copies of the bundle at uri live (with their records beside them)."""
+    url = s3.parse_s3_url(uri)
+    digest = hashlib.sha256(str(url).encode("utf-8")).hexdigest()[:24]
+    return state_home() / "s3" / digest
+
+
+class S3Bundle:
+    """The bucket side of one bundle location: checks, listing, upload and download."""
+
+    def __init__(self, uri: str, role: str) -> None:
+        """role: "export" (the staging copy an export writes) or "read" (the copy imports,
+        verify and inspect download), kept apart so that a reader never disturbs a writer."""
+        self.url = s3.parse_s3_url(uri)
+        self.uri = str(self.url)
+        self.home = staging_root(uri)
+        self.staging = self.home / role
+        self._client = s3.client()
+        self._record_path = self.home / f"{role}-{RECORD_FILE}"
+        self._log = None
+        self._record: dict[str, dict] = self._load_record()
+        self.last_download: dict[str, int] = {}
+
+    # -- checks -------------------------------------------------------------------------
+    def _fail(self, exc: BaseException, what: str) -> TrackportError:
+        return s3.s3_error(exc, f"{what} {self.uri}")
+
+    def check_bucket(self) -> None:
+        """The bucket is there and these credentials may see it."""
+        try:
+            self._client.head_bucket(Bucket=self.url.bucket)
+        except Exception as exc:  # noqa: BLE001 - botocore's errors, mapped to one line
+            raise self._fail(exc, "reading") from None
+
+    def check_writable(self) -> None:
+        """A probe object written and deleted: a denied write is found before anything
+        of the bundle is sent."""
+        probe = self.url.key(f".trackport-probe-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            self._client.put_object(Bucket=self.url.bucket, Key=probe, Body=b"")
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(exc, "writing into") from None
+        try:
+            self._client.delete_object(Bucket=self.url.bucket, Key=probe)
+        except Exception:  # noqa: BLE001 - a write-only policy: the empty probe stays, harmless
+            pass
+
+    def holds_bundle(self) -> bool:
+        return self._head(ROOT_FILE) is not None
+
+    def _prefix(self) -> str:
+        return f"{self.url.prefix}/" if self.url.prefix else ""
+
+    def _head(self, rel: str) -> dict | None:
+        try:
+            return self._client.head_object(Bucket=self.url.bucket, Key=self.url.key(rel))
+        except Exception as exc:  # noqa: BLE001
+            if s3.is_missing(exc):
+                return None
+            raise self._fail(exc, "reading") from None
+
+    # -- listing ------------------------------------------------------------------------
+    def objects(self) -> Iterator[tuple[str, int, str]]:
+        """(path in the bundle, size, ETag) of every object under the prefix."""
+        prefix = self._prefix()
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.url.bucket, Prefix=prefix):
+                for item in page.get("Contents", ()):
+                    rel = item["Key"][len(prefix):]
+                    if rel and not rel.startswith(".trackport-probe-"):
+                        yield rel, item["Size"], item["ETag"]
+        except TrackportError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(exc, "listing") from None
+
+    # -- upload -------------------------------------------------------------------------
+    def upload(self) -> dict[str, int]:
+        """Every file of the staging copy the bucket lacks; the root descriptor next to
+        last, the manifest last. Returns {"sent": n, "kept": n, "bytes": n}."""
+        listed = {rel: (size, etag) for rel, size, etag in self.objects()}
+        files = [(rel, entry.stat(follow_symlinks=False).st_size) for rel, entry in walk_files(self.staging) if _sent(rel)]
+        last = [f for f in files if f[0] in (ROOT_FILE, MANIFEST_FILE)]
+        ordered = [f for f in files if f[0] not in (ROOT_FILE, MANIFEST_FILE)]
+        ordered += sorted(last, key=lambda f: f[0] == MANIFEST_FILE)
+        counts = {"sent": 0, "kept": 0, "bytes": 0}
+        for rel, size in ordered:
+            local = self.staging.joinpath(*rel.split("/"))
+            sha, _ = sha256_file(local)
+            known = self._record.get(rel)
+            there = listed.get(rel)
+            if there and known and (known["size"], known["sha256"], known["etag"]) == (size, sha, there[1]):
+                counts["kept"] += 1
+                continue
+            if there and not known and there[0] == size and self._sha_of(rel) == sha:
+                self._remember(rel, size, sha, there[1])
+                counts["kept"] += 1
+                continue
+            etag = self._put(rel, local, sha)
+            self._remember(rel, size, sha, etag)
+            counts["sent"] += 1
+            counts["bytes"] += size
+        return counts
+
+    def _sha_of(self, rel: str) -> str | None:
+        head = self._head(rel)
+        return None if head is None else (head.get("Metadata") or {}).get(META_SHA256)
+
+    def _put(self, rel: str, local: Path, sha: str) -> str:
+        key = self.url.key(rel)
+        extra: dict[str, Any] = {"Metadata": {META_SHA256: sha}}
+        try:
+            if local.stat().st_size < s3.MULTIPART_THRESHOLD:
+                with open(local, "rb") as f:
+                    answer = self._client.put_object(
+                        Bucket=self.url.bucket, Key=key, Body=f, ChecksumAlgorithm="SHA256", **extra
+                    )
+                return answer["ETag"]
+            self._client.upload_file(str(local), self.url.bucket, key, ExtraArgs=extra, Config=s3.transfer_config())
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(exc, f"writing {rel} into") from None
+        head = self._head(rel)
+        return head["ETag"] if head else ""
+
+    # -- download -----------------------------------------------------------------------
+    def download(self) -> dict[str, int]:
+        """Every object into the staging copy, but those held already (same size and
+        ETag); files of the staging copy the bucket does not hold are removed, so the
+        copy is the bucket's. Returns {"fetched": n, "kept": n, "bytes": n}."""
+        if not self.holds_bundle():
+            self.check_bucket()
+            raise BadInputError(f"{self.uri} holds no trackport bundle ({ROOT_FILE} is missing); check the URL")
+        counts = {"fetched": 0, "kept": 0, "bytes": 0}
+        seen = set()
+        for rel, size, etag in self.objects():
+            try:
+                local = self.staging.joinpath(*check_relpath(rel).split("/"))
+            except ValueError as exc:
+                raise BadInputError(f"{self.uri}: an object {rel!r} has an unsafe name ({exc}); refusing the bundle") from None
+            seen.add(rel)
+            if local.is_file() and local.stat().st_size == size and self._held(rel, local, size, etag):
+                counts["kept"] += 1
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._client.download_file(self.url.bucket, self.url.key(rel), str(local), Config=s3.transfer_config())
+            except Exception as exc:  # noqa: BLE001
+                raise self._fail(exc, f"reading {rel} from") from None
+            self._remember(rel, size, sha256_file(local)[0], etag)
+            counts["fetched"] += 1
+            counts["bytes"] += size
+        for rel, _entry in list(walk_files(self.staging)) if self.staging.is_dir() else ():
+            if rel not in seen and _sent(rel):
+                self.staging.joinpath(*rel.split("/")).unlink(missing_ok=True)
+                self._forget(rel)
+        return counts
+
+    def _held(self, rel: str, local: Path, size: int, etag: str) -> bool:
+        """The local file holds the object's bytes: recorded with its ETag, or (the record
+        lost to a kill) of the sha256 the object carries."""
+        known = self._record.get(rel)
+        if known is not None:
+            return (known["size"], known["etag"]) == (size, etag)
+        sha = self._sha_of(rel)
+        if sha is None or sha256_file(local)[0] != sha:
+            return False
+        self._remember(rel, size, sha, etag)
+        return True
+
+    # -- the record ---------------------------------------------------------------------
+    # objects.jsonl beside the staging copy (local: appended a line per object as it is
+    # sent or fetched, so a kill loses at most the last one; compacted on close).
+    def _load_record(self) -> dict[str, dict]:
+        record: dict[str, dict] = {}
+        try:
+            with open(self._record_path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        item = json.loads(line)
+                        record.pop(item["path"], None) if item.get("gone") else record.__setitem__(item["path"], item)
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        continue  # the torn last line of a killed process
+        except OSError:
+            pass
+        return record
+
+    def _append(self, item: dict) -> None:
+        if self._log is None:
+            self.home.mkdir(parents=True, exist_ok=True)
+            self._log = open(self._record_path, "a", encoding="utf-8")
+        self._log.write(json.dumps(item, sort_keys=True) + "\n")
+        self._log.flush()
+
+    def _remember(self, rel: str, size: int, sha: str, etag: str) -> None:
+        self._record[rel] = {"path": rel, "size": size, "sha256": sha, "etag": etag}
+        self._append(self._record[rel])
+
+    def _forget(self, rel: str) -> None:
+        if self._record.pop(rel, None) is not None:
+            self._append({"path": rel, "gone": True})
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.home.is_dir():
+            lines = "".join(json.dumps(item, sort_keys=True) + "\n" for item in self._record.values())
+            write_bytes_atomic(self._record_path, lines.encode("utf-8"))
+
+    def uploaded_here(self) -> bool:
+        """The bucket's root descriptor, if it has one, is the one this staging copy sent
+        (nobody replaced the bundle since): the staging copy is then the newer truth."""
+        head = self._head(ROOT_FILE)
+        known = self._record.get(ROOT_FILE)
+        return head is None or (known is not None and known["etag"] == head["ETag"])
+
+    def foreign_objects(self) -> bool:
+        """Objects under the prefix that are no bundle's and that this staging copy did not
+        send (an object sent just before a kill, unrecorded, is known by its sha256)."""
+        if self.holds_bundle():
+            return False
+        for rel, size, etag in self.objects():
+            if rel in self._record:
+                continue
+            try:
+                local = self.staging.joinpath(*check_relpath(rel).split("/"))
+            except ValueError:
+                return True
+            if not (local.is_file() and local.stat().st_size == size and self._held(rel, local, size, etag)):
+                return True
+        return False
+
+
+def _sent(rel: str) -> bool:
+    """A file of the staging copy that belongs in the bucket (not the lock, not a temp)."""
+    return rel not in UNLISTED and not is_temp_name(rel.rsplit("/", 1)[-1])
