@@ -116,6 +116,13 @@ class S3Artifacts:
         files.sort(key=lambda f: f.path)
         return files
 
+    def check(self, root: S3Url) -> None:
+        """One cheap listing under root: the credentials, the bucket and the endpoint work."""
+        try:
+            self._client().list_objects_v2(Bucket=root.bucket, Prefix=root.prefix + "/" if root.prefix else "", MaxKeys=1)
+        except Exception as exc:  # noqa: BLE001
+            raise s3.s3_error(exc, f"listing {root}") from None
+
     def open(self, root: S3Url, rel: str) -> BinaryIO:
         where = f"s3://{root.bucket}/{root.key(rel)}"
         try:

@@ -121,11 +121,12 @@ class RestSink(RestRegistrySink, RestPatcher, SinkStore):
         )
         self._target_lock = TargetLock(self.state_dir(), self.client.base_url)
         self._copies = Copies(client, search_page=config.rest_runs_page)  # runs/search pages
+        direct = S3Artifacts(max_connections=max(16, 2 * config.workers)) if artifacts_direct else None
+        destination = parse_destination(artifacts_destination)
+        if direct is not None and destination is not None:
+            direct.check(destination)  # refused credentials stop the transfer before anything is written
         self._artifacts = ArtifactUploader(
-            client,
-            multipart_uploads=info.multipart_uploads,
-            direct=S3Artifacts(max_connections=max(16, 2 * config.workers)) if artifacts_direct else None,
-            destination=parse_destination(artifacts_destination),
+            client, multipart_uploads=info.multipart_uploads, direct=direct, destination=destination
         )
         self._init_models()
 
