@@ -27,12 +27,13 @@ pytestmark = pytest.mark.usefixtures("s3_env")
 
 @contextmanager
 def counted_s3_calls():
-    """Every S3 API call this process makes, by operation name."""
+    """Every S3 API call this process makes, by operation name, and by (name, key)."""
     calls: Counter = Counter()
     original = botocore.client.BaseClient._make_api_call
 
     def counting(self, operation_name, api_params):
         calls[operation_name] += 1
+        calls[(operation_name, api_params.get("Key"))] += 1
         return original(self, operation_name, api_params)
 
     botocore.client.BaseClient._make_api_call = counting
@@ -136,19 +137,30 @@ def test_killed_export_and_import_resume_without_sending_finished_files(tmp_path
     sent = calls["PutObject"] + calls["CreateMultipartUpload"]
     assert sent == len(after) - len(before) + 1, (calls, len(after), len(before))
 
+    # The staging copy keeps no artifact bytes: each run's files became sparse once sent.
     from trackport.bundle.s3_bundle import staging_root
 
-    read_copy = staging_root(url) / "read"
+    blobs = list((staging_root(url) / "export").rglob("blob.bin"))
+    assert len(blobs) == 40 and sum(b.stat().st_size for b in blobs) == 40 << 20
+    assert sum(b.stat().st_blocks for b in blobs) * 512 < 1 << 20
 
-    def some_fetched() -> bool:
-        return read_copy.is_dir() and sum(len(f) for _, _, f in os.walk(read_copy)) >= 8
+    # The import reads each file from the bucket as it needs it; a killed one, run again,
+    # reads the files of the runs it had not finished, and no artifact of the others.
+    target = MlflowClient(tracking_uri=target_server.url)
 
-    _kill_when([*main, "import", url, target_server.url], some_fetched, "import")
-    held = sum(len(f) for _, _, f in os.walk(read_copy))
+    def complete_copies() -> int:
+        exp = target.get_experiment_by_name(f"s3-resume-{tmp_path.name}")
+        if exp is None:
+            return 0
+        return len(target.search_runs([exp.experiment_id], "tags.`trackport.complete` = 'true'", max_results=1000))
+
+    _kill_when([*main, "import", url, target_server.url], lambda: complete_copies() >= 10, "import")
+    done = complete_copies()
     with counted_s3_calls() as calls:
         imported = CliRunner().invoke(cli, ["import", url, target_server.url])
     assert imported.exit_code == 0, imported.output
-    assert calls["GetObject"] <= len(after) - held + 1, (calls, len(after), held)
+    artifact_reads = sum(n for k, n in calls.items() if isinstance(k, tuple) and k[0] == "GetObject" and k[1].endswith("blob.bin"))
+    assert 0 < artifact_reads <= 40 - done + 1, (artifact_reads, done)
     verified = CliRunner().invoke(cli, ["verify", source, target_server.url])
     assert verified.exit_code == 0 and verified.output.strip().endswith("0 differences"), verified.output
 
@@ -215,3 +227,28 @@ def test_wrong_credentials_and_a_denied_write_are_one_line_exit_5(authenticating
     reader = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1",
                           aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
     assert reader.list_objects_v2(Bucket="guarded").get("KeyCount") == 0  # nothing half-visible
+
+
+def test_an_export_from_another_machine_extends_the_bucket_s_bundle(tmp_path, moto_server, monkeypatch):
+    """A second machine (another TRACKPORT_HOME) exports new runs into the bucket's bundle:
+    it fetches the documents, not the artifacts, and sends only what is new."""
+    source = _workload(tmp_path, runs=3, artifact_bytes=1 << 16)
+    url = f"s3://{moto_server.new_bucket()}/shared"
+    assert CliRunner().invoke(cli, ["export", source, url]).exit_code == 0
+    before = _keys(moto_server, url.split("/")[2])
+    client = MlflowClient(tracking_uri=source)
+    exp = client.get_experiment_by_name(f"s3-resume-{tmp_path.name}")
+    added = client.create_run(exp.experiment_id, run_name="later").info.run_id
+    client.set_terminated(added)
+    monkeypatch.setenv("TRACKPORT_HOME", str(tmp_path / "other-machine"))
+    with counted_s3_calls() as calls:
+        again = CliRunner().invoke(cli, ["export", source, url])
+    assert again.exit_code == 0, again.output
+    assert not any(isinstance(k, tuple) and k[0] == "GetObject" and k[1].endswith("blob.bin") for k in calls)
+    after = _keys(moto_server, url.split("/")[2])
+    assert all(after[k] == etag for k, etag in before.items() if "/runs/" in k)  # no run sent again
+    assert any(f"/runs/{added}/run.json" in k for k in after)
+    checked = CliRunner().invoke(cli, ["bundle", "verify", url, "--level", "full"])
+    assert checked.exit_code == 0 and checked.output.strip().endswith("0 problems"), checked.output
+    verified = CliRunner().invoke(cli, ["verify", source, url])
+    assert verified.exit_code == 0 and verified.output.strip().endswith("0 differences"), verified.output

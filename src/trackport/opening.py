@@ -82,14 +82,26 @@ def _bundle_path(uri: str) -> Path:
     return local_path(uri)
 
 
-def local_bundle(uri: str) -> Path:
-    """The directory of the bundle at uri, for verify and inspect: an S3 bundle is first
-    downloaded into its staging copy (files held already are not fetched again)."""
+def verify_bundle_at(uri: str, level: str):
+    """bundle verify of the bundle at uri (a local directory or s3://bucket/prefix)."""
     if locate(uri).kind == S3:
-        from trackport.bundle.s3_stores import fetch
+        from trackport.bundle.s3_stores import verify_s3_bundle
 
-        return fetch(uri).staging
-    return local_path(uri)
+        return verify_s3_bundle(uri, level)
+    from trackport.bundle import verify_bundle
+
+    return verify_bundle(local_path(uri), level)
+
+
+def inspect_bundle_at(uri: str) -> dict:
+    """bundle inspect of the bundle at uri (a local directory or s3://bucket/prefix)."""
+    if locate(uri).kind == S3:
+        from trackport.bundle.s3_stores import inspect_s3_bundle
+
+        return inspect_s3_bundle(uri)
+    from trackport.bundle import inspect_bundle
+
+    return inspect_bundle(local_path(uri))
 
 
 def open_bundle_source(uri: str, *, config: TransferConfig = DEFAULT) -> SourceStore:

@@ -72,7 +72,8 @@ def client(max_connections: int = 16) -> Any:
     from botocore.config import Config
 
     profile = os.environ.get("AWS_PROFILE") or None
-    key = (profile, endpoint_url(), max_connections)
+    # Keyed by the credentials named in the environment too: changed keys get a new client.
+    key = (profile, endpoint_url(), max_connections, os.environ.get("AWS_ACCESS_KEY_ID"))
     with _clients_lock:
         found = _clients.get(key)
         if found is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +24,7 @@ from trackport.bundle.layout import (
     unit_id_of,
 )
 from trackport.bundle.documents import short
+from trackport.bundle.location import BundleFiles, LocalFiles
 from trackport.bundle.manifest import ManifestEntry, parse_line
 
 UnitKey = tuple[str, str]  # (kind name, id): ("run", "<run id>"), ("experiment", "1"); a generic
@@ -95,18 +95,16 @@ class BundleIndex:
     # The files of units of kinds with files: (exp or None, kind, name) -> {path inside its folder: entry}
     unit_files: dict[tuple[str | None, str, str], dict[str, ManifestEntry]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)  # of the manifest itself: all bundle-wide
+    files: BundleFiles | None = None  # where the listed files are read (bundle/location.py); root by default
 
-    @cached_property
-    def real_root(self) -> str:
-        """The root with every link resolved: a path reached without links lies under it."""
-        return os.path.realpath(self.root)
+    def __post_init__(self) -> None:
+        if self.files is None:
+            self.files = LocalFiles(self.root)
 
     @property
     def manifest(self) -> Path:
+        """The manifest, a local file (for a bundle on S3, its downloaded copy)."""
         return self.root / MANIFEST_FILE
-
-    def file(self, rel: str) -> Path:
-        return self.root.joinpath(*rel.split("/"))
 
     def unit_kinds(self) -> list[str]:
         return sorted({name for by_kind in self.units.values() for name in by_kind})
@@ -138,11 +136,12 @@ class BundleIndex:
         return out
 
 
-def read_index(root: Path, bundle_id: str | None = None) -> BundleIndex:
+def read_index(root: Path, bundle_id: str | None = None, files: BundleFiles | None = None) -> BundleIndex:
     """Index root/manifest.jsonl, checking every line (UTF-8, strict JSON, fields, a safe
     path, strict path order). Lines with a problem are left out of the index and their
-    problems recorded in it; all of them are bundle-wide."""
-    index = BundleIndex(root, bundle_id)
+    problems recorded in it; all of them are bundle-wide. files: where the listed files
+    are (default: under root)."""
+    index = BundleIndex(root, bundle_id, files=files)
     manifest = index.manifest
     if os.path.islink(manifest):
         index.problems.append(Problem(MANIFEST_FILE, "is a symbolic link; a bundle never holds links"))

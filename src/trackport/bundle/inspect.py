@@ -15,14 +15,14 @@ def is_bundle(path: Path) -> bool:
     return (path / ROOT_FILE).is_file()
 
 
-def inspect_bundle(path: Path) -> dict:
+def inspect_bundle(path: Path | BundleSource) -> dict:
     """The root descriptor (its selection, producer and counts also under their own keys),
     plus, per experiment, its id, name, state and run count; how many experiments and runs
     are deleted; and counts of every unit kind the bundle holds, by the kind's plural.
 
     Every document is read and checked as an import reads it: a damaged experiment is
     listed with the reason it is unreadable."""
-    source = BundleSource(path)
+    source = path if isinstance(path, BundleSource) else BundleSource(path)
     everything = Selection(include_deleted=True)
     experiments = []
     deleted = {"experiments": 0, "runs": 0}

@@ -20,11 +20,12 @@ the unit).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-import stat
 import threading
 from collections import OrderedDict
+from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO, ContextManager, Iterator
 
@@ -41,6 +42,7 @@ from trackport.bundle import chain, descriptor, validator
 from trackport.bundle.checked_stream import CheckedArtifact
 from trackport.bundle.documents import short
 from trackport.bundle.index import BundleIndex, Problem, read_index
+from trackport.bundle.location import BundleFiles
 from trackport.bundle.layout import MANIFEST_FILE, unit_id_from_name
 from trackport.bundle.validator import Refused, RunPlan, UnitPlan
 
@@ -49,7 +51,10 @@ from trackport.bundle.validator import Refused, RunPlan, UnitPlan
 class BundleSource(SourceStore):
     takes_deleted_by_default = True  # a bundle holds what its export selected
 
-    def __init__(self, path: str | os.PathLike, *, checked_runs: int = DEFAULT.bundle_checked_runs):
+    def __init__(self, path: str | os.PathLike, *, checked_runs: int = DEFAULT.bundle_checked_runs,
+                 files: BundleFiles | None = None):
+        """path: the bundle's directory (for a bundle on S3, the local copy of its root
+        descriptor and manifest; files then reads the rest from the bucket)."""
         self.path = Path(path).absolute()
         self._checked_runs = checked_runs
         if not self.path.exists():
@@ -61,12 +66,14 @@ class BundleSource(SourceStore):
             raise BadInputError(
                 f"{self.path} is incomplete (no {MANIFEST_FILE}): the export did not finish; re-run the export"
             )
-        self._index: BundleIndex = read_index(self.path, self.root.get("bundle_id"))
+        self._index: BundleIndex = read_index(self.path, self.root.get("bundle_id"), files)
         problems = self._index.problems or validator.check_root_entry(self._index)
         if problems:  # the manifest or the descriptor is damaged: nothing can be trusted
             raise BadInputError(self._message(problems[0]))
         # An increment (format 1.4): the earlier links of its chain, each checked now, so
         # that a missing or damaged one stops an import before anything is written.
+        if files is not None and self.root.get("previous") is not None:
+            raise BadInputError(f"{self.path}: an incremental bundle is read from a local directory only, for now")
         self.links = chain.earlier_links(self.path, self.root)
         self._links = chain.by_id(self.links)
         self._plans: OrderedDict[tuple[str, str], RunPlan] = OrderedDict()
@@ -164,14 +171,22 @@ class BundleSource(SourceStore):
 
     def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
         plan = self._plan(run)
-        for part in plan.metrics or ():  # every part hashed before the first batch
-            problem = validator.hash_problem(part.index, part.rel, part.sha256)
-            if problem:
-                raise UnitError(f"{part.path}: {problem}")
-        try:
-            yield from validator.metric_batches(plan)
-        except Refused as e:
-            raise UnitError(self._message(e.problem)) from None
+        with ExitStack() as held:
+            opened = []
+            for part in plan.metrics or ():  # every part hashed before the first batch
+                try:
+                    f = held.enter_context(part.index.files.open(part.rel))
+                    actual = sha256_stream(f)
+                    f.seek(0)
+                except OSError as e:
+                    raise UnitError(f"{part.where}: cannot be read: {e.strerror or e}") from None
+                if actual != part.sha256:
+                    raise UnitError(f"{part.where}: {validator.SHA256_DIFFERS}")
+                opened.append(f)
+            try:
+                yield from validator.metric_batches(plan, opened)
+            except Refused as e:
+                raise UnitError(self._message(e.problem)) from None
 
     def run_plan(self, run_id: str) -> RunPlan | None:
         """The checked plan of a run the bundle holds (in whichever experiment), None when
@@ -201,20 +216,17 @@ class BundleSource(SourceStore):
         plan = self._plan(run)
         listed = plan.artifacts.get(path)
         if listed is None:
-            raise UnitError(f"run {run.run_id}: artifact {path!r} is not listed in {self._index.file(plan.run_json)}")
-        return self._open_checked(listed.path, listed.size, listed.sha256)
+            raise UnitError(f"run {run.run_id}: artifact {path!r} is not listed in {self._index.files.where(plan.run_json)}")
+        return self._open_checked(listed.index, listed.rel, listed.size, listed.sha256)
 
-    def _open_checked(self, target: Path, size: int, sha256: str) -> ContextManager[BinaryIO]:
+    def _open_checked(self, index: BundleIndex, rel: str, size: int, sha256: str) -> ContextManager[BinaryIO]:
         """A listed file, opened without following a link, hashed as it is read."""
+        where = index.files.where(rel)
         try:
-            fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            f = index.files.open(rel)
         except OSError as e:
-            raise UnitError(f"{target} cannot be opened: {e.strerror or e}") from None
-        f = os.fdopen(fd, "rb")
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            f.close()
-            raise UnitError(f"{target} is not a regular file")
-        return CheckedArtifact(f, target, size, sha256)  # type: ignore[return-value]
+            raise UnitError(f"{where} cannot be opened: {e.strerror or e}") from None
+        return CheckedArtifact(f, where, size, sha256)  # type: ignore[return-value]
 
     # -- units of generic kinds ----------------------------------------------------------
     def unit_kinds(self) -> list[str]:
@@ -254,7 +266,7 @@ class BundleSource(SourceStore):
         if listed is None:
             raise UnitError(f"{unit.kind} {unit.unit_id}: file {short(path)!r} is not named by its document")
         rel, size, sha256 = listed
-        return self._open_checked(self._index.file(rel), size, sha256)
+        return self._open_checked(self._index, rel, size, sha256)
 
     def check_unit(self, unit: Unit) -> None:
         """Every byte of the unit's files hashed, before a sink that cannot take a unit back
@@ -263,6 +275,13 @@ class BundleSource(SourceStore):
             with self.open_unit_artifact(unit, artifact.path) as stream:
                 while stream.read(CHUNK_SIZE):
                     pass
+
+
+def sha256_stream(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    while chunk := f.read(CHUNK_SIZE):
+        h.update(chunk)
+    return h.hexdigest()
 
 
 def _natural(text: str) -> list:

@@ -23,14 +23,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from trackport import s3
-from trackport._files import check_relpath, is_temp_name, sha256_file, write_bytes_atomic
+from trackport._files import CHUNK_SIZE, check_relpath, is_temp_name, sha256_file, write_bytes_atomic
 from trackport.config import state_home
-from trackport.errors import BadInputError, TrackportError
-from trackport.bundle.layout import MANIFEST_FILE, ROOT_FILE, UNLISTED, walk_files
+from trackport.errors import BadInputError, StorageError, TrackportError
+from trackport.bundle.layout import ARTIFACTS_DIR, MANIFEST_FILE, METRICS_FILE, ROOT_FILE, RUN_FILE, UNLISTED, walk_files
+from trackport.bundle.manifest import run_dir_key
 
 RECORD_FILE = "objects.jsonl"
 META_SHA256 = "sha256"  # x-amz-meta-sha256: the object's sha256, hex
@@ -56,8 +59,8 @@ class S3Bundle:
         self._client = s3.client()
         self._record_path = self.home / f"{role}-{RECORD_FILE}"
         self._log = None
+        self._lock = threading.RLock()  # the record, written by the workers that send runs
         self._record: dict[str, dict] = self._load_record()
-        self.last_download: dict[str, int] = {}
 
     # -- checks -------------------------------------------------------------------------
     def _fail(self, exc: BaseException, what: str) -> TrackportError:
@@ -124,22 +127,55 @@ class S3Bundle:
         ordered += sorted(last, key=lambda f: f[0] == MANIFEST_FILE)
         counts = {"sent": 0, "kept": 0, "bytes": 0}
         for rel, size in ordered:
-            local = self.staging.joinpath(*rel.split("/"))
-            sha, _ = sha256_file(local)
-            known = self._record.get(rel)
-            there = listed.get(rel)
-            if there and known and (known["size"], known["sha256"], known["etag"]) == (size, sha, there[1]):
-                counts["kept"] += 1
-                continue
-            if there and not known and there[0] == size and self._sha_of(rel) == sha:
-                self._remember(rel, size, sha, there[1])
-                counts["kept"] += 1
-                continue
-            etag = self._put(rel, local, sha)
-            self._remember(rel, size, sha, etag)
-            counts["sent"] += 1
-            counts["bytes"] += size
+            sent = self._send(rel, size, listed.get(rel))
+            counts["sent" if sent else "kept"] += 1
+            counts["bytes"] += size if sent else 0
+            if _recorded_in_run_json(rel) and not self._record[rel].get("stub"):
+                self._stub(rel, size)  # a run published just before a kill, sent only now
         return counts
+
+    def _send(self, rel: str, size: int, there: tuple[int, str] | None) -> bool:
+        """The staged file at rel into the bucket unless it holds it already; True when sent."""
+        known = self._record.get(rel)
+        if known is not None and known.get("stub"):  # sent, and its bytes dropped from the staging copy
+            if there is None or there[1] != known["etag"]:
+                raise StorageError(
+                    f"{self.uri}/{rel} was sent by this export but the bucket no longer holds it; export into a new prefix"
+                )
+            return False
+        local = self.staging.joinpath(*rel.split("/"))
+        sha, _ = sha256_file(local)
+        if there and known and (known["size"], known["sha256"], known["etag"]) == (size, sha, there[1]):
+            return False
+        if there and not known and there[0] == size and self._sha_of(rel) == sha:
+            self._remember(rel, size, sha, there[1])
+            return False
+        self._remember(rel, size, sha, self._put(rel, local, sha))
+        return True
+
+    def send_run(self, run_dir: Path) -> None:
+        """A run directory just published in the staging copy, into the bucket (run.json
+        last), then its metric and artifact files emptied to sparse files of their size:
+        what the manifest needs of them (size, and the sha256 run.json records) stays, the
+        bytes do not, so an export holds on disk only the runs in flight. A stub is
+        recorded before it is made, and never sent (upload)."""
+        rel_dir = run_dir.relative_to(self.staging).as_posix()
+        files = sorted((f"{rel_dir}/{rel}", entry.stat().st_size) for rel, entry in walk_files(run_dir))
+        files.sort(key=lambda f: f[0].endswith(f"/{RUN_FILE}"))
+        for rel, size in files:
+            self._send(rel, size, None)
+        for rel, size in files:
+            if _recorded_in_run_json(rel) and self._record.get(rel, {}).get("etag"):
+                self._stub(rel, size)
+
+    def _stub(self, rel: str, size: int) -> None:
+        with self._lock:
+            self._record[rel] = dict(self._record[rel], stub=True)
+            self._append(self._record[rel])
+        sparse = self.home / f"stub-{uuid.uuid4().hex}"  # made whole, then renamed: a kill leaves no short file
+        with open(sparse, "wb") as f:
+            f.truncate(size)
+        os.replace(sparse, self.staging.joinpath(*rel.split("/")))
 
     def _sha_of(self, rel: str) -> str | None:
         head = self._head(rel)
@@ -161,15 +197,55 @@ class S3Bundle:
         head = self._head(rel)
         return head["ETag"] if head else ""
 
+    # -- reading ------------------------------------------------------------------------
+    def fetch_meta(self) -> Path:
+        """The root descriptor and the manifest into the read copy (each fetched only when
+        its ETag changed): what an index of the bundle is built from. The other files are
+        read from the bucket as they are needed (bundle/location.S3Files)."""
+        root_head = self._head(ROOT_FILE)
+        if root_head is None:
+            self.check_bucket()
+            raise BadInputError(f"{self.uri} holds no trackport bundle ({ROOT_FILE} is missing); check the URL")
+        manifest_head = self._head(MANIFEST_FILE)
+        for rel, head in ((ROOT_FILE, root_head), (MANIFEST_FILE, manifest_head)):
+            local = self.staging / rel
+            if head is None:
+                local.unlink(missing_ok=True)
+                self._forget(rel)
+                continue
+            if local.is_file() and self._held(rel, local, head["ContentLength"], head["ETag"]):
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with open(local, "wb") as f:
+                self.read_into(rel, f)
+            self._remember(rel, head["ContentLength"], sha256_file(local)[0], head["ETag"])
+        return self.staging
+
+    def read_into(self, rel: str, f: BinaryIO) -> None:
+        """The object's bytes into f (parts in parallel for a large one). OSError when S3
+        refuses: the reader reports it as that file's problem."""
+        try:
+            self._client.download_fileobj(self.url.bucket, self.url.key(rel), f, Config=s3.transfer_config())
+        except Exception as exc:  # noqa: BLE001
+            raise OSError(0, str(self._fail(exc, f"reading {rel} from"))) from None
+
+    def stream(self, rel: str) -> Iterator[bytes]:
+        try:
+            body = self._client.get_object(Bucket=self.url.bucket, Key=self.url.key(rel))["Body"]
+            yield from body.iter_chunks(CHUNK_SIZE)
+        except Exception as exc:  # noqa: BLE001
+            raise OSError(0, str(self._fail(exc, f"reading {rel} from"))) from None
+
     # -- download -----------------------------------------------------------------------
     def download(self) -> dict[str, int]:
-        """Every object into the staging copy, but those held already (same size and
-        ETag); files of the staging copy the bucket does not hold are removed, so the
-        copy is the bucket's. Returns {"fetched": n, "kept": n, "bytes": n}."""
+        """The bucket's bundle into the staging copy, so an export can extend it: every
+        document whole, the metric and artifact files of runs as stubs (sparse files of
+        their size, recorded as sent: run.json records their sha256). Local files the
+        bucket does not hold are removed. Returns {"fetched": n, "stubs": n}."""
         if not self.holds_bundle():
             self.check_bucket()
             raise BadInputError(f"{self.uri} holds no trackport bundle ({ROOT_FILE} is missing); check the URL")
-        counts = {"fetched": 0, "kept": 0, "bytes": 0}
+        counts = {"fetched": 0, "stubs": 0}
         seen = set()
         for rel, size, etag in self.objects():
             try:
@@ -177,17 +253,18 @@ class S3Bundle:
             except ValueError as exc:
                 raise BadInputError(f"{self.uri}: an object {rel!r} has an unsafe name ({exc}); refusing the bundle") from None
             seen.add(rel)
-            if local.is_file() and local.stat().st_size == size and self._held(rel, local, size, etag):
-                counts["kept"] += 1
-                continue
             local.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                self._client.download_file(self.url.bucket, self.url.key(rel), str(local), Config=s3.transfer_config())
-            except Exception as exc:  # noqa: BLE001
-                raise self._fail(exc, f"reading {rel} from") from None
+            if _recorded_in_run_json(rel):
+                local.unlink(missing_ok=True)
+                local.touch()
+                self._record[rel] = {"path": rel, "size": size, "sha256": None, "etag": etag}
+                self._stub(rel, size)
+                counts["stubs"] += 1
+                continue
+            with open(local, "wb") as f:
+                self.read_into(rel, f)
             self._remember(rel, size, sha256_file(local)[0], etag)
             counts["fetched"] += 1
-            counts["bytes"] += size
         for rel, _entry in list(walk_files(self.staging)) if self.staging.is_dir() else ():
             if rel not in seen and _sent(rel):
                 self.staging.joinpath(*rel.split("/")).unlink(missing_ok=True)
@@ -231,12 +308,14 @@ class S3Bundle:
         self._log.flush()
 
     def _remember(self, rel: str, size: int, sha: str, etag: str) -> None:
-        self._record[rel] = {"path": rel, "size": size, "sha256": sha, "etag": etag}
-        self._append(self._record[rel])
+        with self._lock:
+            self._record[rel] = {"path": rel, "size": size, "sha256": sha, "etag": etag}
+            self._append(self._record[rel])
 
     def _forget(self, rel: str) -> None:
-        if self._record.pop(rel, None) is not None:
-            self._append({"path": rel, "gone": True})
+        with self._lock:
+            if self._record.pop(rel, None) is not None:
+                self._append({"path": rel, "gone": True})
 
     def close(self) -> None:
         if self._log is not None:
@@ -268,6 +347,12 @@ class S3Bundle:
             if not (local.is_file() and local.stat().st_size == size and self._held(rel, local, size, etag)):
                 return True
         return False
+
+
+def _recorded_in_run_json(rel: str) -> bool:
+    """A run's metric or artifact file, whose size and sha256 its run.json records."""
+    split = run_dir_key(rel)
+    return split is not None and (split[1] == METRICS_FILE or split[1].startswith(f"{ARTIFACTS_DIR}/"))
 
 
 def _sent(rel: str) -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from trackport.errors import BadInputError
 from trackport.stores.base import StoreDescription
 from trackport.bundle.index import Problem
+from trackport.bundle.layout import MANIFEST_FILE
+from trackport.bundle.location import S3Files
 from trackport.bundle.reader import BundleSource
 from trackport.bundle.s3_bundle import S3Bundle
 from trackport.bundle.writer import BundleSink
@@ -33,6 +35,9 @@ class S3BundleSink(BundleSink):
     def describe(self) -> StoreDescription:
         return StoreDescription(kind="bundle", uri=self.remote.uri)
 
+    def published(self, run_dir) -> None:
+        self.remote.send_run(run_dir)  # on the worker's thread: runs go while others are written
+
     def finish(self, counts: dict) -> None:
         super().finish(counts)
         self.sent = self.remote.upload()
@@ -45,14 +50,20 @@ class S3BundleSink(BundleSink):
 
 
 class S3BundleSource(BundleSource):
-    """The bundle read from the bucket (downloaded into the staging copy first, but for
-    the files held already); `fetched` counts what came ({"fetched", "kept", "bytes"})."""
+    """The bundle read from the bucket: its root descriptor and manifest downloaded (when
+    changed), every other file read from the bucket as it is needed."""
 
     def __init__(self, uri: str, *, checked_runs: int) -> None:
-        remote = fetch(uri)
-        self.remote = remote
-        self.fetched = remote.last_download
-        super().__init__(remote.staging, checked_runs=checked_runs)
+        self.remote = S3Bundle(uri, "read")
+        try:
+            meta = self.remote.fetch_meta()
+            if not (meta / MANIFEST_FILE).is_file():
+                raise BadInputError(
+                    f"{self.remote.uri} is incomplete (no {MANIFEST_FILE}): the export did not finish; re-run the export"
+                )
+            super().__init__(meta, checked_runs=checked_runs, files=S3Files(self.remote))
+        finally:
+            self.remote.close()
 
     def describe(self) -> StoreDescription:
         return StoreDescription(kind="bundle", uri=self.remote.uri, mlflow_version=super().describe().mlflow_version)
@@ -61,8 +72,18 @@ class S3BundleSource(BundleSource):
         return f"{self.remote.uri}/{problem.path}: {problem.message}"
 
 
-def fetch(uri: str) -> S3Bundle:
-    """The bundle at uri downloaded into its read staging copy (verify and inspect read it there)."""
+def verify_s3_bundle(uri: str, level: str):
+    """bundle verify of the bundle at uri: its listed objects read from the bucket."""
+    from trackport.bundle.verify import verify_bundle
+
     remote = S3Bundle(uri, "read")
-    remote.last_download = remote.download()
-    return remote
+    try:
+        return verify_bundle(remote.fetch_meta(), level, files=S3Files(remote))
+    finally:
+        remote.close()
+
+
+def inspect_s3_bundle(uri: str) -> dict:
+    from trackport.bundle.inspect import inspect_bundle
+
+    return inspect_bundle(S3BundleSource(uri, checked_runs=64))

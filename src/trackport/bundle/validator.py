@@ -8,14 +8,12 @@ most MAX_DOCUMENT_BYTES). See docs/bundle-format.md, "Reading untrusted bundles"
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import pyarrow as pa
 
-from trackport._files import check_component, check_relpath, sha256_file
+from trackport._files import check_component, check_relpath
 from trackport.domain import Experiment, Run
 from trackport.errors import TrackportError
 from trackport.kinds import Unit
@@ -63,8 +61,8 @@ class Stored:
     points: int = 0
 
     @property
-    def path(self):
-        return self.index.file(self.rel)
+    def where(self) -> str:
+        return self.index.files.where(self.rel)
 
 
 @dataclass(frozen=True)
@@ -85,28 +83,13 @@ class RunPlan:
 def file_problem(index: BundleIndex, rel: str, size: int) -> str | None:
     """Why the file at rel is not a regular file of that size reached without a symbolic
     link (not through a linked directory either); None when it is."""
-    path = index.file(rel)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return f"is listed in {MANIFEST_FILE} but missing"
-    except OSError as e:
-        return f"cannot be read: {e.strerror or e}"
-    if stat.S_ISLNK(st.st_mode):
-        return "is a symbolic link, not a regular file; a bundle never holds links"
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file"
-    if os.path.realpath(path) != os.path.join(index.real_root, *rel.split("/")):
-        return "lies behind a symbolic link; a bundle never holds links"
-    if st.st_size != size:
-        return f"is {st.st_size} bytes but {MANIFEST_FILE} says {size}: the file was truncated or changed"
-    return None
+    return index.files.problem(rel, size)
 
 
 def hash_problem(index: BundleIndex, rel: str, sha256: str) -> str | None:
     """Why the file's bytes (streamed) are not those of that sha256; None when they are."""
     try:
-        actual, _ = sha256_file(index.file(rel))
+        actual = index.files.sha256(rel)
     except OSError as e:
         return f"cannot be read: {e.strerror or e}"
     return None if actual == sha256 else SHA256_DIFFERS
@@ -124,9 +107,7 @@ def _listed_bytes(index: BundleIndex, rel: str, entry: ManifestEntry) -> tuple[b
     if problem:
         return None, problem
     try:
-        fd = os.open(index.file(rel), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(entry.size + 1)
+        data = index.files.head(rel, entry.size + 1)
     except OSError as e:
         return None, f"cannot be read: {e.strerror or e}"
     if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
@@ -282,14 +263,18 @@ def _file_records(records, document: str, key: UnitKey, what: str, problems: lis
         yield record
 
 
-def metric_batches(plan: RunPlan) -> Iterator[pa.RecordBatch]:
+def metric_batches(plan: RunPlan, opened: list | None = None) -> Iterator[pa.RecordBatch]:
     """The run's metric points, part after part, checked as they stream (column types, no
     nulls, only its run's rows, as many as run.json says); Refused on the first problem.
     The files' sha256 are the caller's to check (the reader before the first batch, verify
-    with every file)."""
-    for part in plan.metrics or ():
+    with every file). opened: the parts as files the caller opened already."""
+    for n, part in enumerate(plan.metrics or ()):
         try:
-            yield from read_metrics(part.path, run_id=plan.run.run_id, expected_rows=part.points)
+            if opened is not None:
+                yield from read_metrics(opened[n], run_id=plan.run.run_id, expected_rows=part.points)
+                continue
+            with part.index.files.open(part.rel) as f:
+                yield from read_metrics(f, run_id=plan.run.run_id, expected_rows=part.points)
         except TrackportError:
             raise
         except MetricsFileError as e:
@@ -304,7 +289,7 @@ def _part_problem(plan: RunPlan, part: Stored, message: str) -> Problem:
     naming the file of an earlier link."""
     if part.index is plan.index:
         return Problem(part.rel, message, ("run", plan.run.run_id))
-    return Problem(plan.run_json, f"{part.path} (in an earlier link of the chain) {message}", ("run", plan.run.run_id))
+    return Problem(plan.run_json, f"{part.where} (in an earlier link of the chain) {message}", ("run", plan.run.run_id))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from trackport.bundle import chain, schemas, validator
 from trackport.bundle.descriptor import check_root
 from trackport.bundle.documents import loads
 from trackport.bundle.index import BundleIndex, Problem, read_index, unit_of
-from trackport.bundle.layout import MANIFEST_FILE, ROOT_FILE, TRANSFER_DIR, UNLISTED, walk_files
+from trackport.bundle.location import BundleFiles
+from trackport.bundle.layout import MANIFEST_FILE, ROOT_FILE, TRANSFER_DIR
 from trackport.bundle.validator import Refused
 
 LEVELS = ("fast", "complete", "full")
@@ -72,7 +73,9 @@ class VerifyReport:
         }
 
 
-def verify_bundle(path: str | os.PathLike, level: str = "full") -> VerifyReport:
+def verify_bundle(path: str | os.PathLike, level: str = "full", files: BundleFiles | None = None) -> VerifyReport:
+    """path: the bundle's directory (for a bundle on S3, the local copy of its root
+    descriptor and manifest, with files reading the rest from the bucket)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
     root = Path(path).absolute()
@@ -90,7 +93,7 @@ def verify_bundle(path: str | os.PathLike, level: str = "full") -> VerifyReport:
         report.add(MANIFEST_FILE, "missing: the bundle is incomplete (the export did not finish); re-run the export")
         return report
     links = _chain(root, report)
-    _verify_tree(root, level, report, chain.by_id(links))
+    _verify_tree(root, level, report, chain.by_id(links), files)
     for n, link in enumerate(links):  # each earlier link on its own, at the same level
         inner = VerifyReport(path=link.path, level=level)
         _verify_tree(link.path, level, inner, chain.by_id(links[n + 1:]))
@@ -117,14 +120,14 @@ def _chain(root: Path, report: VerifyReport) -> list:
     return found
 
 
-def _verify_tree(root: Path, level: str, report: VerifyReport, links: dict) -> None:
+def _verify_tree(root: Path, level: str, report: VerifyReport, links: dict, files: BundleFiles | None = None) -> None:
     """One bundle's own files and documents (those of an increment naming files of its links)."""
-    index = read_index(root)
+    index = read_index(root, files=files)
     report.extend(index.problems)
     report.extend(validator.check_root_entry(index))
     listed = _check_listed_files(index, level, report)
     if level in ("complete", "full"):
-        _check_unlisted_files(root, listed, report)
+        _check_unlisted_files(index, listed, report)
     if level == "full":
         _check_documents(index, report, links)
         _check_transfer_files(index, report)
@@ -164,12 +167,9 @@ def _check_listed_files(index: BundleIndex, level: str, report: VerifyReport) ->
     return listed
 
 
-def _check_unlisted_files(root: Path, listed: set[str], report: VerifyReport) -> None:
+def _check_unlisted_files(index: BundleIndex, listed: set[str], report: VerifyReport) -> None:
     """Phase 3 (complete), nothing present that the manifest does not list."""
-    for rel, entry in walk_files(root):
-        if rel == MANIFEST_FILE or rel in listed or rel in UNLISTED:
-            continue
-        kind = "symbolic link" if entry.is_symlink() else "file"
+    for rel, kind in index.files.unlisted(listed):
         report.add(rel, f"{kind} present but not listed in the manifest")
 
 
@@ -215,7 +215,7 @@ def _check_transfer_files(index: BundleIndex, report: VerifyReport) -> None:
         schema = _jsonl_schema_for(entry.path)
         if schema is None or validator.file_problem(index, entry.path, entry.size):
             continue  # not a state file, or reported in phase 2
-        with open(index.file(entry.path), "rb") as f:
+        with index.files.open(entry.path) as f:
             for lineno, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue

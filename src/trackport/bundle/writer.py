@@ -31,15 +31,8 @@ from trackport.stores.base import (
     UnitWriteResult,
 )
 from trackport import kinds
-from trackport._files import (
-    check_component,
-    copy_stream,
-    fsync_dir,
-    is_temp_name,
-    safe_join,
-    temp_name,
-    write_bytes_atomic,
-)
+from trackport._files import check_component, copy_stream, fsync_dir, is_temp_name, safe_join, temp_name
+from trackport._files import write_bytes_atomic
 from trackport.kinds import Unit
 from trackport.bundle import descriptor, schemas
 from trackport.bundle.documents import dumps, experiment_doc, run_doc, short, unit_doc
@@ -361,6 +354,10 @@ class BundleSink(SinkStore):
                 )
             os.rename(tmp, final)
         fsync_dir(final.parent)
+        self.published(final)
+
+    def published(self, run_dir: Path) -> None:
+        """A run directory just renamed into place (a bundle on S3 sends it: s3_stores)."""
 
 
 def _empty_but_for_a_lock(path: Path) -> bool:

@@ -18,7 +18,7 @@ from trackport.cli.running import (
     check_target, fail_cleanly, internal_error, resolve_selection, run_transfer, show, transfer_config,
 )
 from trackport.errors import ExitCode, VerifyError
-from trackport.opening import local_bundle, open_bundle_sink, open_bundle_source, open_sink, open_source
+from trackport.opening import inspect_bundle_at, open_bundle_sink, open_bundle_source, open_sink, open_source, verify_bundle_at
 from trackport.stores.registry import locate
 
 
@@ -228,9 +228,7 @@ def bundle_group() -> None:
 @fail_cleanly
 def verify_command(bundle, level, as_json):
     """Check that BUNDLE is complete and undamaged."""
-    from trackport.bundle import verify_bundle
-
-    report = verify_bundle(local_bundle(bundle), level)
+    report = verify_bundle_at(bundle, level)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
@@ -250,9 +248,7 @@ def verify_command(bundle, level, as_json):
 @fail_cleanly
 def inspect_command(bundle, as_json):
     """Describe BUNDLE: format, producer, source, selection and contents."""
-    from trackport.bundle import inspect_bundle
-
-    info = inspect_bundle(local_bundle(bundle))
+    info = inspect_bundle_at(bundle)
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
     else:
