@@ -207,8 +207,11 @@ def test_refused_keys_fall_back_to_the_proxy_with_a_note(wrong_keys, tmp_path):
     _assert_bundle_has_every_file(wrong_keys, tmp_path / "b", "proxied")
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in result.stderr + result.stdout
 
-    # The note, as the source hands it to the engine for the run's ledger entry.
+    # The note in the run's ledger entry, and as the source hands it to the engine.
     run_id = next(i for i, r in wrong_keys.seeded.items() if r["experiment"] == "proxied")
+    ledger = [json.loads(line) for line in (tmp_path / "b" / "transfer" / "ledger.jsonl").read_text().splitlines()]
+    entry = next(e for e in ledger if e.get("source_id") == run_id)
+    assert any("through the server's proxy" in n for n in entry.get("notes", ())), entry
     with open_source(source_uri) as source:
         run = _run_of(source, run_id)
         assert {f.path for f in source.list_artifacts(run)} == set(wrong_keys.seeded[run_id]["files"])

@@ -173,6 +173,11 @@ class SourceStore(ABC):
         also is when the source points at the wrong place); None otherwise."""
         return None
 
+    def unit_notes(self, run: Run) -> list[str]:
+        """What reading the run had to do differently (e.g. artifacts read through a
+        server because reading them from S3 directly failed), taken once, after its reads."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 

@@ -182,7 +182,7 @@ class SyncRunUnits(RunUnits):
             amounts={"metric_points": written.metric_points, "artifact_files": written.artifact_files,
                      "artifact_bytes": written.artifact_bytes},
             losses=losses + written.losses,
-            notes=[f"updated in place: {', '.join(difference.parts)}"] + difference.notes,
+            notes=[f"updated in place: {', '.join(difference.parts)}"] + difference.notes + source.unit_notes(run),
         )
 
     def _record(self, run: Run, target_experiment_id: str, copy_id: str, source_fp: Fingerprint) -> None:

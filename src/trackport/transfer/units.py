@@ -168,7 +168,7 @@ class RunUnits(UnitType):
                 "artifact_bytes": result.artifact_bytes,
             },
             losses=losses + result.losses,
-            notes=[f"no artifact folder at {missing}"] if missing else [],
+            notes=([f"no artifact folder at {missing}"] if missing else []) + source.unit_notes(run),
             missing_artifact_folder=missing,
         )
 
