@@ -1,22 +1,21 @@
-"""Bundles at s3://bucket/prefix, staged through a local directory.
+"""The bucket side of a bundle at s3://bucket/prefix (docs/s3-bundles.md).
 
-The bundle format is written and read in a local directory (the staging copy, under
-$TRACKPORT_HOME/s3/<hash of the URL>/bundle), with every guarantee of a local bundle;
-this module moves the files between it and the bucket:
-
-* export: the staging copy is written as a local bundle; finish() then uploads every file
-  the bucket does not hold already (same size and sha256), the root descriptor next to
-  last and manifest.jsonl last, so a reader sees the old bundle or the new one, never
-  a half-written one. Each object carries its sha256 (metadata, and S3's own SHA256
-  checksum, which S3 verifies on receipt); large files go in parts (boto3's managed
-  transfer). A killed export leaves the staging copy: the next run resumes it and sends
-  only the files the bucket lacks.
-* import, verify, inspect: the objects are downloaded into the staging copy (a file held
-  already with the object's size and ETag is not fetched again), then read as a local bundle,
-  whose checks (manifest, sizes, sha256) apply unchanged.
+* export: the format is written into a local staging copy ($TRACKPORT_HOME/s3/<hash of
+  the URL>/export) with every guarantee of a local bundle. Each run is sent as soon as it
+  is renamed into place (send_run, run.json last), and its metric and artifact files are
+  then turned into sparse stubs of their size: disk holds the runs in flight. finish()
+  sends what the bucket lacks (upload), the root descriptor next to last and
+  manifest.jsonl last, so a reader sees the old bundle or the new one. Each object carries
+  its sha256 (metadata, and S3's own SHA256 checksum, which S3 verifies on receipt); large
+  files go in parts. A killed export, run again, sends only what the bucket lacks.
+* reading: only the root descriptor and the manifest are fetched (fetch_meta, when their
+  ETag changed); bundle.location.S3Files reads the other objects as they are needed.
+* extending a bundle another machine wrote: download() fetches its documents, and stubs
+  for its metric and artifact files.
 
 What was sent or fetched is recorded beside the staging copy (a local objects.jsonl: path,
-size, sha256, ETag). Nothing is ever appended to in the bucket: every object is written whole.
+size, sha256, ETag, stub). Nothing is ever appended to in the bucket: every object is
+written whole.
 """
 from __future__ import annotations
 
@@ -50,8 +49,9 @@ class S3Bundle:
     """The bucket side of one bundle location: checks, listing, upload and download."""
 
     def __init__(self, uri: str, role: str) -> None:
-        """role: "export" (the staging copy an export writes) or "read" (the copy imports,
-        verify and inspect download), kept apart so that a reader never disturbs a writer."""
+        """role: "export" (the staging copy an export writes) or "read" (the root and
+        manifest that imports, verify and inspect fetch), kept apart so that a reader never
+        disturbs a writer."""
         self.url = s3.parse_s3_url(uri)
         self.uri = str(self.url)
         self.home = staging_root(uri)

@@ -1,6 +1,7 @@
 """A bundle at s3://bucket/prefix as a sink (export) and a source (import, verify,
-inspect): the local BundleSink and BundleSource on the staging copy (bundle/s3_bundle.py),
-described by the S3 URL so that ledgers, id maps and messages name the bucket."""
+inspect): BundleSink on a staging copy whose runs are sent as they are written, and
+BundleSource reading the bucket through bundle.location.S3Files (bundle/s3_bundle.py);
+both described by the S3 URL, so that ledgers, id maps and messages name the bucket."""
 from __future__ import annotations
 
 from trackport.errors import BadInputError
@@ -14,8 +15,8 @@ from trackport.bundle.writer import BundleSink
 
 
 class S3BundleSink(BundleSink):
-    """Writes the staging copy, then sends it to the bucket in finish(); `sent` counts
-    what went ({"sent", "kept", "bytes"})."""
+    """Writes the staging copy, sending each run as it is written and the rest in
+    finish(); `sent` counts what finish() sent ({"sent", "kept", "bytes"})."""
 
     def __init__(self, uri: str, *, row_group_rows: int) -> None:
         remote = S3Bundle(uri, "export")
