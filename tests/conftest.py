@@ -140,3 +140,33 @@ def open_target(uri: str):
     from trackport.opening import open_bundle_sink, open_sink
 
     return open_bundle_sink(uri) if uri.startswith("/") else open_sink(uri)
+
+
+# -- real database servers (tests/dbservers.py) -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL cluster of the session's own (Debian's `postgresql`), started on first
+    use; tests make databases of their own in it (create_database)."""
+    from dbservers import PostgresCluster
+
+    server = PostgresCluster()
+    try:
+        server.start().wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server():
+    """A MariaDB server of the session's own (Debian's `mariadb-server`), started on first use."""
+    from dbservers import MariaDBServer
+
+    server = MariaDBServer()
+    try:
+        server.start().wait_ready()
+        yield server
+    finally:
+        server.stop()

@@ -1,5 +1,6 @@
-"""Real `mlflow server` processes for tests: sqlite backend, proxied artifacts, 127.0.0.1,
-random free ports, stopped (with their children) when the test session ends."""
+"""Real `mlflow server` processes for tests: sqlite backend (or any backend store URI, e.g. a
+PostgreSQL or MariaDB database of tests/dbservers.py), proxied artifacts, 127.0.0.1, random
+free ports, stopped (with their children) when the test session ends."""
 from __future__ import annotations
 
 import os
@@ -32,8 +33,10 @@ class MlflowServer:
         workers: int = 1,
         port: int | None = None,
         artifacts_destination: str | None = None,
+        backend_store_uri: str | None = None,
     ) -> None:
         self.workdir = workdir
+        self.backend_store_uri = backend_store_uri  # default: sqlite:///<workdir>/mlflow.db
         self.artifacts_destination = artifacts_destination  # e.g. s3://bucket/prefix (with extra_env for its endpoint)
         self.workers = workers
         self.basic_auth = basic_auth
@@ -56,7 +59,7 @@ class MlflowServer:
         }
         command = [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
+            "--backend-store-uri", self.backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}",
             "--artifacts-destination", self.artifacts_destination or str(self.workdir / "mlartifacts"),
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
         ]

@@ -173,9 +173,9 @@ class MlflowDatabaseSource(ModelReading, LocalArtifacts, SourceStore):
                         inp.c.destination_type == "RUN",
                         inp.c.destination_id.in_(ids),
                     )
-                    .order_by(d.c.name, d.c.digest, inp.c.input_uuid)
                 )
-                input_rows = conn.execute(q).all()
+                # Ordered here, by code point: ORDER BY would follow the database's collation.
+                input_rows = sorted(conn.execute(q).all(), key=lambda row: (row.name, row.digest, row.input_uuid))
                 for chunk in chunks([row.input_uuid for row in input_rows]):
                     q = sa.select(it.c.input_uuid, it.c.name, it.c.value).where(it.c.input_uuid.in_(chunk))
                     for row in conn.execute(q):
@@ -230,14 +230,15 @@ class MlflowDatabaseSource(ModelReading, LocalArtifacts, SourceStore):
         sa = db.sa
         m = db.tables["metrics"]
         rows = self._config.metric_batch_rows
-        for key in keys:
-            q = (
-                sa.select(m.c.step, m.c.timestamp, m.c.value, m.c.is_nan)
-                .where(m.c.run_uuid == run_id, m.c.key == key)
-                .order_by(m.c.step, m.c.timestamp, m.c.value)
-            )
-            with db.engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, max_row_buffer=rows).execute(q)
+        with db.engine.connect() as conn:
+            streaming = conn.execution_options(stream_results=True, max_row_buffer=rows)
+            for key in keys:
+                q = (
+                    sa.select(m.c.step, m.c.timestamp, m.c.value, m.c.is_nan)
+                    .where(m.c.run_uuid == run_id, m.c.key == key)
+                    .order_by(m.c.step, m.c.timestamp, m.c.value)
+                )
+                result = streaming.execute(q)  # a server-side cursor (PostgreSQL, MySQL)
                 while fetched := result.fetchmany(rows):
                     yield rows_to_batch(fetched, key)
 
