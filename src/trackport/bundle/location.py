@@ -123,9 +123,10 @@ class S3Files(BundleFiles):
         self._lock = threading.Lock()
 
     def _listed(self) -> dict[str, int]:
-        if self._sizes is None:
-            self._sizes = {rel: size for rel, size, _ in self.remote.objects()}
-        return self._sizes
+        with self._lock:  # one listing, whichever thread asks first
+            if self._sizes is None:
+                self._sizes = {rel: size for rel, size, _ in self.remote.objects()}
+            return self._sizes
 
     def where(self, rel: str) -> str:
         return f"{self.remote.uri}/{rel}"
