@@ -252,3 +252,38 @@ def test_an_export_from_another_machine_extends_the_bucket_s_bundle(tmp_path, mo
     assert checked.exit_code == 0 and checked.output.strip().endswith("0 problems"), checked.output
     verified = CliRunner().invoke(cli, ["verify", source, url])
     assert verified.exit_code == 0 and verified.output.strip().endswith("0 differences"), verified.output
+
+
+def test_an_incremental_chain_on_s3_restores_and_verify_names_a_damaged_link(tmp_path, moto_server):
+    source = _workload(tmp_path, runs=4, artifact_bytes=1 << 16)
+    bucket = moto_server.new_bucket()
+    full, inc = f"s3://{bucket}/nightly/full", f"s3://{bucket}/nightly/inc1"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["export", source, full]).exit_code == 0
+    client = MlflowClient(tracking_uri=source)
+    exp = client.get_experiment_by_name(f"s3-resume-{tmp_path.name}")
+    runs = client.search_runs([exp.experiment_id])
+    client.set_tag(runs[0].info.run_id, "changed", "yes")
+    added = client.create_run(exp.experiment_id, run_name="added").info.run_id
+    client.log_metric(added, "m", 1.0)
+    client.set_terminated(added)
+    made = runner.invoke(cli, ["export", source, inc, "--since-bundle", full])
+    assert made.exit_code == 0, made.output
+    full_bytes = sum(o["Size"] for o in moto_server.client().list_objects_v2(Bucket=bucket, Prefix="nightly/full/")["Contents"])
+    inc_bytes = sum(o["Size"] for o in moto_server.client().list_objects_v2(Bucket=bucket, Prefix="nightly/inc1/")["Contents"])
+    assert inc_bytes < full_bytes / 4  # the unchanged artifacts are references, not copies
+
+    checked = runner.invoke(cli, ["bundle", "verify", inc, "--level", "full"])
+    assert checked.exit_code == 0 and checked.output.strip().endswith("0 problems"), checked.output
+    restored = f"sqlite:///{tmp_path / 'restored.db'}"
+    imported = runner.invoke(cli, ["import", inc, restored])
+    assert imported.exit_code == 0, imported.output
+    verified = runner.invoke(cli, ["verify", source, restored])
+    assert verified.exit_code == 0 and verified.output.strip().endswith("0 differences"), verified.output
+
+    blob = next(k for k in _keys(moto_server, bucket, "nightly/full/") if k.endswith("blob.bin"))
+    moto_server.client().put_object(Bucket=bucket, Key=blob, Body=b"damaged")
+    damaged = runner.invoke(cli, ["bundle", "verify", inc, "--level", "full"])
+    assert damaged.exit_code == ExitCode.VERIFY_FAILED and "link 1 of the chain" in damaged.output, damaged.output
+    refused = runner.invoke(cli, ["export", source, f"s3://{bucket}/elsewhere/inc2", "--since-bundle", inc])
+    assert refused.exit_code == ExitCode.BAD_INPUT and "side by side" in refused.output

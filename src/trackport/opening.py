@@ -120,12 +120,16 @@ def open_bundle_sink(uri: str, *, config: TransferConfig = DEFAULT, since: str |
     is made from (export --since-bundle), opened and checked first."""
     from trackport.bundle import BundleSink
 
-    if locate(uri).kind == S3:
-        if since is not None:
-            raise BadInputError(f"{uri}: incremental bundles (--since-bundle) are written to local directories only, for now")
-        from trackport.bundle.s3_stores import S3BundleSink
+    if locate(uri).kind == S3 or (since is not None and locate(since).kind == S3):
+        from trackport.bundle.s3_stores import S3BundleSink, S3IncrementSink
 
-        return S3BundleSink(uri, row_group_rows=config.bundle_row_group_rows)
+        if since is None:
+            return S3BundleSink(uri, row_group_rows=config.bundle_row_group_rows)
+        if locate(uri).kind != S3 or locate(since).kind != S3:
+            raise BadInputError(f"{since} and {uri}: the links of a chain lie side by side; keep both on S3 or both local")
+        return S3IncrementSink(
+            uri, since, row_group_rows=config.bundle_row_group_rows, checked_runs=config.bundle_checked_runs
+        )
     path = _bundle_path(uri)
     if since is not None:
         from trackport.bundle.increment import IncrementSink

@@ -22,6 +22,7 @@ from trackport._files import check_component, sha256_file
 from trackport.errors import BadInputError, TrackportError
 from trackport.bundle import descriptor, validator
 from trackport.bundle.index import BundleIndex, read_index
+from trackport.bundle.location import BundleFiles
 from trackport.bundle.layout import MANIFEST_FILE, ROOT_FILE
 
 # A chain longer than this is taken for a loop made to hurt (or a mistake): make a full export.
@@ -52,20 +53,39 @@ class LinkError(BadInputError):
         self.problem = message
 
 
-def earlier_links(path: Path, root: dict, *, check_files: bool = True, into: list | None = None) -> list[Link]:
+class LocalPlace:
+    """The directory the links of a local chain lie in, side by side."""
+
+    def __init__(self, parent: Path) -> None:
+        self.parent = parent
+
+    def open(self, name: str, what: str) -> tuple[Path, BundleFiles | None]:
+        """(the link's directory, None: its files are under it); LinkError when it is not there."""
+        where = self.parent / name
+        if os.path.islink(where):
+            raise LinkError(where, f"{what} is a symbolic link; copy the chain's bundles themselves side by side")
+        if not where.is_dir():
+            raise LinkError(where, f"{what} is missing; put the chain's bundles back side by side in {self.parent}")
+        return where, None
+
+
+def earlier_links(path: Path, root: dict, *, check_files: bool = True, into: list | None = None,
+                  place=None) -> list[Link]:
     """The links before the bundle at path (root: its checked descriptor), newest first;
     [] for a full bundle. check_files: every file each link lists is there with its
     listed size, without links (what `verify --level fast` checks), so a damaged link
     stops an import before it writes anything. LinkError naming the first bad link (into:
-    a list that then holds the good links before it)."""
+    a list that then holds the good links before it). place: where the links lie (default:
+    the directory of path; s3_stores.S3Place for a chain on S3)."""
     links: list[Link] = [] if into is None else into
+    place = place or LocalPlace(path.parent)
     seen = {root.get("bundle_id")}
     here, doc = path, root
     while doc.get("previous") is not None:
         wanted = doc["previous"]
         if len(links) >= MAX_LINKS:
             raise LinkError(path / ROOT_FILE, f"its chain has more than {MAX_LINKS} links; make a full export")
-        link = _open_link(here, wanted, len(links) + 1, seen, check_files)
+        link = _open_link(here, wanted, len(links) + 1, seen, check_files, place)
         seen.add(link.bundle_id)
         links.append(link)
         here, doc = link.path, link.root
@@ -79,21 +99,15 @@ def _name(here: Path, wanted: dict, number: int) -> str:
     )
 
 
-def _open_link(here: Path, wanted: dict, number: int, seen: set, check_files: bool) -> Link:
+def _open_link(here: Path, wanted: dict, number: int, seen: set, check_files: bool, place) -> Link:
     what = _name(here, wanted, number)
     try:
         name = check_component(wanted["path"], "link name")
     except ValueError as e:
         raise LinkError(here / ROOT_FILE, f"{what} is not a bundle name in the same directory ({e}); the chain is damaged") from None
-    where = here.parent / name
     if wanted["bundle_id"] in seen:
-        raise LinkError(where, f"{what} names a bundle of the chain again (a loop); the chain is damaged")
-    if os.path.islink(where):
-        raise LinkError(where, f"{what} is a symbolic link; copy the chain's bundles themselves side by side")
-    if not where.is_dir():
-        raise LinkError(
-            where, f"{what} is missing; put the chain's bundles back side by side in {here.parent}"
-        )
+        raise LinkError(here.parent / name, f"{what} names a bundle of the chain again (a loop); the chain is damaged")
+    where, files = place.open(name, what)
     try:
         root = descriptor.load_root(where)
     except TrackportError as e:
@@ -115,7 +129,7 @@ def _open_link(here: Path, wanted: dict, number: int, seen: set, check_files: bo
             where, f"{what} changed since the increment was made (its {MANIFEST_FILE} differs); "
             "restore it from a copy, or make a new full export"
         )
-    index = read_index(where, root["bundle_id"])
+    index = read_index(where, root["bundle_id"], files)
     problems = index.problems or validator.check_root_entry(index)
     if not problems and check_files:
         problems = _missing_files(index)
@@ -137,7 +151,9 @@ def by_id(links: list[Link]) -> dict[str, BundleIndex]:
     return {link.bundle_id: link.index for link in links}
 
 
-def describe_previous(previous: Path, root: dict) -> dict:
-    """What an increment records of the link it is made from (its `previous`)."""
+def describe_previous(previous: Path, root: dict, name: str | None = None) -> dict:
+    """What an increment records of the link it is made from (its `previous`): previous is
+    its directory (for a link on S3, the local copy of its manifest; name: its prefix's
+    last part)."""
     sha, _ = sha256_file(previous / MANIFEST_FILE)
-    return {"bundle_id": root["bundle_id"], "path": previous.name, "manifest_sha256": sha}
+    return {"bundle_id": root["bundle_id"], "path": name or previous.name, "manifest_sha256": sha}

@@ -51,15 +51,23 @@ class IncrementSink(BundleSink):
                 f"{there} is not in the directory of {here}: the links of a chain lie side by side; "
                 f"export the increment into {there.parent}"
             )
-        self.previous = BundleSource(there, checked_runs=checked_runs)
-        if not self.previous.root.get("bundle_id"):
+        self._open_since(BundleSource(there, checked_runs=checked_runs), there.name)
+        self._write_into(here, row_group_rows)
+
+    def _open_since(self, previous: BundleSource, name: str) -> None:
+        """previous: the link the increment is made from, opened; name: its name beside it."""
+        self.previous = previous
+        if not previous.root.get("bundle_id"):
+            previous.close()
             raise BadInputError(
-                f"{there / ROOT_FILE} has no bundle_id (format {self.previous.root.get('format_version')}); "
+                f"{previous.describe().uri}: it has no bundle_id (format {previous.root.get('format_version')}); "
                 "make a full export with this trackport first, then increments from it"
             )
-        self.previous_record = chain.describe_previous(there, self.previous.root)
+        self.previous_record = chain.describe_previous(previous.path, previous.root, name)
+
+    def _write_into(self, here: Path, row_group_rows: int) -> None:
         try:
-            super().__init__(here, row_group_rows=row_group_rows)
+            BundleSink.__init__(self, here, row_group_rows=row_group_rows)
         except BaseException:
             self.previous.close()
             raise
@@ -74,7 +82,7 @@ class IncrementSink(BundleSink):
         theirs = self.previous.source_description()
         if (theirs.kind, theirs.uri) != (source.kind, source.uri):
             raise BadInputError(
-                f"{self.previous.path} holds an export of {theirs.uri!r}, not of {source.uri!r}; "
+                f"{self.previous.describe().uri} holds an export of {theirs.uri!r}, not of {source.uri!r}; "
                 "an increment is made from a bundle of the same source"
             )
         if (self.path / ROOT_FILE).exists():
@@ -84,7 +92,7 @@ class IncrementSink(BundleSink):
                 named = None  # super().begin refuses it in its own words
             if named != self.previous_record["bundle_id"]:
                 raise BadInputError(
-                    f"{self.path} is not an increment of {self.previous.path}; export the increment to a new path"
+                    f"{self.describe().uri} is not an increment of {self.previous.describe().uri}; export the increment to a new path"
                 )
         super().begin(source, selection)
 

@@ -52,9 +52,10 @@ class BundleSource(SourceStore):
     takes_deleted_by_default = True  # a bundle holds what its export selected
 
     def __init__(self, path: str | os.PathLike, *, checked_runs: int = DEFAULT.bundle_checked_runs,
-                 files: BundleFiles | None = None):
+                 files: BundleFiles | None = None, place=None):
         """path: the bundle's directory (for a bundle on S3, the local copy of its root
-        descriptor and manifest; files then reads the rest from the bucket)."""
+        descriptor and manifest; files then reads the rest from the bucket, and place is
+        where the earlier links of its chain lie: chain.earlier_links)."""
         self.path = Path(path).absolute()
         self._checked_runs = checked_runs
         if not self.path.exists():
@@ -72,9 +73,7 @@ class BundleSource(SourceStore):
             raise BadInputError(self._message(problems[0]))
         # An increment (format 1.4): the earlier links of its chain, each checked now, so
         # that a missing or damaged one stops an import before anything is written.
-        if files is not None and self.root.get("previous") is not None:
-            raise BadInputError(f"{self.path}: an incremental bundle is read from a local directory only, for now")
-        self.links = chain.earlier_links(self.path, self.root)
+        self.links = chain.earlier_links(self.path, self.root, place=place)
         self._links = chain.by_id(self.links)
         self._plans: OrderedDict[tuple[str, str], RunPlan] = OrderedDict()
         self._plans_lock = threading.Lock()

@@ -75,9 +75,10 @@ class VerifyReport:
         }
 
 
-def verify_bundle(path: str | os.PathLike, level: str = "full", files: BundleFiles | None = None) -> VerifyReport:
+def verify_bundle(path: str | os.PathLike, level: str = "full", files: BundleFiles | None = None, place=None) -> VerifyReport:
     """path: the bundle's directory (for a bundle on S3, the local copy of its root
-    descriptor and manifest, with files reading the rest from the bucket)."""
+    descriptor and manifest, with files reading the rest from the bucket, and place where
+    the links of its chain lie)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
     root = Path(path).absolute()
@@ -94,11 +95,11 @@ def verify_bundle(path: str | os.PathLike, level: str = "full", files: BundleFil
     if not has_manifest:
         report.add(MANIFEST_FILE, "missing: the bundle is incomplete (the export did not finish); re-run the export")
         return report
-    links = _chain(root, report)
+    links = _chain(root, report, place)
     _verify_tree(root, level, report, chain.by_id(links), files)
     for n, link in enumerate(links):  # each earlier link on its own, at the same level
         inner = VerifyReport(path=link.path, level=level)
-        _verify_tree(link.path, level, inner, chain.by_id(links[n + 1:]))
+        _verify_tree(link.path, level, inner, chain.by_id(links[n + 1:]), link.index.files)
         report.files_checked += inner.files_checked
         report.bytes_checked += inner.bytes_checked
         if inner.problems:
@@ -108,7 +109,7 @@ def verify_bundle(path: str | os.PathLike, level: str = "full", files: BundleFil
     return report
 
 
-def _chain(root: Path, report: VerifyReport) -> list:
+def _chain(root: Path, report: VerifyReport, place=None) -> list:
     """The earlier links of an increment; a link missing or unreadable is one problem naming
     it (the links before it cannot be reached, so they are not checked)."""
     doc = check_root(root).doc
@@ -116,7 +117,7 @@ def _chain(root: Path, report: VerifyReport) -> list:
         return []
     found: list = []
     try:
-        chain.earlier_links(root, doc, check_files=False, into=found)
+        chain.earlier_links(root, doc, check_files=False, into=found, place=place)
     except chain.LinkError as e:
         report.add(str(e.where), e.problem)
     return found
