@@ -188,6 +188,12 @@ def test_sessions_are_read_only(backends, name):
                 with pytest.raises(Exception, match="(?i)read.only"):
                     conn.exec_driver_sql("UPDATE experiments SET name = 'x' WHERE experiment_id = 0")
                 conn.rollback()
+        if name == "postgresql":  # ADBC's own connections, for metric histories
+            with store._adbc_pg.connection() as conn, conn.cursor() as cur:
+                cur.execute("SELECT current_setting('transaction_read_only')")
+                assert cur.fetchone() == ("on",)
+                with pytest.raises(Exception, match="(?i)read.only"):
+                    cur.execute("CREATE TABLE trackport_probe (x INT)")
     finally:
         store.close()
 
@@ -216,14 +222,15 @@ def test_wrong_password_and_unreachable_database(backends, name, tmp_path):
 
 POINTS = 120_000
 BATCH = 10_000
+QUOTED = "z'quoted \\ key"  # inlined into ADBC's queries as a literal: quoted, not injected
 
 
 def _insert_history(backend: Backend, run_id: str) -> None:
-    """POINTS points of two keys written straight into the metrics table (through REST it
+    """POINTS points of three keys written straight into the metrics table (through REST it
     would take a minute): steps in reverse, a few sharing a step, NaN every 1000th point."""
     rows = []
     for i in range(POINTS):
-        key = "loss" if i % 3 else "Ünïcode"
+        key = "Ünïcode" if i % 6 == 0 else QUOTED if i % 12 == 1 else "loss"  # "loss" first, and big
         nan = i % 1000 == 0
         rows.append((key, 0.0 if nan else i / 7, 1_700_000_000_000 + i, run_id, (POINTS - i) // 2, nan))
     conn = backend.connect()
@@ -262,8 +269,9 @@ def _streaming_query_open(backend: Backend) -> bool:
     conn = backend.connect()
     try:
         cur = conn.cursor()
-        if backend.name == "postgresql":
-            cur.execute("SELECT query FROM pg_stat_activity WHERE query ILIKE 'FETCH FORWARD%' AND pid <> pg_backend_pid()")
+        if backend.name == "postgresql":  # psycopg's cursor between fetches, or ADBC's COPY under way
+            cur.execute("SELECT query FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND (query ILIKE 'FETCH FORWARD%'"
+                        " OR (state = 'active' AND query ILIKE 'COPY (SELECT%FROM metrics%'))")
         else:
             cur.execute("SELECT info FROM information_schema.processlist WHERE info LIKE '%FROM metrics%' "
                         "AND id <> CONNECTION_ID()")
@@ -274,11 +282,11 @@ def _streaming_query_open(backend: Backend) -> bool:
         conn.close()
 
 
-@pytest.mark.parametrize("name", BACKENDS)
-def test_metric_history_streams_in_batches(backends, name):
-    """A run of POINTS points streams in batches of metric_batch_rows through a server-side
-    cursor (the query is still open after the first batch), in (key by code point, step,
-    timestamp, value) order, NaN restored."""
+@pytest.mark.parametrize("name, reader", [("postgresql", "adbc"), ("postgresql", "psycopg"), ("mariadb", "pymysql")])
+def test_metric_history_streams_in_batches(backends, name, reader):
+    """A run of POINTS points streams in batches of metric_batch_rows, through ADBC's COPY or a
+    server-side cursor (the query is still open after the first batch), in (key by code point,
+    step, timestamp, value) order, NaN restored."""
     backend = backends[name]
     api = f"{backend.server.url}/api/2.0/mlflow"
     experiment_id = requests.post(f"{api}/experiments/create", json={"name": f"bulk-{uuid.uuid4().hex}"}, timeout=30).json()["experiment_id"]
@@ -286,6 +294,10 @@ def test_metric_history_streams_in_batches(backends, name):
     try:
         _insert_history(backend, run_id)
         store = open_source(backend.uri(), config=TransferConfig(metric_batch_rows=BATCH))
+        if name == "postgresql":
+            if reader == "psycopg":
+                store._adbc_pg = None
+            assert (store._adbc_pg is None) == (reader == "psycopg")
         try:
             run = next(r for e in store.list_experiments(ALL) if e.experiment_id == experiment_id for r in store.iter_runs(e, ALL))
             started = time.perf_counter()
@@ -298,15 +310,17 @@ def test_metric_history_streams_in_batches(backends, name):
             store.close()
         table = pa.Table.from_batches([first, *rest], schema=METRIC_SCHEMA)
         assert table.num_rows == POINTS
-        assert [b.num_rows for b in [first, *rest]] == [BATCH] * (POINTS // BATCH)
+        sizes = [b.num_rows for b in [first, *rest]]
+        assert max(sizes) <= BATCH and len(sizes) >= POINTS // BATCH, sizes
         keys = table.column("key").to_pylist()
-        assert keys == sorted(keys) and keys[0] == "loss"  # code point order: "l" < "Ü"
-        for key in ("loss", "Ünïcode"):
+        assert keys == sorted(keys) and keys[0] == "loss" and keys[-1] == "Ünïcode"  # code points: "z" < "Ü"
+        assert keys.count(QUOTED) == POINTS // 12
+        for key in (QUOTED, "loss", "Ünïcode"):
             part = table.filter(pc.equal(table.column("key"), key))
             steps = part.column("step").to_pylist()
             assert steps == sorted(steps)
         values = table.column("value").to_pylist()
         assert sum(v != v for v in values) == POINTS // 1000
-        print(f"{name}: {POINTS} points in {elapsed:.2f} s ({POINTS / elapsed:,.0f} points/s)")
+        print(f"{name} ({reader}): {POINTS} points in {elapsed:.2f} s ({POINTS / elapsed:,.0f} points/s)")
     finally:
         _delete_run(backend, run_id, experiment_id)

@@ -11,10 +11,12 @@ dialect and reserved words such as `key` are quoted per dialect.
 Metric histories, the bulk of the data, are streamed into Arrow in batches of
 config.metric_batch_rows: from sqlite through ADBC (`adbc-driver-sqlite`, column-wise, no
 Python object per value) when it is installed, otherwise through the sqlite3 module; from
-server databases key by key through SQLAlchemy with server-side cursors.
+server databases key by key: PostgreSQL through ADBC (`adbc-driver-postgresql`, COPY into
+Arrow) when it is installed, otherwise, and MySQL, through SQLAlchemy with server-side cursors.
 
 Modules: `uri` (trackport's own URI parameter), `tables` (the table constructs and what a
 schema has), `metric_order` (metric rows into ordered Arrow batches), `source` (the reader
 every dialect shares), `summaries` (metric summaries for filters and run tables, in SQL),
-`sqlite` and `server` (the two kinds of database).
+`sqlite` and `server` (the two kinds of database), `adbc_postgres` (PostgreSQL's metrics
+through ADBC).
 """

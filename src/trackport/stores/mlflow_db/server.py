@@ -9,11 +9,15 @@ before anything is written; the password never appears in a message (SQLAlchemy'
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
-from typing import Any
+from typing import Any, Iterator
+
+import pyarrow as pa
 
 from trackport.config import DEFAULT, TransferConfig
 from trackport.errors import AuthError, BadInputError, FatalError, UnreachableError
+from trackport.stores.mlflow_db.adbc_postgres import AdbcPostgres, adbc_postgres
 from trackport.stores.mlflow_db.source import MlflowDatabaseSource
 from trackport.stores.mlflow_db.tables import import_sqlalchemy
 
@@ -124,6 +128,7 @@ class ServerDatabaseSource(MlflowDatabaseSource):
             dbapi_conn.commit()
 
         self._engine = engine
+        self._url, self._backend = url, backend
         super().__init__(display, artifacts_destination=artifacts_destination, config=config)
         try:
             self._db  # noqa: B018 -- refuse a database that is unreachable or not MLflow's now
@@ -136,3 +141,20 @@ class ServerDatabaseSource(MlflowDatabaseSource):
 
     def _make_engine(self) -> Any:
         return self._engine
+
+    @functools.cached_property
+    def _adbc_pg(self) -> AdbcPostgres | None:
+        """ADBC for PostgreSQL's metric histories, when installed (imported on first read)."""
+        adbc = adbc_postgres() if self._backend == "postgresql" else None
+        return AdbcPostgres(adbc, self._url, self.uri) if adbc is not None else None
+
+    def _key_batches(self, run_id: str, keys: list[str]) -> Iterator[pa.RecordBatch]:
+        if self._adbc_pg is None:
+            return super()._key_batches(run_id, keys)
+        return self._adbc_pg.key_batches(run_id, keys, self._config.metric_batch_rows)
+
+    def close(self) -> None:
+        adbc = self.__dict__.get("_adbc_pg")
+        if adbc is not None:
+            adbc.close()
+        super().close()
