@@ -324,3 +324,37 @@ def test_metric_history_streams_in_batches(backends, name, reader):
         print(f"{name} ({reader}): {POINTS} points in {elapsed:.2f} s ({POINTS / elapsed:,.0f} points/s)")
     finally:
         _delete_run(backend, run_id, experiment_id)
+
+
+FILTERS = [
+    "metrics.loss >= 0",
+    "MIN(metrics.loss) <= 1",
+    "MAX(metrics.child_metric) > 1",
+    "params.depth = '1'",
+    "tags.`mlflow.runName` LIKE '%child%'",
+    "attributes.status = 'KILLED'",
+    "tags.nothing IS NULL",
+    "tags.`mlflow.runName` != 'child'",
+]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_filters_select_the_runs_rest_selects(backends, name):
+    """--filter pushed into PostgreSQL's and MariaDB's SQL (stores/mlflow_db/pushdown.py) takes
+    the runs the REST source takes, for each filter."""
+    from trackport.selection import runs_of
+
+    backend = backends[name]
+    direct, rest = open_source(backend.uri()), open_source(backend.server.url)
+    try:
+        for text in FILTERS:
+            selection = Selection(include_deleted=True, filter=text)
+            got, expected = (
+                sorted(r.run_id for e in store.list_experiments(selection) for r in runs_of(store, e, selection))
+                for store in (direct, rest)
+            )
+            assert got == expected, text
+            assert expected, text  # each filter takes some run
+    finally:
+        direct.close()
+        rest.close()
