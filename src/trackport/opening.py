@@ -151,12 +151,15 @@ def open_sink(
     on_existing_model: str = "fail",
     config: TransferConfig = DEFAULT,
     artifacts_direct: bool = False,
+    server_stopped: bool = False,
 ) -> SinkStore:
     """A store to write into: a tracking server, a local sqlite store (created if missing)
     or a bundle. The sink holds the target's lock until it is closed. on_existing_model:
     what to do with a registered model of the target trackport did not write (fail, skip,
     append); a bundle has none. artifacts_direct: a tracking server's artifacts are
-    written straight into its S3 bucket (docs/s3-artifacts.md); other stores ignore it."""
+    written straight into its S3 bucket (docs/s3-artifacts.md); other stores ignore it.
+    server_stopped: a sqlite database an MLflow server on this machine seems to use is
+    written all the same (stores.sqlite.in_use); other stores ignore it."""
     location = locate(uri)
     if location.kind == REST:
         from trackport.stores.rest.server import connect
@@ -180,7 +183,7 @@ def open_sink(
         with _opening(uri):
             return SqliteStore(
                 _sqlite_uri(uri), create=True, artifact_root=artifact_root, on_existing_model=on_existing_model,
-                config=config,
+                config=config, server_stopped=server_stopped,
             )
     if location.kind == DATABASE:
         raise BadInputError(

@@ -41,7 +41,7 @@ class Time(click.ParamType):
 
 
 TIME = Time()
-SINK_NAMES = ("artifact_root", "on_long_value", "on_existing_model", "artifacts_direct")
+SINK_NAMES = ("artifact_root", "on_long_value", "on_existing_model", "artifacts_direct", "server_stopped")
 RENAME_NAMES = (
     "rename_experiment", "rename_experiment_prefix", "target_experiment", "rename_model", "rename_model_prefix", "rename_file",
 )
@@ -225,7 +225,7 @@ def rename_options(command):
 
 
 def sink_options(command):
-    """--artifact-root, --on-long-value, --on-existing-model, --artifacts-direct, handed to the command as the
+    """--artifact-root, --on-long-value, --on-existing-model, --artifacts-direct, --server-stopped, handed to the command as the
     dict `sink` (keyword arguments of opening.open_sink)."""
     command = _packed(SINK_NAMES, "sink")(command)
     command = click.option(
@@ -244,6 +244,12 @@ def sink_options(command):
         help="A param or tag value longer than the target holds: fail its run, or cut it (recorded).",
     )(command)
     command = click.option("--artifact-root", metavar="DIR", help="Where a new local store keeps artifacts.")(command)
+    command = click.option(
+        "--server-stopped",
+        is_flag=True,
+        help="Write into a tracking server's sqlite database even though an MLflow server on this machine seems to"
+        " use it (you know it is stopped, or uses another file). Without it such a target is refused.",
+    )(command)
     command = click.option(
         "--artifacts-direct",
         is_flag=True,

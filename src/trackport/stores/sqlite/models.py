@@ -24,7 +24,6 @@ from trackport import models
 from trackport.errors import UnitError
 from trackport.kinds import Unit, ref_kind
 from trackport.provenance import SOURCE_UNIT_TAG, is_mlmodel, rewrite_mlmodel, rewrite_version_source
-from trackport.stores._localfs import local_artifact_dir
 from trackport.stores.base import UnitContent, UnitWriteResult
 from trackport.stores.mlflow_db.models import DEFAULT_WORKSPACE, DELETED_VERSION_STAGE, NO_STAGE
 from trackport.stores.mlflow_db.tables import LOGGED_MODEL_TABLES, REGISTRY_TABLES
@@ -53,6 +52,7 @@ class ModelWriting:
     _read: Callable[[str, tuple], list]
     _write: Callable[[Callable[[sqlite3.Cursor], Any], str], Any]  # (unit, what it writes): committed
     _experiment_artifact_location: Callable[[int], str | None]
+    _unit_folder: Callable[..., Path | None]  # (artifact URI, unit id, files, what): stores.sqlite.places
 
     def _has_tables(self, tables: frozenset[str]) -> bool:
         return all(self._rows.columns.get(t) for t in tables)
@@ -94,7 +94,7 @@ class ModelWriting:
         result = UnitWriteResult(model_id)
         # The files are copied before the writer is asked, so a slow source holds up no other unit.
         files = list(content.artifact_files())
-        folder = _model_folder(artifact_location, model_id, files)
+        folder = self._unit_folder(artifact_location, model_id, files, LOGGED_MODEL)
         if files:
             rewrite = _mlmodel_rewrite(unit, artifact_location)
             self._folders.write(model_id, folder, content, files, result, what=LOGGED_MODEL, rewrite=rewrite)
@@ -323,18 +323,6 @@ class ModelWriting:
             rows.append({"name": name, "alias": alias, "version": number, **self._workspace("registered_model_aliases")})
         self._rows.insert(cursor, "registered_model_aliases", rows)
         return losses
-
-
-def _model_folder(artifact_location: str, model_id: str, files: list) -> Path | None:
-    """The logged model's own folder (its artifacts/ folder's parent) when it is local; a
-    model with files to write needs one."""
-    try:
-        artifact_dir = local_artifact_dir(artifact_location, model_id)
-    except UnitError as exc:
-        if files:
-            raise UnitError(str(exc).replace(f"run {model_id}", f"{LOGGED_MODEL} {model_id}")) from None
-        return None  # nothing to write, and nothing of ours to check there
-    return None if artifact_dir is None else artifact_dir.parent
 
 
 def _mlmodel_rewrite(unit: Unit, artifact_location: str) -> Callable[[str], Callable[[bytes], bytes] | None]:

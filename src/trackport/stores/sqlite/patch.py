@@ -22,10 +22,10 @@ from trackport.config import TransferConfig
 from trackport.domain import ACTIVE, DELETED, TargetRunId
 from trackport.errors import UnitError
 from trackport.patching import RunPatch, RunPatcher
-from trackport.stores._localfs import local_artifact_dir
 from trackport.stores.base import RunContent, RunWriteResult, SourceStore
 from trackport.stores.mlflow_db.models import DEFAULT_WORKSPACE
 from trackport.stores.sqlite.metrics import collapsed_loss, insert_points, metric_inserts, prepare_points
+from trackport.stores.sqlite.places import artifacts_folder
 from trackport.stores.sqlite.rows import Rows
 from trackport.stores.sqlite.run_folders import replace_files
 
@@ -42,6 +42,7 @@ class SqlitePatching(RunPatcher):
     _read: Callable[[str, tuple], list]
     _write: Callable[[Callable[[sqlite3.Cursor], Any], str], Any]  # (unit, what it writes): committed
     state_dir: Callable[[], Path]
+    _destination: Path | None  # a server's artifacts destination (stores.sqlite.places)
 
     def target_reader(self) -> SourceStore:
         return self  # type: ignore[return-value]  # SqliteStore is a SqliteSource
@@ -57,7 +58,7 @@ class SqlitePatching(RunPatcher):
         exp_id, artifact_uri = rows[0]
         result = RunWriteResult(target_run_id=TargetRunId(run_id))
         if patch.artifacts:  # before the rows, as put_run writes them: slow sources hold up no other run
-            artifact_dir = local_artifact_dir(artifact_uri, run_id)
+            artifact_dir = artifacts_folder(artifact_uri, run_id, "run", self._destination)
             if artifact_dir is None:
                 raise UnitError(f"run {run_id}: the target run has no artifact location")
             replace_files(run_id, artifact_dir, content, patch.artifacts, result)

@@ -40,7 +40,6 @@ from trackport.domain import (
 from trackport._files import fsync_dir
 from trackport.errors import BadInputError, UnitError, storage_error
 from trackport.locking import TargetLock
-from trackport.stores._localfs import local_artifact_dir
 from trackport.stores.base import (
     EXISTING_MODEL_POLICIES,
     ExperimentWriteResult,
@@ -66,7 +65,9 @@ from trackport.stores.sqlite.metrics import (
     remove_stale_spools,
 )
 from trackport.stores.sqlite.models import LOGGED_MODEL, ModelWriting
+from trackport.stores.sqlite.in_use import servers_using
 from trackport.stores.sqlite.patch import SqlitePatching
+from trackport.stores.sqlite.places import new_experiments_root, ready_destination, unit_folder
 from trackport.stores.sqlite.rows import Rows
 from trackport.stores.sqlite.run_folders import RunFolders
 from trackport.stores.sqlite.schema import (
@@ -98,6 +99,7 @@ class SqliteStore(SqliteSource, ModelWriting, SqlitePatching, SinkStore):
         artifact_root: str | None = None,
         on_existing_model: str = "fail",
         config: TransferConfig = DEFAULT,
+        server_stopped: bool = False,
     ) -> None:
         if on_existing_model not in EXISTING_MODEL_POLICIES:
             raise ValueError(f"on_existing_model must be one of {EXISTING_MODEL_POLICIES}, not {on_existing_model!r}")
@@ -105,14 +107,18 @@ class SqliteStore(SqliteSource, ModelWriting, SqlitePatching, SinkStore):
         bare, artifacts_destination = split_uri_options(uri)
         path = sqlite_path_from_uri(bare)
         self._writer: GroupCommitWriter | None = None
+        self._destination: Path | None = None  # a server's --artifacts-destination, from ?artifacts_destination=
         self._lock: TargetLock | None = None
         self._mlflow_version: str | None = None
         if create:
+            if not server_stopped and path.is_file():
+                refuse_running_server(path)
             state_dir = sqlite_state_dir(path)
             made_state_dir = not state_dir.exists()
             self._lock = TargetLock(state_dir, str(path))
             try:
-                self._open_for_writing(path, artifact_root, config)
+                self._open_for_writing(path, new_experiments_root(path, artifact_root, artifacts_destination), config)
+                self._destination = ready_destination(artifacts_destination)
             except BaseException:
                 self.close()
                 if made_state_dir and not path.exists():  # refused before anything was made
@@ -186,6 +192,12 @@ class SqliteStore(SqliteSource, ModelWriting, SqlitePatching, SinkStore):
             return self._writer.write(unit)
         except (sqlite3.Error, CommitError) as exc:
             raise _write_error(exc, what, self.path) from None
+
+    def _unit_folder(self, artifact_uri: str, unit_id: str, files: list, what: str = "run") -> Path | None:
+        """The folder of a run or logged model (its artifacts/ folder's parent) where its
+        artifacts are local; a tracking server's `mlflow-artifacts:` locations under the
+        artifacts destination the target URI names (stores.sqlite.places)."""
+        return unit_folder(artifact_uri, unit_id, files, what, self._destination)
 
     def _check_writable(self) -> None:
         if self._writer is None:
@@ -290,7 +302,7 @@ class SqliteStore(SqliteSource, ModelWriting, SqlitePatching, SinkStore):
         # Artifacts and metrics are read from the source before the writer is asked, so
         # slow sources do not hold up the other runs' rows.
         files = list(content.artifact_files())
-        folder = _run_folder(artifact_uri, run.run_id, files)
+        folder = self._unit_folder(artifact_uri, run.run_id, files)
         if files:
             self._folders.write(run.run_id, folder, content, files, result)
         elif folder is not None:
@@ -321,20 +333,14 @@ class SqliteStore(SqliteSource, ModelWriting, SqlitePatching, SinkStore):
         return result
 
 
-def _run_folder(artifact_uri: str, run_id: str, files: list) -> Path | None:
-    """The run's own folder (its artifacts/ folder's parent) when artifacts are local; a
-    run with files to write needs one."""
-    try:
-        artifact_dir = local_artifact_dir(artifact_uri, run_id)
-    except UnitError:
-        if files:
-            raise
-        return None  # nothing to write, and nothing of ours to check there
-    if artifact_dir is None:
-        if files:
-            raise UnitError("target run has no artifact location")
-        return None
-    return artifact_dir.parent
+def refuse_running_server(path: Path) -> None:
+    """Refuse, one line, a database an MLflow server on this machine is known to be using."""
+    servers = servers_using(path)
+    if servers:
+        raise BadInputError(
+            f"{path} is in use by a running MLflow server ({'; '.join(servers)}): stop the server, or write"
+            " through it (http://...); if the server is stopped or uses another file, add --server-stopped"
+        )
 
 
 def _write_error(exc: BaseException, what: str, path: Path) -> Exception:
