@@ -62,15 +62,20 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
-    """(hex sha256, size) of a file, read in chunks."""
+def sha256_stream(f: BinaryIO) -> tuple[str, int]:
+    """(hex sha256, size) of what is left to read in f, read in chunks."""
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            h.update(chunk)
-            size += len(chunk)
+    while chunk := f.read(CHUNK_SIZE):
+        h.update(chunk)
+        size += len(chunk)
     return h.hexdigest(), size
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """(hex sha256, size) of a file, read in chunks."""
+    with open(path, "rb") as f:
+        return sha256_stream(f)
 
 
 def copy_stream(src: BinaryIO, dst_path: Path) -> tuple[str, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from trackport.config import DEFAULT, TransferConfig, state_home
 from trackport.editing import RunEditor
@@ -33,23 +33,35 @@ def _opening(uri: str) -> Iterator[None]:
         raise (storage_error(exc, f"into {uri}") or BadInputError(f"cannot open {uri} for writing: {exc}")) from None
 
 
+def _rest_options(uri: str) -> tuple[str, str | None]:
+    """A server URL without, and its ?artifacts_destination=s3://... (docs/s3-artifacts.md)."""
+    from trackport.stores.mlflow_db.uri import split_uri_options
+
+    return split_uri_options(uri)
+
+
+def _connected(uri: str, role: str, config: TransferConfig, make: Callable):
+    """make(client, info) for the server at uri; the client is closed if make fails."""
+    from trackport.stores.rest.server import connect
+
+    client, info = connect(uri, role, config=config)
+    try:
+        return make(client, info)
+    except BaseException:
+        client.close()
+        raise
+
+
 def open_source(uri: str, *, config: TransferConfig = DEFAULT) -> SourceStore:
     """A store to read from: a tracking server, a local sqlite store, a tracking server's
     database, a legacy mlruns/ directory or a bundle."""
     location = locate(uri)
     if location.kind == REST:
-        from trackport.stores.rest.server import connect
         from trackport.stores.rest.source import RestSource
 
-        from trackport.stores.mlflow_db.uri import split_uri_options
-
-        bare, artifacts_destination = split_uri_options(uri)  # ?artifacts_destination=s3://... (docs/s3-artifacts.md)
-        client, info = connect(bare, "source", config=config)
-        try:
-            return RestSource(client, bare, info, config=config, artifacts_destination=artifacts_destination)
-        except BaseException:
-            client.close()
-            raise
+        bare, artifacts_destination = _rest_options(uri)
+        return _connected(bare, "source", config, lambda client, info: RestSource(
+            client, bare, info, config=config, artifacts_destination=artifacts_destination))
     if location.kind == SQLITE:
         from trackport.stores.sqlite.store import SqliteStore
 
@@ -162,21 +174,13 @@ def open_sink(
     written all the same (stores.sqlite.in_use); other stores ignore it."""
     location = locate(uri)
     if location.kind == REST:
-        from trackport.stores.rest.server import connect
         from trackport.stores.rest.sink import RestSink
 
-        from trackport.stores.mlflow_db.uri import split_uri_options
-
-        bare, artifacts_destination = split_uri_options(uri)  # ?artifacts_destination=s3://... (docs/s3-artifacts.md)
-        client, info = connect(bare, "target", config=config)
-        try:
-            return RestSink(
-                client, bare, info, on_long_value=on_long_value, on_existing_model=on_existing_model, config=config,
-                artifacts_direct=artifacts_direct, artifacts_destination=artifacts_destination,
-            )
-        except BaseException:
-            client.close()
-            raise
+        bare, artifacts_destination = _rest_options(uri)
+        return _connected(bare, "target", config, lambda client, info: RestSink(
+            client, bare, info, on_long_value=on_long_value, on_existing_model=on_existing_model, config=config,
+            artifacts_direct=artifacts_direct, artifacts_destination=artifacts_destination,
+        ))
     if location.kind == SQLITE:
         from trackport.stores.sqlite.store import SqliteStore
 
@@ -232,14 +236,9 @@ def open_editor(uri: str, *, config: TransferConfig = DEFAULT, write: bool = Tru
     location = locate(uri)
     if location.kind == REST:
         from trackport.stores.rest.editor import RestEditor
-        from trackport.stores.rest.server import connect
 
-        client, info = connect(uri, "target", config=config)
-        try:
-            return RestEditor(client, uri, info, config=config, write=write)
-        except BaseException:
-            client.close()
-            raise
+        return _connected(uri, "target", config, lambda client, info: RestEditor(
+            client, uri, info, config=config, write=write))
     if location.kind == SQLITE:
         from trackport.stores.sqlite.editor import SqliteEditor
 

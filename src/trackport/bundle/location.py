@@ -24,7 +24,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from trackport._files import CHUNK_SIZE, sha256_file
+from trackport._files import sha256_file, sha256_stream
 from trackport.bundle.layout import MANIFEST_FILE, UNLISTED, walk_files
 
 
@@ -43,10 +43,7 @@ class BundleFiles(ABC):
 
     def sha256(self, rel: str) -> str:
         with self.open(rel) as f:
-            h = hashlib.sha256()
-            while chunk := f.read(CHUNK_SIZE):
-                h.update(chunk)
-        return h.hexdigest()
+            return sha256_stream(f)[0]
 
     def head(self, rel: str, limit: int) -> bytes:
         """At most limit bytes of the file (a document, read whole)."""

@@ -20,7 +20,6 @@ the unit).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -31,7 +30,7 @@ from typing import BinaryIO, ContextManager, Iterator
 
 import pyarrow as pa
 
-from trackport._files import CHUNK_SIZE, check_component, check_relpath
+from trackport._files import CHUNK_SIZE, check_component, check_relpath, sha256_stream
 from trackport.config import DEFAULT
 from trackport.domain import ArtifactFile, Experiment, Run
 from trackport.errors import BadInputError, UnitError
@@ -175,7 +174,7 @@ class BundleSource(SourceStore):
             for part in plan.metrics or ():  # every part hashed before the first batch
                 try:
                     f = held.enter_context(part.index.files.open(part.rel))
-                    actual = sha256_stream(f)
+                    actual = sha256_stream(f)[0]
                     f.seek(0)
                 except OSError as e:
                     raise UnitError(f"{part.where}: cannot be read: {e.strerror or e}") from None
@@ -274,13 +273,6 @@ class BundleSource(SourceStore):
             with self.open_unit_artifact(unit, artifact.path) as stream:
                 while stream.read(CHUNK_SIZE):
                     pass
-
-
-def sha256_stream(f: BinaryIO) -> str:
-    h = hashlib.sha256()
-    while chunk := f.read(CHUNK_SIZE):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 def _natural(text: str) -> list:

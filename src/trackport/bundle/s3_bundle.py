@@ -241,10 +241,8 @@ class S3Bundle:
         """The bucket's bundle into the staging copy, so an export can extend it: every
         document whole, the metric and artifact files of runs as stubs (sparse files of
         their size, recorded as sent: run.json records their sha256). Local files the
-        bucket does not hold are removed. Returns {"fetched": n, "stubs": n}."""
-        if not self.holds_bundle():
-            self.check_bucket()
-            raise BadInputError(f"{self.uri} holds no trackport bundle ({ROOT_FILE} is missing); check the URL")
+        bucket does not hold are removed (called when the bucket holds a bundle: root_head()).
+        Returns {"fetched": n, "stubs": n}."""
         counts = {"fetched": 0, "stubs": 0}
         seen = set()
         for rel, size, etag in self.objects():
@@ -325,18 +323,19 @@ class S3Bundle:
             lines = "".join(json.dumps(item, sort_keys=True) + "\n" for item in self._record.values())
             write_bytes_atomic(self._record_path, lines.encode("utf-8"))
 
-    def uploaded_here(self) -> bool:
-        """The bucket's root descriptor, if it has one, is the one this staging copy sent
+    def root_head(self) -> dict | None:
+        """HeadObject of the bucket's root descriptor; None when the prefix holds no bundle."""
+        return self._head(ROOT_FILE)
+
+    def sent_root(self, head: dict) -> bool:
+        """That root descriptor (head: root_head()) is the one this staging copy sent
         (nobody replaced the bundle since): the staging copy is then the newer truth."""
-        head = self._head(ROOT_FILE)
         known = self._record.get(ROOT_FILE)
-        return head is None or (known is not None and known["etag"] == head["ETag"])
+        return known is not None and known["etag"] == head["ETag"]
 
     def foreign_objects(self) -> bool:
-        """Objects under the prefix that are no bundle's and that this staging copy did not
-        send (an object sent just before a kill, unrecorded, is known by its sha256)."""
-        if self.holds_bundle():
-            return False
+        """Objects under a prefix that holds no bundle that this staging copy did not send
+        (an object sent just before a kill, unrecorded, is known by its sha256)."""
         for rel, size, etag in self.objects():
             if rel in self._record:
                 continue

@@ -26,9 +26,10 @@ def _open_remote(uri: str) -> S3Bundle:
     remote = S3Bundle(uri, "export")
     remote.check_bucket()
     remote.check_writable()
-    if remote.foreign_objects():
+    root = remote.root_head()
+    if root is None and remote.foreign_objects():
         raise BadInputError(f"{remote.uri} holds objects that are not a trackport bundle; export to a new or empty prefix")
-    if remote.holds_bundle() and not remote.uploaded_here():
+    if root is not None and not remote.sent_root(root):
         remote.download()  # a bundle written elsewhere (or replaced): extend what the bucket holds
     remote.home.mkdir(parents=True, exist_ok=True)
     return remote
