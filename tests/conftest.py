@@ -52,7 +52,7 @@ def bundle_copy(sample_bundle, tmp_path) -> Path:
 
 # -- real MLflow tracking servers ------------------------------------------------------------
 
-from servers import ADMIN_PASSWORD, ADMIN_USER, MlflowServer, start_all  # noqa: E402
+from servers import ADMIN_PASSWORD, ADMIN_USER, MlflowServer, ServerPool, start_all  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -109,12 +109,20 @@ def auth_server(_servers) -> MlflowServer:
     return _servers["auth"]
 
 
+@pytest.fixture(scope="session")
+def server_pool(tmp_path_factory):
+    """Empty servers booted ahead of the tests that take them (servers.ServerPool)."""
+    pool = ServerPool(tmp_path_factory.mktemp("server-pool"))
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def fresh_server(tmp_path):
-    """A new, empty server of this test's own (costs a server start: about 10 s)."""
-    server = start_all([MlflowServer(tmp_path / "server")])[0]
+def fresh_server(server_pool):
+    """A new, empty server of this test's own, from the pool (booted while earlier tests ran)."""
+    server = server_pool.take()
     yield server
-    server.stop()
+    server_pool.give_back(server)
 
 
 @pytest.fixture

@@ -36,12 +36,15 @@ def _deleted_times(uri: str) -> dict[str, int | None]:
         return dict(db.execute("select run_uuid, deleted_time from runs"))
 
 
-def snapshot(uri: str) -> dict:
-    """{experiment name: {...fields, runs: {run id: {...fields}}}} for the whole store."""
+def snapshot(uri: str, prefix: str = "") -> dict:
+    """{experiment name: {...fields, runs: {run id: {...fields}}}} for the whole store, or
+    for its experiments whose names start with prefix (a shared server holds every test's)."""
     client = MlflowClient(tracking_uri=uri)
     deleted_times = _deleted_times(uri)
     result = {}
     for exp in client.search_experiments(view_type=ViewType.ALL):
+        if not exp.name.startswith(prefix):
+            continue
         runs = {}
         for run in client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=50000):
             info, data = run.info, run.data

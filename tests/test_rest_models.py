@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from servers import MlflowServer, start_all
 
 from trackport.cli.main import cli
 from trackport.config import DEFAULT, TransferConfig
@@ -34,14 +33,13 @@ LOGGED_MODELS_SEEN = MODEL_SAMPLE_COUNTS["logged_models"] - 1
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    """The module's servers, booted together: the sample's source and one target per story."""
-    root = tmp_path_factory.mktemp("rest-models")
+def servers(server_pool):
+    """The module's servers, from the session's pool: the sample's source and one target per story."""
     names = ("source", "copied", "imported", "resumed", "existing", "from-sqlite")
-    started = start_all([MlflowServer(root / name) for name in names])
+    started = [server_pool.take() for _ in names]
     yield dict(zip(names, started))
     for server in started:
-        server.stop()
+        server_pool.give_back(server)
 
 
 @pytest.fixture(scope="module")

@@ -225,7 +225,7 @@ def test_bundle_into_shared_server(sample_bundle, sample_sqlite, target_server, 
     assert summary.failed == 0, summary.failures
     assert summary.counts["runs"]["done"] == SAMPLE_COUNTS["runs"]
     expected = {k: v for k, v in snapshot(sample_sqlite).items() if k != "Default"}
-    assert_faithful(expected, snapshot(target_server.url), prefix)
+    assert_faithful(expected, snapshot(target_server.url, prefix), prefix)
 
 
 def test_through_basic_auth(auth_server, auth_env, tmp_path):
