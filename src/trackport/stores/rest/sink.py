@@ -55,6 +55,7 @@ from trackport.stores.rest.copies import COMPLETE_VALUE, Copies
 from trackport.stores.rest.http import API, NotFoundError, RestClient, RestError
 from trackport.stores.rest.metric_json import MetricTexts
 from trackport.stores.rest.patch import RestPatcher
+from trackport.stores.rest.traces_sink import RestTracesSink
 from trackport.stores.rest.registry_sink import RestRegistrySink
 from trackport.stores.rest.server import ServerInfo
 from trackport.stores.s3_artifacts import S3Artifacts, parse_destination
@@ -79,7 +80,7 @@ def state_dir_for_url(state_root: Path, base_url: str) -> Path:
     return state_root / _sanitize(f"{parts.hostname or ''}_{parts.port or ''}{parts.path}".replace("__", "_"))
 
 
-class RestSink(RestRegistrySink, RestPatcher, SinkStore):
+class RestSink(RestRegistrySink, RestTracesSink, RestPatcher, SinkStore):
     def __init__(
         self,
         client: RestClient,

@@ -36,6 +36,7 @@ from trackport.search.pushdown import mlflow_filter
 from trackport.stores.rest.http import API, ARTIFACTS_API, NotFoundError, RestClient
 from trackport.stores.rest.metric_summaries import HistorySummaries, latest_summaries
 from trackport.stores.rest.models_source import RestModelsSource
+from trackport.stores.rest.traces_source import RestTracesSource
 from trackport.stores.rest.server import ServerInfo
 from trackport.stores.s3_artifacts import FALLBACK_ERRORS, S3Artifacts, fallback_note, parse_destination, s3_root
 
@@ -139,7 +140,7 @@ class _Stream:
         self.close()
 
 
-class RestSource(RestModelsSource, SourceStore):
+class RestSource(RestModelsSource, RestTracesSource, SourceStore):
     """A tracking server as a source. It owns the client it is given: close() closes it
     (the factory hands the client over and keeps no reference). Page sizes are config's
     rest_* (the server's own limits by default)."""

@@ -1,0 +1,107 @@
+"""Writing MLflow 3 traces into a tracking server, with their own ids and times. Mixed
+into RestSink.
+
+The route is the one MLflow's client takes against a 3.4+ server: the spans first, over
+OTLP (`POST /v1/traces`, JSON, with the experiment in `x-mlflow-experiment-id`), which
+keeps the span ids and times and makes the server keep the spans in its tracking store;
+then StartTraceV3 with the whole trace info (id, request time, duration, state, previews,
+tags, metadata, assessments with their ids and times), which the server takes as sent and
+merges over what the spans made. A trace whose spans the source kept in an artifact is
+written the same way: the target keeps its spans in its tracking store.
+
+Ids: a server takes a trace's id from the client, and trace ids are unique per server.
+A trace already in the target experiment with its info finalized (metadata
+`mlflow.trace.infoFinalized`, set by StartTraceV3, the last call) is complete and
+skipped; one that is not is written again (both calls merge). A trace whose id the target
+holds in another experiment (a copy within one server, or into a server that received it
+from elsewhere) is refused: new ids, mapped, are a later step.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from trackport.errors import UnitError
+from trackport.kinds import Unit
+from trackport.stores.base import UnitWriteResult
+from trackport.stores.rest.http import NotFoundError, RestClient, RestError
+from trackport.traces import (
+    MODEL_ID_KEY,
+    SOURCE_RUN_KEY,
+    assessment_to_json,
+    duration_from_ms,
+    otlp_request,
+    timestamp_from_ms,
+)
+
+TRACES_API = "/api/3.0/mlflow/traces"
+OTLP_TRACES = "/v1/traces"
+EXPERIMENT_HEADER = "x-mlflow-experiment-id"
+FINALIZED_KEY = "mlflow.trace.infoFinalized"
+
+
+class RestTracesSink:
+    """Traces into a tracking server (RestSink's part)."""
+
+    client: RestClient
+
+    def _target_trace(self, trace_id: str) -> dict | None:
+        try:
+            return self.client.call("GET", f"{TRACES_API}/{quote(trace_id, safe='')}")["trace"]["trace_info"]
+        except NotFoundError:
+            return None
+
+    def find_trace(self, unit: Unit, target_experiment_id: str) -> str | None:
+        info = self._target_trace(unit.unit_id)
+        if info is None:
+            return None
+        where = str(((info.get("trace_location") or {}).get("mlflow_experiment") or {}).get("experiment_id"))
+        if where != str(target_experiment_id):
+            raise UnitError(
+                f"trace {unit.unit_id}: the target holds this trace id in its experiment {where} already, and trace ids"
+                " are unique per server: copy traces into another server (new ids within one server are not supported yet)"
+            )
+        complete = (info.get("trace_metadata") or {}).get(FINALIZED_KEY) == "true"
+        return unit.unit_id if complete else None
+
+    def lookup_trace(self, source_id: str, target_experiment_id: str | None) -> str | None:
+        info = self._target_trace(source_id)
+        return source_id if info is not None else None
+
+    def put_trace(self, unit: Unit, target_experiment_id: str) -> UnitWriteResult:
+        exp_id, body, trace_id = str(target_experiment_id), unit.body, unit.unit_id
+        result = UnitWriteResult(trace_id)
+        spans = body.get("spans") or []
+        if any(s.get("links") for s in spans):
+            result.losses.append("span links not written: a server's span intake is not sent them yet")
+        try:
+            request = otlp_request(trace_id, spans)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UnitError(f"trace {trace_id}: its spans cannot be sent: {exc}") from None
+        if spans:
+            self.client.request(
+                "POST", OTLP_TRACES, data=json.dumps(request, allow_nan=False).encode(),
+                headers={"Content-Type": "application/json", EXPERIMENT_HEADER: exp_id},
+            )
+        metadata = dict(body.get("trace_metadata") or {})
+        for key, ref in ((SOURCE_RUN_KEY, "run"), (MODEL_ID_KEY, "logged_model")):
+            if ref in unit.refs:  # the target's id where it holds it, else the source's (a recorded loss)
+                metadata[key] = unit.refs[ref]
+        info: dict[str, Any] = {
+            "trace_id": trace_id,
+            "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": exp_id}},
+            "request_time": timestamp_from_ms(body["request_time"]),
+            "state": body.get("state") or "STATE_UNSPECIFIED",
+            "trace_metadata": metadata,
+            "tags": dict(body.get("tags") or {}),
+            "assessments": [assessment_to_json(a, trace_id) for a in body.get("assessments") or ()],
+        }
+        if body.get("execution_duration") is not None:
+            info["execution_duration"] = duration_from_ms(body["execution_duration"])
+        info.update({k: body[k] for k in ("request_preview", "response_preview", "client_request_id") if body.get(k) is not None})
+        try:
+            self.client.call("POST", TRACES_API, body={"trace": {"trace_info": info}})
+        except RestError as exc:
+            raise UnitError(f"trace {trace_id}: the target refused it: {exc}") from None
+        return result
