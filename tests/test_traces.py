@@ -1,0 +1,182 @@
+"""MLflow 3 traces through tracking servers: copied server -> server and server -> bundle ->
+server, re-run, and refused where a server holds the id elsewhere.
+
+The traces are made by MLflow's own client (trackport.samples.trace_store, in a process of
+its own): two with their spans in the server's tracking store, one with its spans in the
+trace's artifact. Everything is compared through MLflow's client (search_traces and
+get_trace): every span with its attributes, events and status, every assessment, tag and
+metadata entry, and the original request time; run and logged model ids (which a copy
+changes) are replaced by their names on both sides.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from trackport import kinds
+from trackport.errors import UnitError
+from trackport.opening import open_bundle_sink, open_bundle_source, open_sink, open_source
+from trackport.samples.trace_store import EXPERIMENT, TRACE_NAMES
+from trackport.stores.base import Selection
+from trackport.transfer import transfer
+
+EVERYTHING = Selection(include_deleted=True)
+# Where a server keeps the spans of a trace: its own business (the target keeps them all in
+# its tracking store), so not compared.
+LOCATION_TAGS = ("mlflow.trace.spansLocation", "mlflow.artifactLocation")
+
+
+@pytest.fixture(scope="module")
+def servers(server_pool):
+    names = ("source", "copied", "imported")
+    started = [server_pool.take() for _ in names]
+    yield dict(zip(names, started))
+    for server in started:
+        server_pool.give_back(server)
+
+
+@pytest.fixture(scope="module")
+def sample(servers) -> dict[str, str]:
+    """The traces, made on the source server; their ids."""
+    url = servers["source"].url
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url}
+    done = subprocess.run([sys.executable, "-m", "trackport.samples.trace_store", url], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _transfer(source_uri: str, target_uri: str, selection: Selection = EVERYTHING):
+    opener = open_bundle_source if Path(source_uri).is_dir() else open_source
+    sink_opener = open_bundle_sink if not target_uri.startswith("http") else open_sink
+    with opener(source_uri) as source, sink_opener(target_uri) as target:
+        return transfer(source, target, selection)
+
+
+@pytest.fixture(scope="module")
+def bundle(sample, servers, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("traces") / "bundle"
+    summary = _transfer(servers["source"].url, str(path))
+    assert summary.failed == 0, summary.failures
+    return path
+
+
+@contextmanager
+def tracking(url: str):
+    """MLflow's client pointed at url (a trace artifact is found through the tracking URI)."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    mlflow.set_tracking_uri(url)
+    try:
+        yield mlflow.MlflowClient(url)
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+        mlflow.set_tracking_uri(before)
+
+
+def _traces(url: str) -> dict[str, dict]:
+    """The sample experiment's traces as MLflow's client shows them, by trace id."""
+    with tracking(url) as client:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        names = {r.info.run_id: f"<run {r.info.run_name}>" for r in client.search_runs([experiment.experiment_id])}
+        names.update({m.model_id: f"<model {m.name}>" for m in client.search_logged_models([experiment.experiment_id])})
+        found = {}
+        for listed in client.search_traces(locations=[experiment.experiment_id], max_results=100):
+            trace = client.get_trace(listed.info.trace_id)
+            info = trace.info
+            found[info.trace_id] = {
+                "request_time": info.request_time,
+                "execution_duration": info.execution_duration,
+                "state": str(info.state),
+                "client_request_id": info.client_request_id,
+                "request_preview": info.request_preview,
+                "response_preview": info.response_preview,
+                "tags": {k: v for k, v in info.tags.items() if k not in LOCATION_TAGS},
+                "metadata": {k: names.get(v, v) for k, v in info.trace_metadata.items()},
+                "assessments": sorted((a.to_dictionary() for a in info.assessments), key=lambda a: a["assessment_id"]),
+                "spans": sorted((s.to_dict() for s in trace.data.spans), key=lambda s: s["span_id"]),
+                "spans_location": info.tags.get("mlflow.trace.spansLocation"),
+            }
+        return found
+
+
+@pytest.fixture(scope="module")
+def expected(sample, servers) -> dict[str, dict]:
+    traces = _traces(servers["source"].url)
+    assert set(traces) == {sample[n] for n in TRACE_NAMES}
+    return traces
+
+
+def _same(actual: dict[str, dict], expected: dict[str, dict]) -> None:
+    assert sorted(actual) == sorted(expected)
+    for trace_id, want in expected.items():
+        got = actual[trace_id]
+        for key in want:
+            if key != "spans_location":
+                assert got[key] == want[key], f"{trace_id}: {key} differs"
+
+
+def test_the_sample_has_spans_in_both_places(sample, expected):
+    """Two traces keep their spans in the tracking store, one in its artifact: both reads are used."""
+    assert expected[sample["answer"]]["spans_location"] == "TRACKING_STORE"
+    assert expected[sample["fails"]]["spans_location"] == "TRACKING_STORE"
+    assert expected[sample["legacy"]]["spans_location"] is None
+    answer = expected[sample["answer"]]
+    assert len(answer["spans"]) == 4 and len(answer["assessments"]) == 3
+    assert answer["metadata"]["mlflow.sourceRun"] == "<run agent-run>"
+    assert expected[sample["fails"]]["metadata"]["mlflow.modelId"] == "<model agent>"
+    assert len(expected[sample["legacy"]]["spans"]) == 2
+
+
+def test_server_to_server_keeps_every_trace_and_rerun_changes_nothing(servers, sample, expected):
+    summary = _transfer(servers["source"].url, servers["copied"].url)
+    assert summary.failed == 0, summary.failures
+    assert summary.counts["traces"]["done"] == 3
+    copied = _traces(servers["copied"].url)
+    _same(copied, expected)
+    # The run and logged model they name are the target's copies (names compared above).
+    with tracking(servers["copied"].url) as client:
+        answer = client.get_trace(sample["answer"]).info
+        assert client.get_run(answer.trace_metadata["mlflow.sourceRun"]).info.run_name == "agent-run"
+        assert answer.trace_metadata["mlflow.sourceRun"] != sample["run"]
+    # The artifact-kept spans arrive in the target's tracking store, as its client sends them.
+    assert copied[sample["legacy"]]["spans_location"] == "TRACKING_STORE"
+
+    again = _transfer(servers["source"].url, servers["copied"].url)
+    assert again.failed == 0, again.failures
+    assert again.counts["traces"]["done"] == 0 and again.counts["traces"]["skipped"] == 3
+    assert _traces(servers["copied"].url) == copied
+
+
+def test_server_to_bundle_to_server(servers, sample, expected, bundle):
+    documents = sorted(p.stem for p in bundle.glob("experiments/*/units/trace/*.json"))
+    assert documents == sorted(sample[n] for n in TRACE_NAMES)
+    summary = _transfer(str(bundle), servers["imported"].url)
+    assert summary.failed == 0, summary.failures
+    _same(_traces(servers["imported"].url), expected)
+    again = _transfer(str(bundle), servers["imported"].url)
+    assert again.counts["traces"]["done"] == 0 and again.counts["traces"]["skipped"] == 3
+
+
+def test_a_trace_id_the_target_holds_in_another_experiment_is_refused(servers, sample, bundle):
+    """Trace ids are unique per server: writing one into another experiment of a server that
+    holds it is refused with one line, never merged into the other experiment's trace."""
+    with open_bundle_source(str(bundle)) as source, open_sink(servers["source"].url) as sink:
+        experiment = next(e for e in source.list_experiments(EVERYTHING) if e.name == EXPERIMENT)
+        unit = next(u for u in source.iter_units(kinds.TRACE, experiment) if u.unit_id == sample["answer"])
+        other = str(int(sample["experiment"]) + 100)
+        with pytest.raises(UnitError, match="unique per server") as refused:
+            sink.find_trace(unit, other)
+        assert "\n" not in str(refused.value)
+        assert sink.find_trace(unit, sample["experiment"]) == sample["answer"]  # where it is: complete
