@@ -18,8 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from trackport import kinds
+from trackport.cli.main import cli
 from trackport.errors import UnitError
 from trackport.opening import open_bundle_sink, open_bundle_source, open_sink, open_source
 from trackport.samples.trace_store import EXPERIMENT, TRACE_NAMES
@@ -139,10 +141,15 @@ def test_the_sample_has_spans_in_both_places(sample, expected):
     assert len(expected[sample["legacy"]]["spans"]) == 2
 
 
-def test_server_to_server_keeps_every_trace_and_rerun_changes_nothing(servers, sample, expected):
-    summary = _transfer(servers["source"].url, servers["copied"].url)
-    assert summary.failed == 0, summary.failures
-    assert summary.counts["traces"]["done"] == 3
+@pytest.fixture(scope="module")
+def copied(servers, sample):
+    """The traces copied from the source server into an empty one."""
+    return _transfer(servers["source"].url, servers["copied"].url)
+
+
+def test_server_to_server_keeps_every_trace_and_rerun_changes_nothing(servers, sample, expected, copied):
+    assert copied.failed == 0, copied.failures
+    assert copied.counts["traces"]["done"] == 3
     copied = _traces(servers["copied"].url)
     _same(copied, expected)
     # The run and logged model they name are the target's copies (names compared above).
@@ -180,3 +187,20 @@ def test_a_trace_id_the_target_holds_in_another_experiment_is_refused(servers, s
             sink.find_trace(unit, other)
         assert "\n" not in str(refused.value)
         assert sink.find_trace(unit, sample["experiment"]) == sample["answer"]  # where it is: complete
+
+
+def test_verify_compares_traces_and_no_traces_leaves_them(servers, copied, tmp_path):
+    """verify compares traces (a copy: none differ; a bundle without them: missing); --no-traces
+    leaves traces out of an export and of verify."""
+    source, target = servers["source"].url, servers["copied"].url
+    runner = CliRunner()
+    same = runner.invoke(cli, ["verify", source, target, "--experiment", EXPERIMENT])
+    assert same.exit_code == 0, same.output
+    without = tmp_path / "no-traces"
+    exported = runner.invoke(cli, ["export", source, str(without), "--experiment", EXPERIMENT, "--no-traces", "--json"])
+    assert exported.exit_code == 0, exported.output
+    assert not list(without.glob("experiments/*/units/trace")) and list(without.glob("experiments/*/runs/*"))
+    left = runner.invoke(cli, ["verify", source, str(without), "--experiment", EXPERIMENT, "--no-traces"])
+    assert left.exit_code == 0, left.output
+    missing = runner.invoke(cli, ["verify", source, str(without), "--experiment", EXPERIMENT])
+    assert missing.exit_code != 0 and "trace" in missing.output

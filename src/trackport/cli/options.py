@@ -14,7 +14,7 @@ from trackport.stores.base import EXISTING_MODEL_POLICIES, LONG_VALUE_POLICIES
 
 SELECTION_NAMES = (
     "experiments", "run_ids", "include_deleted", "filter_string", "models", "models_only", "status", "created_after", "created_before",
-    "since",
+    "since", "no_traces",
 )
 STATUSES = ("active", "deleted", "all")
 
@@ -99,6 +99,9 @@ def selection_options(command):
         " --filter narrow the transfer to some runs).",
     )(command)
     command = run_filter_options(command)
+    command = click.option(
+        "--no-traces", is_flag=True, help="Leave the experiments' traces where they are (default: traces move with their experiments)."
+    )(command)
     command = click.option(
         "--include-deleted/--exclude-deleted",
         default=None,

@@ -79,7 +79,7 @@ def transfer_config(workers: int) -> TransferConfig:
 
 def resolve_selection(
     source: SourceStore, experiments, run_ids, include_deleted, filter_string, models=(), models_only=False,
-    status=None, created_after=None, created_before=None, since=None,
+    status=None, created_after=None, created_before=None, since=None, no_traces=False,
 ) -> Selection:
     """A bundle source takes deleted units unless told otherwise (it holds what its export
     selected); a store leaves them out unless asked. --status all is --include-deleted,
@@ -95,6 +95,7 @@ def resolve_selection(
     return Selection(
         tuple(experiments), tuple(run_ids), deleted, filter_string or None, tuple(models), bool(models_only),
         created_after=created_after, created_before=created_before, deleted_only=status == "deleted", changed_since=since,
+        leave_kinds=("trace",) if no_traces else (),
     )
 
 

@@ -51,6 +51,9 @@ class Selection:
     # end or deleted time, or any metric's latest point, at or after it (MLflow keeps no
     # last-update time of a run; trackport.selection.changed_since).
     changed_since: int | None = None
+    # Kinds of units it leaves where they are (`--no-traces`: ("trace",)): not listed, not
+    # moved, not compared.
+    leave_kinds: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -64,6 +67,7 @@ class Selection:
             "created_before": self.created_before,
             "deleted_only": self.deleted_only,
             "changed_since": self.changed_since,
+            "leave_kinds": list(self.leave_kinds),
         }
 
     @property
@@ -191,7 +195,10 @@ class SourceStore(ABC):
 def read_units(source: SourceStore, kind: UnitKind, experiment: Experiment | None, everything: Selection) -> Iterator[Any] | None:
     """The source's units of a kind, of the experiment (None: of the workspace, as
     `everything` selects): from a store that holds documents of any kind (iter_units) or one
-    that reads the kind (iter_<plural>); None when the source holds no units of the kind."""
+    that reads the kind (iter_<plural>); None when the source holds no units of the kind, or
+    the selection leaves the kind."""
+    if kind.name in everything.leave_kinds:
+        return None
     if hasattr(source, "iter_units"):
         return source.iter_units(kind, experiment)
     read = getattr(source, f"iter_{kind.plural}", None)

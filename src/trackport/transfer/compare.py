@@ -145,7 +145,7 @@ def _compare_units(
 ) -> Iterator[Difference]:
     """Units of the other registered kinds (the workspace's when experiment is None):
     transfer/compare_units.py; registered models expected under their new names."""
-    everything = Selection(include_deleted=True)
+    everything = Selection(include_deleted=True, leave_kinds=selection.leave_kinds)
     for unit_type in unit_types()[1:] if experiment is not None else workspace_unit_types():
         mine = unit_type.listing(expected, experiment, selection if experiment is None else everything)
         if mine is None:

@@ -7,15 +7,18 @@ or in the trace's artifact `traces.json` (older clients, and servers that cannot
 spans), which only the UI's get-trace-artifact route serves.
 
 Calls, per experiment: its traces/search pages (500 infos a page, assessments with them);
-per trace, one traces/get or one get-trace-artifact.
+per trace, one traces/get or one get-trace-artifact, on config.workers threads.
 """
 from __future__ import annotations
 
+import itertools
 import json
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
 
+from trackport.config import TransferConfig
 from trackport.domain import Experiment
-from trackport.errors import TransientError
+from trackport.errors import BadInputError, TransientError
 from trackport.kinds import TRACE, Unit
 from trackport.stores.base import Unreadable
 from trackport.stores.rest.http import NotFoundError, RestClient, RestError
@@ -58,27 +61,37 @@ class RestTracesSource:
     """Traces of a tracking server (RestSource's part)."""
 
     client: RestClient
+    _config: TransferConfig
 
     def iter_traces(self, experiment: Experiment) -> Iterator[Unit | Unreadable]:
+        """The experiment's traces, a page at a time: each page's spans read on
+        config.workers threads, yielded in the server's order."""
         body = {
             "locations": [{"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment.experiment_id}}],
             "max_results": TRACES_PAGE,
         }
+        pages = self.client.pages("POST", f"{TRACES_API}/search", body)
         try:
-            pages = list(self.client.pages("POST", f"{TRACES_API}/search", body))
-        except NotFoundError:  # a server before MLflow 3 has no v3 trace API
+            first = next(pages)
+        except (NotFoundError, BadInputError):  # a server before MLflow 3 has no v3 trace API
             return
-        for answer in pages:
-            for info in answer.get("traces") or ():
-                trace_id = str(info.get("trace_id") or "?") if isinstance(info, dict) else "?"
-                try:
-                    yield self._trace(info)
-                except NotFoundError:  # deleted since it was listed
-                    continue
-                except (RestError, TransientError) as exc:
-                    yield Unreadable(TRACE.name, trace_id, f"the server did not send its spans: {exc}")
-                except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                    yield Unreadable(TRACE.name, trace_id, f"server sent an unusable trace ({exc!r})")
+        with ThreadPoolExecutor(max_workers=max(1, self._config.workers), thread_name_prefix="trackport-traces") as pool:
+            for answer in itertools.chain([first], pages):
+                for unit in pool.map(self._read_trace, answer.get("traces") or ()):
+                    if unit is not None:
+                        yield unit
+
+    def _read_trace(self, info: Any) -> Unit | Unreadable | None:
+        """One listed trace with its spans; None when it was deleted since it was listed."""
+        trace_id = str(info.get("trace_id") or "?") if isinstance(info, dict) else "?"
+        try:
+            return self._trace(info)
+        except NotFoundError:
+            return None
+        except (RestError, TransientError) as exc:
+            return Unreadable(TRACE.name, trace_id, f"the server did not send its spans: {exc}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return Unreadable(TRACE.name, trace_id, f"server sent an unusable trace ({exc!r})")
 
     def _trace(self, info: dict) -> Unit:
         trace_id = info["trace_id"]
