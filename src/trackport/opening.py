@@ -164,22 +164,27 @@ def open_sink(
     config: TransferConfig = DEFAULT,
     artifacts_direct: bool = False,
     server_stopped: bool = False,
+    state_scope: str | None = None,
 ) -> SinkStore:
     """A store to write into: a tracking server, a local sqlite store (created if missing)
     or a bundle. The sink holds the target's lock until it is closed. on_existing_model:
     what to do with a registered model of the target trackport did not write (fail, skip,
     append); a bundle has none. artifacts_direct: a tracking server's artifacts are
     written straight into its S3 bucket (docs/s3-artifacts.md); other stores ignore it.
-    server_stopped: a sqlite database an MLflow server on this machine seems to use is
-    written all the same (stores.sqlite.in_use); other stores ignore it."""
+    server_stopped: a sqlite database an MLflow server on this machine seems to use, or a
+    PostgreSQL/MySQL database other sessions are connected to, is written all the same
+    (stores.sqlite.in_use, stores.serverdb); other stores ignore it. state_scope: a
+    server's id map, ledger and lock are kept apart under this name (the shards of one plan
+    write into one server at once: transfer.shards); other stores ignore it."""
     location = locate(uri)
     if location.kind == REST:
         from trackport.stores.rest.sink import RestSink
 
         bare, artifacts_destination = _rest_options(uri)
+        state_root = None if state_scope is None else state_home() / "targets" / "shards" / state_scope
         return _connected(bare, "target", config, lambda client, info: RestSink(
             client, bare, info, on_long_value=on_long_value, on_existing_model=on_existing_model, config=config,
-            artifacts_direct=artifacts_direct, artifacts_destination=artifacts_destination,
+            artifacts_direct=artifacts_direct, artifacts_destination=artifacts_destination, state_root=state_root,
         ))
     if location.kind == SQLITE:
         from trackport.stores.sqlite.store import SqliteStore
@@ -190,9 +195,11 @@ def open_sink(
                 config=config, server_stopped=server_stopped,
             )
     if location.kind == DATABASE:
-        raise BadInputError(
-            f"{uri.split('://', 1)[0]}://...: a tracking server's database is read here only as a"
-            " source; write through the tracking server (http(s)://...) instead"
+        from trackport.stores.serverdb.store import ServerDatabaseSink
+
+        return ServerDatabaseSink(
+            uri, artifact_root=artifact_root, on_long_value=on_long_value, on_existing_model=on_existing_model,
+            config=config, server_stopped=server_stopped,
         )
     from trackport.stores.local_mlruns import looks_like_mlruns
 
@@ -218,7 +225,11 @@ def state_dir_for(uri: str) -> Path:
 
         return sqlite_state_dir(sqlite_path_from_uri(_sqlite_uri(uri)))
     if location.kind == DATABASE:
-        raise BadInputError(f"{uri.split('://', 1)[0]}://...: a tracking server's database is never a target")
+        from trackport.stores.mlflow_db.uri import split_uri_options
+        from trackport.stores.serverdb.connection import parse_target
+        from trackport.stores.serverdb.store import target_state_dir
+
+        return target_state_dir(parse_target(split_uri_options(uri)[0]))
     from trackport.bundle.layout import TRANSFER_DIR
 
     if location.kind == S3:

@@ -20,13 +20,13 @@ from trackport.errors import BadInputError
 
 REST = "rest"  # an MLflow tracking server: http(s)://... or Databricks
 SQLITE = "sqlite"  # a local MLflow sqlite store (also a tracking server's sqlite database)
-DATABASE = "database"  # a tracking server's PostgreSQL / MySQL database, read-only
+DATABASE = "database"  # a tracking server's PostgreSQL / MySQL database (stores.mlflow_db, stores.serverdb)
 PATH = "path"  # a local directory: a bundle or a legacy mlruns/ store
 S3 = "s3"  # a bundle at s3://bucket/prefix
 
 KNOWN = (
     "http(s)://tracking-server, databricks[://PROFILE], sqlite:///path/mlflow.db (or path.db),"
-    " postgresql://... or mysql://... (a tracking server's database, read-only),"
+    " postgresql://... or mysql://... (a tracking server's database),"
     " file:///path or a local path (a bundle directory or an mlruns/ directory),"
     " s3://bucket/prefix (a bundle on S3)"
 )

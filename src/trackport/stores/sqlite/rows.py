@@ -9,11 +9,12 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from trackport.domain import RUN_NAME_TAG, DatasetInput, Run
+from trackport.domain import RUN_NAME_TAG, DatasetInput, Experiment, Run
 from trackport.kinds import Unit
 from trackport.models import metric_value_from_json
-from trackport.stores.mlflow_db.models import MODEL_INPUT, MODEL_OUTPUT
+from trackport.stores.mlflow_db.models import DEFAULT_WORKSPACE, MODEL_INPUT, MODEL_OUTPUT
 from trackport.stores.mlflow_db.sqlite import read_only_connection
+from trackport.stores.sqlite.schema import DEFAULT_EXPERIMENT_ID, experiment_artifact_location
 
 WRITTEN_TABLES = (
     "experiments", "experiment_tags", "runs", "tags", "params", "datasets", "inputs", "input_tags",
@@ -38,11 +39,16 @@ class Rows:
     """Inserts into the tables a sink writes, checked against the columns the database has
     (read once, when the store is opened)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, columns: Mapping[str, frozenset[str]]) -> None:
+        # A table the schema lacks has no columns (an older MLflow's schema has no logged models).
+        self.columns: dict[str, frozenset[str]] = {t: frozenset(columns.get(t, ())) for t in WRITTEN_TABLES}
+
+    @classmethod
+    def of_sqlite(cls, path: Path) -> "Rows":
+        """The tables of the sqlite database at path (a server's PostgreSQL or MySQL database
+        is read from its information_schema: stores.serverdb)."""
         with closing(read_only_connection(path)) as con:
-            self.columns: dict[str, frozenset[str]] = {
-                t: frozenset(row[1] for row in con.execute(f"PRAGMA table_info({t})")) for t in WRITTEN_TABLES
-            }
+            return cls({t: frozenset(row[1] for row in con.execute(f"PRAGMA table_info({t})")) for t in WRITTEN_TABLES})
 
     def insert(self, cursor: sqlite3.Cursor, table: str, rows: list[dict[str, Any]]) -> None:
         """INSERT rows (dicts with the same keys) into one of MLflow's tables."""
@@ -56,6 +62,51 @@ class Rows:
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
             [tuple(row[c] for c in columns) for row in rows],
         )
+
+    def put_experiment(
+        self, cursor: sqlite3.Cursor, experiment: Experiment, artifact_root: str, *, default_is_ours: bool
+    ) -> tuple[int, bool]:
+        """The experiment of that name (made, at the source's id where free): (id, made here).
+        default_is_ours: the target's Default experiment, while it holds no runs, is made
+        equal to the source's (a store this transfer made; a server's database holding nothing)."""
+        in_workspace = "workspace" in self.columns["experiments"]
+        where, args = ("name = ? AND workspace = ?", (experiment.name, DEFAULT_WORKSPACE)) if in_workspace else (
+            "name = ?", (experiment.name,))
+        existing = cursor.execute(f"SELECT experiment_id FROM experiments WHERE {where}", args).fetchone()
+        made_here = existing is None
+        if existing is not None:
+            exp_id = existing[0]
+            has_runs = cursor.execute("SELECT 1 FROM runs WHERE experiment_id = ? LIMIT 1", (exp_id,)).fetchone()
+            made_here = default_is_ours and exp_id == DEFAULT_EXPERIMENT_ID and has_runs is None
+            if made_here:
+                cursor.execute(
+                    "UPDATE experiments SET lifecycle_stage = ?, creation_time = ?, last_update_time = ? "
+                    "WHERE experiment_id = ?",
+                    (experiment.lifecycle_stage, experiment.creation_time, experiment.last_update_time, exp_id),
+                )
+        else:
+            values: dict[str, Any] = {"name": experiment.name, "lifecycle_stage": experiment.lifecycle_stage}
+            if in_workspace:
+                values["workspace"] = DEFAULT_WORKSPACE
+            # Omitted times are now, as MLflow's models make them (the columns have no default).
+            values["creation_time"] = now_or(experiment.creation_time)
+            values["last_update_time"] = now_or(experiment.last_update_time)
+            wanted = _int_or_none(experiment.experiment_id)
+            if wanted is not None:
+                taken = cursor.execute("SELECT 1 FROM experiments WHERE experiment_id = ?", (wanted,)).fetchone()
+                if taken is None:
+                    values["experiment_id"] = wanted
+            self.insert(cursor, "experiments", [values])
+            exp_id = cursor.execute(f"SELECT experiment_id FROM experiments WHERE {where}", args).fetchone()[0]
+            cursor.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                (experiment_artifact_location(artifact_root, exp_id), exp_id),
+            )
+        have = {key for (key,) in cursor.execute("SELECT key FROM experiment_tags WHERE experiment_id = ?", (exp_id,))}
+        self.insert(cursor, "experiment_tags", [
+            {"key": k, "value": v, "experiment_id": exp_id} for k, v in experiment.tags.items() if k not in have
+        ])
+        return exp_id, made_here
 
     def insert_run(self, cursor: sqlite3.Cursor, run: Run, exp_id: int, artifact_uri: str) -> None:
         tags = dict(run.tags)
@@ -190,6 +241,14 @@ class Rows:
             })
         self.insert(cursor, "logged_model_metrics", metrics)
         self.insert(cursor, "inputs", _link_rows(unit, "step" in self.columns["inputs"]))
+
+
+def _int_or_none(value: str) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if 0 <= number < 2**63 else None
 
 
 def now_or(milliseconds: int | None) -> int:

@@ -24,9 +24,8 @@ import os
 import shutil
 import sqlite3
 import threading
-import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 from trackport.config import DEFAULT, TransferConfig, state_home
 from trackport.domain import (
@@ -71,15 +70,12 @@ from trackport.stores.sqlite.places import new_experiments_root, ready_destinati
 from trackport.stores.sqlite.rows import Rows
 from trackport.stores.sqlite.run_folders import RunFolders
 from trackport.stores.sqlite.schema import (
-    DEFAULT_EXPERIMENT_ID,
     append_to_uri_path,
     artifact_root_uri,
-    experiment_artifact_location,
     installed_mlflow_version,
     schema_template,
 )
 
-_DEFAULT_WORKSPACE = "default"
 T = TypeVar("T")
 
 
@@ -144,7 +140,7 @@ class SqliteStore(SqliteSource, ModelWriting, SqlitePatching, SinkStore):
         self._created_here = opened.created_here
         self._filling_marker = opened.filling_marker
         self._filling = opened.filling
-        self._rows = Rows(path)
+        self._rows = Rows.of_sqlite(path)
         self._readers = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
         self._artifact_locations: dict[int, str] = {}
@@ -229,46 +225,7 @@ class SqliteStore(SqliteSource, ModelWriting, SqlitePatching, SinkStore):
         return ExperimentWriteResult(TargetExperimentId(str(exp_id)), created)
 
     def _put_experiment(self, cursor: sqlite3.Cursor, experiment: Experiment) -> tuple[int, bool]:
-        in_workspace = "workspace" in self._rows.columns["experiments"]
-        where, args = ("name = ? AND workspace = ?", (experiment.name, _DEFAULT_WORKSPACE)) if in_workspace else (
-            "name = ?", (experiment.name,))
-        existing = cursor.execute(f"SELECT experiment_id FROM experiments WHERE {where}", args).fetchone()
-        made_here = existing is None
-        if existing is not None:
-            exp_id = existing[0]
-            has_runs = cursor.execute("SELECT 1 FROM runs WHERE experiment_id = ? LIMIT 1", (exp_id,)).fetchone()
-            # The Default experiment of a store this transfer made is made equal to the source's.
-            made_here = self._created_here and exp_id == DEFAULT_EXPERIMENT_ID and has_runs is None
-            if made_here:
-                cursor.execute(
-                    "UPDATE experiments SET lifecycle_stage = ?, creation_time = ?, last_update_time = ? "
-                    "WHERE experiment_id = ?",
-                    (experiment.lifecycle_stage, experiment.creation_time, experiment.last_update_time, exp_id),
-                )
-        else:
-            values: dict[str, Any] = {"name": experiment.name, "lifecycle_stage": experiment.lifecycle_stage}
-            if in_workspace:
-                values["workspace"] = _DEFAULT_WORKSPACE
-            # Omitted times are now, as MLflow's models make them (the columns have no default).
-            now = int(time.time() * 1000)
-            values["creation_time"] = now if experiment.creation_time is None else experiment.creation_time
-            values["last_update_time"] = now if experiment.last_update_time is None else experiment.last_update_time
-            wanted = _int_or_none(experiment.experiment_id)
-            if wanted is not None:
-                taken = cursor.execute("SELECT 1 FROM experiments WHERE experiment_id = ?", (wanted,)).fetchone()
-                if taken is None:
-                    values["experiment_id"] = wanted
-            self._rows.insert(cursor, "experiments", [values])
-            exp_id = cursor.execute(f"SELECT experiment_id FROM experiments WHERE {where}", args).fetchone()[0]
-            cursor.execute(
-                "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-                (experiment_artifact_location(self._artifact_root, exp_id), exp_id),
-            )
-        have = {key for (key,) in cursor.execute("SELECT key FROM experiment_tags WHERE experiment_id = ?", (exp_id,))}
-        self._rows.insert(cursor, "experiment_tags", [
-            {"key": k, "value": v, "experiment_id": exp_id} for k, v in experiment.tags.items() if k not in have
-        ])
-        return exp_id, made_here
+        return self._rows.put_experiment(cursor, experiment, self._artifact_root, default_is_ours=self._created_here)
 
     def find_run(self, run: Run, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
         return self.lookup_run(SourceRunId(run.run_id), target_experiment_id)
@@ -348,10 +305,3 @@ def _write_error(exc: BaseException, what: str, path: Path) -> Exception:
     cause = exc.__cause__ if isinstance(exc, CommitError) else exc
     return storage_error(cause, f"{what} into {path}") or UnitError(f"{what}: {exc}")
 
-
-def _int_or_none(value: str) -> int | None:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        return None
-    return number if 0 <= number < 2**63 else None
