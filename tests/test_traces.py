@@ -22,10 +22,11 @@ from click.testing import CliRunner
 
 from trackport import kinds
 from trackport.cli.main import cli
-from trackport.errors import UnitError
+from trackport.errors import TransientError, UnitError
 from trackport.opening import open_bundle_sink, open_bundle_source, open_sink, open_source
 from trackport.samples.trace_store import EXPERIMENT, TRACE_NAMES
 from trackport.stores.base import Selection
+from trackport.stores.rest.http import RestClient
 from trackport.transfer import transfer
 
 EVERYTHING = Selection(include_deleted=True)
@@ -35,10 +36,12 @@ LOCATION_TAGS = ("mlflow.trace.spansLocation", "mlflow.artifactLocation")
 
 
 @pytest.fixture(scope="module")
-def servers(server_pool):
-    names = ("source", "copied", "imported")
+def servers(server_pool, target_server):
+    """The source and the bundle's target from the pool; the copy goes to the session's
+    shared target (the sample's experiment name is this module's own)."""
+    names = ("source", "imported")
     started = [server_pool.take() for _ in names]
-    yield dict(zip(names, started))
+    yield {**dict(zip(names, started)), "copied": target_server}
     for server in started:
         server_pool.give_back(server)
 
@@ -166,14 +169,35 @@ def test_server_to_server_keeps_every_trace_and_rerun_changes_nothing(servers, s
     assert _traces(servers["copied"].url) == copied
 
 
-def test_server_to_bundle_to_server(servers, sample, expected, bundle):
+def test_server_to_bundle_to_server_resuming_a_cut_write(servers, sample, expected, bundle, monkeypatch):
+    """The first import is cut between a trace's two calls (its spans sent, its info not):
+    the next one writes that trace again and skips the others; a third changes nothing."""
     documents = sorted(p.stem for p in bundle.glob("experiments/*/units/trace/*.json"))
     assert documents == sorted(sample[n] for n in TRACE_NAMES)
-    summary = _transfer(str(bundle), servers["imported"].url)
-    assert summary.failed == 0, summary.failures
-    _same(_traces(servers["imported"].url), expected)
+    cut = sample["answer"]
+    real_call = RestClient.call
+
+    def cut_before_the_info(self, method, endpoint, **kwargs):
+        if method == "POST" and endpoint == "/api/3.0/mlflow/traces" and kwargs["body"]["trace"]["trace_info"]["trace_id"] == cut:
+            raise TransientError("connection reset (injected between the spans and the info)")
+        return real_call(self, method, endpoint, **kwargs)
+
+    monkeypatch.setattr(RestClient, "call", cut_before_the_info)
+    first = _transfer(str(bundle), servers["imported"].url)
+    monkeypatch.undo()
+    assert first.counts["traces"]["done"] == 2 and first.failed == 1
+    with tracking(servers["imported"].url) as client:  # the spans are there, the info is not finalized
+        partial = client.get_trace(cut)
+        assert len(partial.data.spans) == 4 and "mlflow.trace.infoFinalized" not in partial.info.trace_metadata
+
+    resumed = _transfer(str(bundle), servers["imported"].url)
+    assert resumed.failed == 0, resumed.failures
+    assert resumed.counts["traces"]["done"] == 1 and resumed.counts["traces"]["skipped"] == 2
+    imported = _traces(servers["imported"].url)
+    _same(imported, expected)
     again = _transfer(str(bundle), servers["imported"].url)
     assert again.counts["traces"]["done"] == 0 and again.counts["traces"]["skipped"] == 3
+    assert _traces(servers["imported"].url) == imported
 
 
 def test_a_trace_id_the_target_holds_in_another_experiment_is_refused(servers, sample, bundle):

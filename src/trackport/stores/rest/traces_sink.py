@@ -39,6 +39,7 @@ TRACES_API = "/api/3.0/mlflow/traces"
 OTLP_TRACES = "/v1/traces"
 EXPERIMENT_HEADER = "x-mlflow-experiment-id"
 FINALIZED_KEY = "mlflow.trace.infoFinalized"
+SPANS_PER_REQUEST = 1000  # bounds one OTLP request of a trace with very many spans
 
 
 class RestTracesSink:
@@ -75,15 +76,13 @@ class RestTracesSink:
         spans = body.get("spans") or []
         if any(s.get("links") for s in spans):
             result.losses.append("span links not written: a server's span intake is not sent them yet")
-        try:
-            request = otlp_request(trace_id, spans)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise UnitError(f"trace {trace_id}: its spans cannot be sent: {exc}") from None
-        if spans:
-            self.client.request(
-                "POST", OTLP_TRACES, data=json.dumps(request, allow_nan=False).encode(),
-                headers={"Content-Type": "application/json", EXPERIMENT_HEADER: exp_id},
-            )
+        for start in range(0, len(spans), SPANS_PER_REQUEST):  # spans of one trace sent apart are merged
+            try:
+                request = otlp_request(trace_id, spans[start : start + SPANS_PER_REQUEST])
+                data = json.dumps(request, allow_nan=False).encode()
+            except (ValueError, TypeError, KeyError) as exc:
+                raise UnitError(f"trace {trace_id}: its spans cannot be sent: {exc}") from None
+            self.client.request("POST", OTLP_TRACES, data=data, headers={"Content-Type": "application/json", EXPERIMENT_HEADER: exp_id})
         metadata = dict(body.get("trace_metadata") or {})
         for key, ref in ((SOURCE_RUN_KEY, "run"), (MODEL_ID_KEY, "logged_model")):
             if ref in unit.refs:  # the target's id where it holds it, else the source's (a recorded loss)
