@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from trackport.config import DEFAULT, TransferConfig
 from trackport.errors import AuthError, BadInputError, FatalError, UnreachableError
+from trackport.stores.base import SourceFeatures
 from trackport.stores.mlflow_db.adbc_postgres import AdbcPostgres, adbc_postgres
 from trackport.stores.mlflow_db.source import MlflowDatabaseSource
 from trackport.stores.mlflow_db.tables import import_sqlalchemy
@@ -93,6 +94,9 @@ class ServerDatabaseSource(MlflowDatabaseSource):
     pool's rollback cannot undo it) before it is used."""
 
     kind = "database"
+    # MLflow's SQL store writes ±inf as ±1.7976931348623157e308 into PostgreSQL and MySQL (the
+    # latter cannot hold infinity); a restore into one (stores.serverdb) does the same.
+    features = SourceFeatures(clamps_infinity=True)
 
     def __init__(
         self, uri: str, *, artifacts_destination: str | None = None, config: TransferConfig = DEFAULT
