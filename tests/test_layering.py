@@ -21,7 +21,7 @@ LAYERS = [
     ["trackport.selection"],
     ["trackport.transfer", "trackport.stores", "trackport.bundle", "trackport.runs"],
     ["trackport.opening"],
-    ["trackport.samples"],
+    ["trackport.samples", "trackport.spark"],
     ["trackport.demo"],
     ["trackport.cli"],
 ]

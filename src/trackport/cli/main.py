@@ -14,6 +14,7 @@ from trackport.cli import render
 from trackport.cli.runs import runs_group
 from trackport.cli.sync import sync_command
 from trackport.cli.options import rename_options, selection_options, sink_options, transfer_options
+from trackport.cli.shards import everything, merge_command, plan_command, planned_source, shard_options
 from trackport.cli.running import (
     check_target, fail_cleanly, internal_error, resolve_selection, run_transfer, show, transfer_config,
 )
@@ -67,63 +68,87 @@ def cli() -> None:
 
 @cli.command("export")
 @click.argument("source")
-@click.argument("bundle")
+@click.argument("bundle", required=False)
 @selection_options
 @transfer_options
 @click.option(
     "--since-bundle", "previous", metavar="PREVIOUS",
     help="Write only what changed since the bundle PREVIOUS (in the same directory), referring to it for the rest.",
 )
+@shard_options
 @fail_cleanly
-def export_command(source, bundle, selection, workers, as_json, previous):
-    """Write SOURCE's experiments, runs, logged models and registry into the bundle directory BUNDLE."""
+def export_command(source, bundle, selection, workers, as_json, previous, plan_path, shard_number):
+    """Write SOURCE's experiments, runs, logged models and registry into the bundle directory
+    BUNDLE (with --plan: `export --plan PLAN --shard K PART`, one shard into the bundle PART)."""
     from functools import partial
 
     from trackport.transfer import transfer
     from trackport.transfer.incremental import IncrementalRunUnits
 
-    check_target(source, bundle)
     config = transfer_config(workers)
+    store, bundle, selection = _source_of(source, bundle, selection, plan_path, shard_number, open_source, config, "BUNDLE")
     summary = run_transfer(
-        open_source(source, config=config), lambda: open_bundle_sink(bundle, config=config, since=previous), selection,
+        store, lambda: open_bundle_sink(bundle, config=config, since=previous), selection,
         config, as_json, move=partial(transfer, run_units=IncrementalRunUnits()),
     )
     show(summary, as_json)
 
 
+def _source_of(first, second, selection, plan_path, shard_number, opener, config, target_name="TARGET"):
+    """(source store, target, selection options), the target checked before the source is
+    opened: the two store arguments as given, or with --plan the shard's view of the plan's
+    source and the one argument given as the target."""
+    if plan_path is None:
+        if second is None:
+            raise click.UsageError(f"Missing argument '{target_name}'.")
+        check_target(first, second)
+        return opener(first, config=config), second, selection
+    store, target, plan = planned_source(
+        plan_path, shard_number, first, second, selection, lambda uri: opener(uri, config=config)
+    )
+    return store, target, everything(plan)
+
+
 @cli.command("import")
 @click.argument("bundle")
-@click.argument("target")
+@click.argument("target", required=False)
 @selection_options
 @transfer_options
 @sink_options
 @rename_options
+@shard_options
 @fail_cleanly
-def import_command(bundle, target, selection, workers, as_json, sink, renames):
+def import_command(bundle, target, selection, workers, as_json, sink, renames, plan_path, shard_number):
     """Replay the bundle BUNDLE into the store TARGET (all it holds, deleted units included,
-    unless --exclude-deleted or another selection says otherwise)."""
-    _into_store(open_bundle_source, bundle, target, selection, workers, as_json, sink, renames)
+    unless --exclude-deleted or another selection says otherwise; with --plan, of a plan
+    made over a bundle: `import --plan PLAN --shard K TARGET`)."""
+    _into_store(open_bundle_source, bundle, target, selection, workers, as_json, sink, renames, plan_path, shard_number)
 
 
 @cli.command("copy")
 @click.argument("source")
-@click.argument("target")
+@click.argument("target", required=False)
 @selection_options
 @transfer_options
 @sink_options
 @rename_options
+@shard_options
 @fail_cleanly
-def copy_command(source, target, selection, workers, as_json, sink, renames):
-    """Copy straight from store SOURCE to store TARGET, without a bundle."""
-    _into_store(open_source, source, target, selection, workers, as_json, sink, renames)
+def copy_command(source, target, selection, workers, as_json, sink, renames, plan_path, shard_number):
+    """Copy straight from store SOURCE to store TARGET, without a bundle (with --plan:
+    `copy --plan PLAN --shard K TARGET`)."""
+    _into_store(open_source, source, target, selection, workers, as_json, sink, renames, plan_path, shard_number)
 
 
-def _into_store(opener, source, target, selection, workers, as_json, sink_options, renames) -> None:
-    """import and copy: a transfer from what opener opens into the store TARGET."""
-    check_target(source, target)
+def _into_store(opener, source, target, selection, workers, as_json, sink_options, renames, plan_path, shard_number) -> None:
+    """import and copy: a transfer from what opener opens into the store TARGET. Shards of
+    one plan keep their id maps and ledgers apart (state_scope), so they may write into one
+    server at the same time: their runs differ, and experiments are made once."""
     config = transfer_config(workers)
-    sink = lambda: open_sink(target, config=config, **sink_options)  # noqa: E731
-    show(run_transfer(opener(source, config=config), sink, selection, config, as_json, renames), as_json)
+    store, target, selection = _source_of(source, target, selection, plan_path, shard_number, opener, config)
+    scope = None if plan_path is None else f"{store.plan_id}-{store.index}"
+    sink = lambda: open_sink(target, config=config, state_scope=scope, **sink_options)  # noqa: E731
+    show(run_transfer(store, sink, selection, config, as_json, renames), as_json)
 
 
 @cli.command("verify")
@@ -257,6 +282,8 @@ def inspect_command(bundle, as_json):
 
 cli.add_command(runs_group)
 cli.add_command(sync_command)
+cli.add_command(plan_command)
+bundle_group.add_command(merge_command)
 
 
 @cli.command("demo")
