@@ -250,8 +250,9 @@ def sink_options(command):
     command = click.option(
         "--server-stopped",
         is_flag=True,
-        help="Write into a tracking server's sqlite database even though an MLflow server on this machine seems to"
-        " use it (you know it is stopped, or uses another file). Without it such a target is refused.",
+        help="Write into a tracking server's database even though a server seems to use it: for sqlite, an MLflow"
+        " server on this machine names or holds the file; for PostgreSQL/MySQL, other sessions are connected to the"
+        " database (you know it is stopped, or they are not a server). Without it such a target is refused.",
     )(command)
     command = click.option(
         "--artifacts-direct",
