@@ -116,7 +116,7 @@ MODEL_VERSION = register(UnitKind(
 # MLflow 3's traces (trackport.traces builds their units): spans inside the body for now.
 TRACE = register(UnitKind(
     "trace", "traces", depends_on=("experiment", "run", "logged_model"), schema=_schema("trace"),
-    compare_ignores=("spans_location", "artifact_location"),
+    compare_ignores=("spans_location", "artifact_location", "info_finalized"),
 ))
 
 

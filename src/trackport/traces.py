@@ -33,6 +33,9 @@ ARTIFACT_LOCATION_TAG = "mlflow.artifactLocation"  # the trace's artifact folder
 TRACKING_STORE = "TRACKING_STORE"
 # Tags that say where one server keeps a trace: each server sets its own.
 LOCATION_TAGS = (SPANS_LOCATION_TAG, ARTIFACT_LOCATION_TAG)
+# Metadata a server sets when StartTraceV3 writes a trace's info, which a writer cannot
+# leave out: a trace whose client never sent its info (only its spans) lacks it.
+FINALIZED_KEY = "mlflow.trace.infoFinalized"
 _TRACE_ID = re.compile(r"^tr-([0-9a-f]{32})$")
 _DURATION = re.compile(r"^(-?\d+)(?:\.(\d{1,9}))?s$")
 
@@ -239,6 +242,7 @@ def assessment_to_json(data: dict, trace_id: str) -> dict:
 def trace_unit(t: TraceFields) -> Unit:
     refs = {"experiment": t.experiment_id}
     metadata = dict(t.metadata)
+    finalized = metadata.pop(FINALIZED_KEY, None)
     for key, kind in ((SOURCE_RUN_KEY, "run"), (MODEL_ID_KEY, "logged_model")):
         if metadata.get(key):
             refs[kind] = metadata.pop(key)
@@ -254,6 +258,7 @@ def trace_unit(t: TraceFields) -> Unit:
         "assessments": sorted((_assessment(a) for a in t.assessments), key=lambda a: str(a.get("assessment_id"))),
         "spans": sorted(t.spans, key=lambda s: (s["start_time_unix_nano"], s["span_id"])),
         "spans_location": t.tags.get(SPANS_LOCATION_TAG),
+        "info_finalized": finalized == "true",
         "artifact_location": t.tags.get(ARTIFACT_LOCATION_TAG),
     }
     return Unit(TRACE.name, t.trace_id, t.experiment_id, t.tags.get("mlflow.traceName", ""), refs, body)

@@ -27,6 +27,7 @@ from trackport.kinds import Unit
 from trackport.stores.base import UnitWriteResult
 from trackport.stores.rest.http import NotFoundError, RestClient, RestError
 from trackport.traces import (
+    FINALIZED_KEY,
     MODEL_ID_KEY,
     SOURCE_RUN_KEY,
     assessment_to_json,
@@ -38,7 +39,6 @@ from trackport.traces import (
 TRACES_API = "/api/3.0/mlflow/traces"
 OTLP_TRACES = "/v1/traces"
 EXPERIMENT_HEADER = "x-mlflow-experiment-id"
-FINALIZED_KEY = "mlflow.trace.infoFinalized"
 SPANS_PER_REQUEST = 1000  # bounds one OTLP request of a trace with very many spans
 
 

@@ -96,7 +96,9 @@ class RestTracesSource:
     def _trace(self, info: dict) -> Unit:
         trace_id = info["trace_id"]
         if (info.get("tags") or {}).get(SPANS_LOCATION_TAG) == TRACKING_STORE:
-            trace = self.client.call("GET", f"{TRACES_API}/get", params={"trace_id": trace_id})["trace"]
+            # allow_partial: a trace some of whose spans never reached the server (a client
+            # stopped mid-export) is otherwise "not found"; it is copied as the source holds it.
+            trace = self.client.call("GET", f"{TRACES_API}/get", params={"trace_id": trace_id, "allow_partial": "true"})["trace"]
             spans = [span_from_otel_json(s) for s in trace.get("spans") or ()]
             return trace_unit(trace_fields(trace.get("trace_info") or info, spans))
         response = self.client.request("GET", TRACE_ARTIFACT, params={"request_id": trace_id})
