@@ -129,3 +129,35 @@ def test_a_trace_body_names_refs_and_passes_its_schema():
     assert schemas.body_errors(kinds.TRACE.schema, unit.body) == []
     broken = {**unit.body, "spans": [{**unit.body["spans"][0], "span_id": "not hex"}]}
     assert schemas.body_errors(kinds.TRACE.schema, broken) != []
+
+
+def test_verify_names_a_missing_or_changed_span():
+    """compare_units (what verify runs) compares a trace's spans and assessments one by one."""
+    import dataclasses
+
+    from trackport.transfer.compare_units import compare_units
+    from trackport.transfer.units import DocumentUnits
+
+    def span(hex_id: str, name: str, k: str) -> dict:
+        return span_from_artifact({"span_id": b64(hex_id), "name": name, "start_time_unix_nano": int(hex_id[:4], 16),
+                                   "attributes": {"k": k}})
+
+    spans = [span(PARENT, "root", "1"), span(SPAN, "retrieve", "2"), span("00000000000000aa", "llm", "3")]
+    mine = trace_unit(TraceFields(trace_id=TRACE_ID, experiment_id="1", request_time=1, spans=spans,
+                                  assessments=[{"assessment_id": "a-1", "assessment_name": "ok", "rationale": "fine"}]))
+    changed = [spans[0], span(SPAN, "retrieve", "20")]  # one attribute changed, one span gone
+    theirs = dataclasses.replace(mine, experiment_id="9", refs={"experiment": "9"}, body={
+        **mine.body, "spans": changed, "assessments": [{"assessment_id": "a-1", "assessment_name": "ok", "rationale": "bad"}],
+    })
+
+    def differences(a, b):
+        return [what for _, what in compare_units("here", DocumentUnits(kinds.TRACE), None, [a], None, [b],
+                                                  lambda kind, i: i, {}, "full")]
+
+    assert differences(mine, dataclasses.replace(mine, experiment_id="9", refs={"experiment": "9"})) == []
+    found = differences(mine, theirs)
+    assert found == [
+        "assessment a-1: rationale: 'fine' != 'bad'",
+        "span 00000000000000aa ('llm') missing",
+        f"span {SPAN} ('retrieve'): attributes: {{'k': '2'}} != {{'k': '20'}}",
+    ]

@@ -35,6 +35,10 @@ class UnitKind:
     # Body fields a verify does not compare: what a target may set itself (creation times
     # on a server) or what only says where the source kept something.
     compare_ignores: tuple[str, ...] = ()
+    # Body lists a verify compares item by item, each item found by a key: (field, key,
+    # what an item is called), e.g. ("spans", "span_id", "span"): a missing or changed item
+    # is named, not the whole list.
+    compare_items: tuple[tuple[str, str, str], ...] = ()
 
     def count(self, n: int) -> str:
         """'1 run', '12,345 runs'."""
@@ -117,6 +121,7 @@ MODEL_VERSION = register(UnitKind(
 TRACE = register(UnitKind(
     "trace", "traces", depends_on=("experiment", "run", "logged_model"), schema=_schema("trace"),
     compare_ignores=("spans_location", "artifact_location", "info_finalized"),
+    compare_items=(("spans", "span_id", "span"), ("assessments", "assessment_id", "assessment")),
 ))
 
 

@@ -86,8 +86,13 @@ def _body_differences(unit: Unit, copy: Unit, id_map: IdMap) -> Iterator[str]:
         a["tags"] = _comparable_tags(relink_experiments(a["tags"], experiments))
     if isinstance(b.get("tags"), dict):
         b["tags"] = _comparable_tags(b["tags"])
+    items = {field: (key, noun) for field, key, noun in kinds.kind(unit.kind).compare_items}
     for key in sorted(a.keys() | b.keys()):
-        if a.get(key) != b.get(key):
+        if a.get(key) == b.get(key):
+            continue
+        if key in items and isinstance(a.get(key), list) and isinstance(b.get(key), list):
+            yield from _item_differences(a[key], b[key], *items[key])
+        else:
             yield f"{key}: {_shown(a.get(key))} != {_shown(b.get(key))}"
     if unit.kind == kinds.MODEL_VERSION.name:
         roles_a = {unit.refs[n]: "{" + n + "}" for n in ("run", "logged_model") if n in unit.refs}
@@ -95,6 +100,31 @@ def _body_differences(unit: Unit, copy: Unit, id_map: IdMap) -> Iterator[str]:
         mine, theirs = source_shape(unit.body["source"], roles_a), source_shape(copy.body["source"], roles_b)
         if mine != theirs:
             yield f"source: {_shown(unit.body['source'])} != {_shown(copy.body['source'])}"
+
+
+def _item_differences(mine: list, theirs: list, key: str, noun: str) -> Iterator[str]:
+    """A body list compared item by item (kinds.UnitKind.compare_items): "span 6109...
+    ('retrieve') missing", "span 6109... ('retrieve'): attributes: ... != ...". """
+    def by_key(items: list) -> dict:
+        return {str(i.get(key)): i for i in items if isinstance(i, dict)}
+
+    a, b = by_key(mine), by_key(theirs)
+    if len(a) != len(mine) or len(b) != len(theirs):  # unkeyed or repeated items: the list as a whole
+        yield f"{noun}s: {_shown(mine)} != {_shown(theirs)}"
+        return
+    for item_id in [i for i in a if i not in b] + [i for i in b if i not in a] + [i for i in a if i in b]:
+        x, y = a.get(item_id), b.get(item_id)
+        label = f"{noun} {item_id}" + (f" ({(x or y).get('name')!r})" if (x or y).get("name") else "")
+        if y is None:
+            yield f"{label} missing"
+        elif x is None:
+            yield f"{label} unexpected"
+        else:
+            for field in sorted(x.keys() | y.keys()):
+                if x.get(field) != y.get(field):
+                    yield f"{label}: {field}: {_shown(x.get(field))} != {_shown(y.get(field))}"
+    if [str(i.get(key)) for i in mine] != [str(i.get(key)) for i in theirs] and a.keys() == b.keys():
+        yield f"{noun}s in another order"
 
 
 def _clamped(unit: Unit) -> Unit:
