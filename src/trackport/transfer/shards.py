@@ -34,8 +34,9 @@ from trackport.domain import Experiment, Run
 from trackport.errors import BadInputError
 from trackport.kinds import SCHEMA_DIR
 from trackport.selection import runs_of
-from trackport.kinds import Unit, UnitKind
-from trackport.stores.base import Selection, SourceStore, Unreadable, read_units
+from trackport import kinds
+from trackport.kinds import Unit
+from trackport.stores.base import Selection, SourceStore, Unreadable
 from trackport.transfer.plan import plan_transfer
 
 PLAN_FORMAT = "trackport-plan"
@@ -219,6 +220,10 @@ def shard_selection(plan: ShardPlan) -> Selection:
     return Selection(include_deleted=True, leave_kinds=plan.selection.leave_kinds)
 
 
+def _unit_listings() -> set[str]:
+    return {k.plural for scope in ("experiment", "workspace") for k in kinds.generic_kinds(scope)}
+
+
 class ShardSource:
     """The plan's source as shard `index` sees it: the shard's experiments and runs, the
     units of its experiments anchored to its runs (those anchored to no run go with the
@@ -236,7 +241,15 @@ class ShardSource:
         self.takes_deleted_by_default = True  # the plan selected; a shard takes what it lists
 
     def __getattr__(self, name: str):
-        return getattr(self._source, name)
+        """The source's own, but its unit listings (iter_units, iter_<plural>) narrowed to
+        the shard; a source that lists no units of a kind still lists none."""
+        attribute = getattr(self._source, name)
+        if name == "iter_units":
+            return lambda kind, experiment: self._narrowed(None if experiment is None else attribute(kind, experiment), experiment)
+        if name.startswith("iter_") and name[len("iter_"):] in _unit_listings():
+            # an experiment's units, or (given a Selection) the workspace's
+            return lambda scope: self._narrowed(attribute(scope) if isinstance(scope, Experiment) else None, scope)
+        return attribute
 
     def list_experiments(self, selection: Selection) -> Iterator[Experiment | Unreadable]:
         for experiment in self._source.list_experiments(selection):
@@ -251,13 +264,12 @@ class ShardSource:
     def count_runs(self, experiment: Experiment, selection: Selection) -> int | None:
         return None
 
-    def iter_units(self, kind: UnitKind, experiment: Experiment | None) -> Iterator[Unit | Unreadable] | None:
-        if experiment is None:
-            return iter(())
-        listing = read_units(self._source, kind, experiment, Selection(include_deleted=True))
+    def _narrowed(self, listing, scope) -> Iterator[Unit | Unreadable]:
+        """An experiment's units anchored to this shard's runs (and, in the experiment's
+        first shard, those of no run); none of the workspace's (moved after the shards)."""
         if listing is None:
-            return None
-        owned = experiment.experiment_id in self._owned
+            return iter(())
+        owned = scope.experiment_id in self._owned
         return (u for u in listing if self._takes(u, owned))
 
     def _takes(self, unit: Unit | Unreadable, owned: bool) -> bool:
