@@ -176,3 +176,23 @@ def test_a_plan_runs_on_spark_in_local_mode(store, tmp_path):
     assert verified.returncode == 0, verified.stdout + verified.stderr
     with open_source(store) as source, open_source(str(tmp_path / "merged")) as merged:
         assert list(compare_stores(source, merged, EVERYTHING)) == []
+
+
+def test_logged_models_go_with_their_runs_and_the_registry_merges_as_its_own_part(tmp_path):
+    from trackport.samples.model_store import build_model_sample
+
+    store = build_model_sample(f"sqlite:///{tmp_path / 'models' / 'mlflow.db'}").uri
+    plan_file = tmp_path / "plan.json"
+    assert finished(trackport("plan", store, str(plan_file), "--shards", "2", "--include-deleted")).returncode == 0
+    parts = [tmp_path / "part-0", tmp_path / "part-1", tmp_path / "registry"]
+    for k in range(2):
+        done = finished(trackport("export", "--plan", str(plan_file), "--shard", str(k), str(parts[k])))
+        assert done.returncode == 0, done.stderr
+    done = finished(trackport("export", store, str(parts[2]), "--models-only"))
+    assert done.returncode == 0, done.stderr
+    merged = tmp_path / "merged"
+    done = finished(trackport("bundle", "merge", str(merged), *map(str, parts), "--plan", str(plan_file)))
+    assert done.returncode == 0, done.stderr
+    assert finished(trackport("bundle", "verify", str(merged), "--level", "full")).returncode == 0
+    with open_source(store) as source, open_source(str(merged)) as other:
+        assert list(compare_stores(source, other, EVERYTHING)) == []

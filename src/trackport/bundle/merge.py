@@ -1,7 +1,8 @@
 """The bundle parts of a sharded export made into one bundle (`trackport bundle merge`).
 
 Each part is a complete bundle of the plan's source holding exactly one shard's runs; which
-shard a part is, is told by its runs, so parts need no marker and may be named anything. A
+shard a part is, is told by its runs, so parts need no marker and may be named anything.
+One more part may hold the registry (`export SOURCE PART --models-only`): it is not sharded. A
 part that is missing, incomplete or holds another shard's runs is refused before anything
 is written, naming the shard and the command that makes it. Files are hard-linked into the
 merged bundle where the file system allows (no second copy of the artifacts), else copied;
@@ -18,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trackport.bundle import descriptor
-from trackport.bundle.layout import EXPERIMENT_FILE, EXPERIMENTS_DIR, MANIFEST_FILE, ROOT_FILE, TRANSFER_DIR, write_json_atomic
+from trackport.bundle.layout import (
+    EXPERIMENT_FILE, EXPERIMENTS_DIR, MANIFEST_FILE, ROOT_FILE, TRANSFER_DIR, UNITS_DIR, write_json_atomic,
+)
 from trackport.bundle.manifest import parse_line, write_manifest
 from trackport.errors import BadInputError
 
@@ -51,21 +54,26 @@ def merge_parts(
     if out.exists() or out.is_symlink():
         raise BadInputError(f"{out} exists; merge into a new path")
     parts = [_read_part(Path(p)) for p in part_paths]
-    by_shard = _assign(parts, shard_runs, source_uri, plan_path)
+    by_shard = _assign([p for p in parts if p.run_ids or not _is_registry(p)], shard_runs, source_uri, plan_path)
+    registries = [p for p in parts if not p.run_ids and _is_registry(p)]
+    if len(registries) > 1:
+        raise BadInputError(f"{registries[0].path} and {registries[1].path} both hold the registry; give one")
+    for part in registries:
+        _check_source(part, source_uri)
     staging = out.parent / f".{out.name}.merging"
     if staging.exists():  # a killed merge's: only merge makes this name
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     result = MergeResult(out, len(parts))
     taken: dict[str, tuple[int, str, int]] = {}  # path -> (size, sha256, shard)
-    for k, part in enumerate(by_shard):
+    for k, part in enumerate(by_shard + registries):  # the registry's part last: it refers to the shards' runs
         for rel, (size, sha) in part.entries.items():
             if rel in (ROOT_FILE, MANIFEST_FILE) or rel.startswith(TRANSFER_DIR + "/"):
                 continue
             held = taken.get(rel)
             if held is not None:
                 if held[1] != sha:
-                    result.notes.append(_difference(rel, held[2], k))
+                    result.notes.append(_difference(rel, held[2], k, len(by_shard)))
                 continue
             taken[rel] = (size, sha, k)
             result.linked += _link_or_copy(part.path / rel, staging / rel)
@@ -73,13 +81,13 @@ def merge_parts(
     (staging / TRANSFER_DIR).mkdir(exist_ok=True)
     for name in _CONCATENATED:
         with open(staging / TRANSFER_DIR / name, "wb") as joined:
-            for part in by_shard:
+            for part in by_shard + registries:
                 if f"{TRANSFER_DIR}/{name}" in part.entries:
                     with open(part.path / TRANSFER_DIR / name, "rb") as lines:
                         shutil.copyfileobj(lines, joined)
-    result.counts = _counts(by_shard, taken)
+    result.counts = _counts(by_shard + registries, taken)
     root = descriptor.build_root(by_shard[0].root["source"], selection, counts=result.counts)
-    root["merged_from"] = {"plan_id": plan_id, "shards": len(by_shard)}
+    root["merged_from"] = {"plan_id": plan_id, "shards": len(by_shard), "registry": bool(registries)}
     write_json_atomic(staging / ROOT_FILE, root)
     write_manifest(staging)
     os.rename(staging, out)
@@ -104,14 +112,18 @@ def _read_part(path: Path) -> Part:
     return Part(path, root, entries, runs)
 
 
+def _is_registry(part: Part) -> bool:
+    """A part of no runs that holds the workspace's units: `export SOURCE PART --models-only`,
+    made beside the shards (the registry is not sharded: docs/scale-out.md)."""
+    return bool(part.root.get("selection", {}).get("models_only")) and any(rel.startswith(UNITS_DIR + "/") for rel in part.entries)
+
+
 def _assign(parts: list[Part], shard_runs: list[frozenset[str]], source_uri: str, plan_path: str) -> list[Part]:
     """The parts in shard order; BadInputError naming what is missing, foreign or twice."""
     of_run = {run: k for k, runs in enumerate(shard_runs) for run in runs}
     by_shard: dict[int, Part] = {}
     for part in parts:
-        uri = (part.root.get("source") or {}).get("uri")
-        if uri != source_uri:
-            raise BadInputError(f"{part.path} is an export of {uri!r}, not of the plan's source {source_uri!r}")
+        _check_source(part, source_uri)
         shards = {of_run.get(run) for run in part.run_ids}
         if None in shards:
             stray = sorted(r for r in part.run_ids if r not in of_run)[:3]
@@ -137,6 +149,12 @@ def _assign(parts: list[Part], shard_runs: list[frozenset[str]], source_uri: str
     return [by_shard[k] for k in range(len(shard_runs))]
 
 
+def _check_source(part: Part, source_uri: str) -> None:
+    uri = (part.root.get("source") or {}).get("uri")
+    if uri != source_uri:
+        raise BadInputError(f"{part.path} is an export of {uri!r}, not of the plan's source {source_uri!r}")
+
+
 def _link_or_copy(source: Path, target: Path) -> int:
     """1 when hard-linked, 0 when copied."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -148,9 +166,10 @@ def _link_or_copy(source: Path, target: Path) -> int:
         return 0
 
 
-def _difference(rel: str, first: int, other: int) -> str:
+def _difference(rel: str, first: int, other: int, shards: int) -> str:
     what = f"experiment {rel.split('/')[1]}" if rel.endswith("/" + EXPERIMENT_FILE) else rel
-    return f"{what} differs between shard {first} and shard {other} (it changed while they ran); shard {first}'s is kept"
+    name = lambda k: f"shard {k}" if k < shards else "the registry part"  # noqa: E731
+    return f"{what} differs between {name(first)} and {name(other)} (it changed while they ran); {name(first)}'s is kept"
 
 
 def _counts(parts: list[Part], taken: dict) -> dict:
