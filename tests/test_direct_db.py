@@ -163,3 +163,26 @@ def test_server_database_urls(tmp_path):
     assert split_uri_options("postgresql://h/db?sslmode=require&artifacts_destination=%2Fx") == (
         "postgresql://h/db?sslmode=require", "/x"
     )
+
+
+def test_traces_a_database_holds_are_declared_not_read(tmp_path):
+    """The direct reader does not read traces yet: a database holding them says so before
+    anything is written, and the summary records it (nothing left out silently)."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'traced.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.set_experiment("traced")
+        with mlflow.start_run(experiment_id=experiment.experiment_id):
+            mlflow.log_param("p", "1")
+        with mlflow.start_span("answer") as span:
+            span.set_inputs({"q": "?"})
+    finally:
+        mlflow.set_tracking_uri(None)
+    said = CliRunner().invoke(cli, ["export", uri, str(tmp_path / "bundle")])
+    assert said.exit_code == 0, said.output
+    assert "not read from the source: traces: the database holds 1," in said.stderr
+    result = CliRunner().invoke(cli, ["export", uri, str(tmp_path / "bundle2"), "--json"])
+    summary = json.loads(result.stdout)
+    assert any(line.startswith("traces: the database holds 1,") for line in summary["planned_losses"]), summary

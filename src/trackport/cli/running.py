@@ -20,7 +20,7 @@ from trackport.renames import Renames
 from trackport.stores.base import Selection, SinkStore, SourceStore
 from trackport.stores.registry import locate, refuse_same_store
 from trackport.transfer import Summary, transfer
-from trackport.transfer.plan import declared_losses, plan_transfer
+from trackport.transfer.plan import declared_losses, not_read_by_source, plan_transfer
 
 DEBUG_VARIABLE = "TRACKPORT_DEBUG"
 _REPORT_IT = f"(a bug in trackport; please report it with the traceback: run again with {DEBUG_VARIABLE}=1)"
@@ -115,6 +115,8 @@ def run_transfer(
     if not as_json:
         for loss in declared_losses(source, sink):
             click.echo(f"the target cannot hold: {loss}", err=True)
+        for loss in not_read_by_source(source):
+            click.echo(f"not read from the source: {loss}", err=True)
     progress = ProgressBars(enabled=not as_json)  # JSON is for programs: never bars
     try:
         return move(source, sink, selection, config=config, on_progress=progress, plan=plan)

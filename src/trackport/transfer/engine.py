@@ -28,7 +28,9 @@ from trackport.stores.base import Selection, SinkStore, SourceStore, Unreadable
 from trackport.transfer.idmap import IdMap
 from trackport.transfer.ledger import Ledger
 from trackport.selection import select_workspace_units, takes_registry
-from trackport.transfer.plan import DELETED_REASON, IN_DELETED_EXPERIMENT, Plan, PlannedExperiment, declared_losses, plan_transfer
+from trackport.transfer.plan import (
+    DELETED_REASON, IN_DELETED_EXPERIMENT, Plan, PlannedExperiment, declared_losses, not_read_by_source, plan_transfer,
+)
 from trackport.transfer.renamed_units import experiment_as_written, target_experiment_note, with_renamed_models
 from trackport.transfer.scheduler import ExperimentUnits
 from trackport.transfer.summary import Failure, Summary
@@ -89,7 +91,7 @@ def transfer(
         run.summary.notices.append(
             f"the source holds units of kinds this trackport does not know ({', '.join(unknown)}); they are not moved"
         )
-    run.summary.planned_losses = declared_losses(source, sink) + target_experiment_note(plan.renames)
+    run.summary.planned_losses = declared_losses(source, sink) + not_read_by_source(source) + target_experiment_note(plan.renames)
     run.ledger.started(
         {"kind": source_description.kind, "uri": source_description.uri},
         selection.to_json(),

@@ -111,6 +111,11 @@ def declared_losses(source: SourceStore, sink: SinkStore) -> list[str]:
     ]
 
 
+def not_read_by_source(source: SourceStore) -> list[str]:
+    """What the source holds but does not read (SourceStore.not_read, where it says)."""
+    return list(getattr(source, "not_read", list)())
+
+
 def planned_losses(capabilities: Capabilities, on_long_value: str = "error") -> list[str]:
     """One line per kind of data the sink will not hold exactly, from its capabilities."""
     losses = []

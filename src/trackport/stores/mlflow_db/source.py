@@ -112,6 +112,21 @@ class MlflowDatabaseSource(ModelReading, LocalArtifacts, SourceStore):
 
     # ---------------------------------------------------------------- runs
 
+    def not_read(self) -> list[str]:
+        """What the database holds that this reader does not read (traces: through the
+        tracking server only, for now), one line each, said before anything is written."""
+        db = self._db
+        if "trace_info" not in db.table_names:
+            return []
+        with db.engine.connect() as conn:
+            traces = conn.execute(db.sa.text("SELECT COUNT(*) FROM trace_info")).scalar_one()
+        if not traces:
+            return []
+        return [
+            f"traces: the database holds {traces:,}, which are not read from a database yet;"
+            " export them through its tracking server (http(s)://...)"
+        ]
+
     def metric_summaries(self, runs: list[Run], keys: frozenset[str] | None, whole_history: bool = True) -> dict:
         return metric_summaries(self._db, runs, keys, whole_history)
 
