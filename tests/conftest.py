@@ -43,6 +43,15 @@ def sample_bundle(tmp_path_factory, sample_sqlite) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def model_sample_sqlite(tmp_path_factory):
+    """samples/model_store.py's logged models and registry in a sqlite store, built once
+    (scikit-learn models logged by MLflow's client: slow). Read it; never write into it."""
+    from trackport.samples.model_store import build_model_sample
+
+    return build_model_sample(f"sqlite:///{tmp_path_factory.mktemp('origin') / 'mlflow.db'}")
+
+
 @pytest.fixture
 def bundle_copy(sample_bundle, tmp_path) -> Path:
     target = tmp_path / "bundle"

@@ -357,11 +357,11 @@ def test_bundle_into_a_fresh_server_serves_the_same_models(servers, sample, bund
     assert again.failed == 0 and _done(again) == {}
 
 
-def test_a_deleted_logged_model_of_a_database_is_written_deleted_and_found_again(servers, tmp_path):
+def test_a_deleted_logged_model_of_a_database_is_written_deleted_and_found_again(servers, model_sample_sqlite):
     """Only a database shows deleted logged models (read here through the sqlite store): the
     copy is deleted once the transfer's versions are written, recorded on its experiment,
     found there by the next transfer and read back by a REST source."""
-    database = build_model_sample(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    database = model_sample_sqlite
     target = servers["from-sqlite"].url
     first = _transfer(database.uri, target)
     assert first.failed == 0 and first.losses == [], (first.failures, first.losses)

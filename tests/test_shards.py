@@ -23,7 +23,7 @@ from trackport.transfer.shards import load_plan
 EVERYTHING = Selection(include_deleted=True)
 
 
-def nested_store(path: Path, families: int = 30) -> str:
+def nested_store(path: Path, families: int = 20) -> str:
     """A sqlite store of three experiments (and one without runs) holding `families` run
     families: a parent with 0 to 4 children, one child with a child of its own, metric
     histories of different lengths, artifacts, some runs deleted."""
@@ -129,10 +129,7 @@ def test_shards_as_an_indexed_job_merge_into_the_single_export(store, tmp_path):
     assert result.returncode == 0, result.stderr
     verified = finished(trackport("bundle", "verify", str(merged), "--level", "full"))
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    single = tmp_path / "single"
-    assert finished(trackport("export", store, str(single), "--include-deleted")).returncode == 0
-    with open_source(str(single)) as one, open_source(str(merged)) as other:
-        assert list(compare_stores(one, other, EVERYTHING)) == []
+    # (benchmarks/scale_out.py compares a merge of 2,000 runs with a single export as well)
     with open_source(store) as source, open_source(str(merged)) as other:
         assert list(compare_stores(source, other, EVERYTHING)) == []
 
@@ -178,10 +175,8 @@ def test_a_plan_runs_on_spark_in_local_mode(store, tmp_path):
         assert list(compare_stores(source, merged, EVERYTHING)) == []
 
 
-def test_logged_models_go_with_their_runs_and_the_registry_merges_as_its_own_part(tmp_path):
-    from trackport.samples.model_store import build_model_sample
-
-    store = build_model_sample(f"sqlite:///{tmp_path / 'models' / 'mlflow.db'}").uri
+def test_logged_models_go_with_their_runs_and_the_registry_merges_as_its_own_part(model_sample_sqlite, tmp_path):
+    store = model_sample_sqlite.uri
     plan_file = tmp_path / "plan.json"
     assert finished(trackport("plan", store, str(plan_file), "--shards", "2", "--include-deleted")).returncode == 0
     parts = [tmp_path / "part-0", tmp_path / "part-1", tmp_path / "registry"]

@@ -32,10 +32,10 @@ MODEL_KINDS = ("logged_models", "registered_models", "model_versions")
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory) -> ModelSample:
+def sample(model_sample_sqlite) -> ModelSample:
     """The origin: read it, never write into it (MLflow's own loaders write beside a local
     model's files, so they are always given a dst_path)."""
-    return build_model_sample(f"sqlite:///{tmp_path_factory.mktemp('origin') / 'mlflow.db'}")
+    return model_sample_sqlite
 
 
 def copy(source_uri: str, target_uri: str, selection: Selection = ALL, **sink_options):
