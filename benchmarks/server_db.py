@@ -54,9 +54,19 @@ def trackport(*args: str) -> list[str]:
     return [sys.executable, "-m", "trackport.cli.main", *args, "--json"]
 
 
+class NamedRuns(WorkloadSource):
+    """The workload with each run's name also as its mlflow.runName tag, as MLflow logs it (a
+    SQL store keeps both; without the tag, verify would count the one every target adds)."""
+
+    def iter_runs(self, experiment, selection):
+        for run in super().iter_runs(experiment, selection):
+            run.tags["mlflow.runName"] = run.run_name
+            yield run
+
+
 def make_bundle(workload: Workload, path: Path) -> None:
     with open_bundle_sink(str(path)) as sink:
-        summary = transfer(WorkloadSource(workload), sink, Selection())
+        summary = transfer(NamedRuns(workload), sink, Selection())
     assert summary.failed == 0, summary.failures
 
 
@@ -114,12 +124,45 @@ def raw_read(pg: PostgresCluster, database: str) -> tuple[float, int]:
     return seconds, rows
 
 
+def served_and_verified(bundle: Path, work: Path, db, database: str, workers: list[str], env: dict) -> list[str]:
+    """`trackport verify BUNDLE http://server --level full` against an mlflow server started
+    on the restored database (its artifacts destination the one the restore wrote)."""
+    destination = work / f"{db.name}-direct-art"
+    server = MlflowServer(work / f"{db.name}-served", backend_store_uri=db.url(database),
+                          artifacts_destination=str(destination)).start().wait_ready()
+    try:
+        answer = subprocess.run([sys.executable, "-m", "trackport.cli.main", "verify", str(bundle), server.url,
+                                 "--level", "full"], capture_output=True, text=True, env={**os.environ, **env})
+    finally:
+        server.stop()
+    return [f"{db.name}: restored database served, verify through REST: exit {answer.returncode}: "
+            f"{' | '.join((answer.stdout + answer.stderr).strip().splitlines()[-6:])}"]
+
+
+def restore_mariadb(bundle: Path, work: Path, workers: list[str], env: dict) -> list[str]:
+    """The same bundle restored directly into MariaDB (a database `mlflow db upgrade` made), then verified served."""
+    from dbservers import MariaDBServer
+
+    maria = MariaDBServer().start().wait_ready()
+    try:
+        database = maria.create_database("direct")
+        subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", maria.url(database)], check=True, capture_output=True)
+        target = f"{maria.url(database)}?artifacts_destination={work / 'mariadb-direct-art'}"
+        restored = measure("MariaDB direct import", trackport("import", str(bundle), target, *workers), env)
+        lines = [f"mariadb: direct import {restored.wall:.1f} s wall, transfer {restored.transfer_s} s, exit {restored.returncode}"]
+        return lines + served_and_verified(bundle, work, maria, database, workers, env)
+    finally:
+        maria.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--metrics", type=int, default=10)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--verify", action="store_true",
+                        help="also restore into MariaDB, and verify both restored databases through a server started on each")
     args = parser.parse_args()
     workload = Workload(args.runs, args.metrics, args.steps, 20, 10, 10_000)
     work = Path(tempfile.mkdtemp(prefix="trackport-bench-serverdb-"))
@@ -128,6 +171,7 @@ def main() -> None:
     pg = PostgresCluster().start().wait_ready()
     server = None
     results: list[Measure] = []
+    verified: list[str] = []
     try:
         bundle = work / "bundle"
         make_bundle(workload, bundle)
@@ -149,7 +193,7 @@ def main() -> None:
         workers = ["--workers", str(args.workers)]
         for phase, command in (
             ("(a) REST import", trackport("import", str(bundle), server.url, *workers)),
-            ("(b) direct import", trackport("import", str(bundle), f"{pg.url(names['direct'])}?artifacts_destination={work / 'direct-art'}", *workers)),
+            ("(b) direct import", trackport("import", str(bundle), f"{pg.url(names['direct'])}?artifacts_destination={work / 'postgresql-direct-art'}", *workers)),
         ):
             results.append(measure(phase, command, env))
             print(f"{phase}: {results[-1].wall:.1f} s wall, transfer {results[-1].transfer_s}", flush=True)
@@ -164,10 +208,14 @@ def main() -> None:
         read_s, rows = raw_read(pg, names["rest"])
         assert rows == workload.points, (rows, workload.points)
         results.append(Measure("(f) raw COPY read", read_s, 0.0, 0.0, 0, read_s))
+        if args.verify:
+            verified = served_and_verified(bundle, work, pg, names["direct"], workers, env)
     finally:
         if server is not None:
             server.stop()
         pg.stop()
+    if args.verify:
+        verified += restore_mariadb(bundle, work, workers, env)
 
     by = {r.phase: r for r in results}
     failed = [r.phase for r in results if r.returncode != 0]
@@ -187,7 +235,11 @@ def main() -> None:
     print()
     for name, value in rates.items():
         print(f"{name:<42}{value:>10.1f}x")
+    if args.verify:
+        for line in verified:
+            print(line)
     report = {"workload": vars(workload), "workers": args.workers, "failed": failed,
+              "verified": verified if args.verify else None,
               "phases": [vars(r) for r in results], "ratios": rates, "machine": f"{os.cpu_count()} cores"}
     out = HERE / "results" / f"server-db-{workload.runs}x{workload.metrics}x{workload.steps}-{int(time.time())}.json"
     out.write_text(json.dumps(report, indent=2))

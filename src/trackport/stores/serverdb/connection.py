@@ -77,6 +77,9 @@ def connect(target: Target) -> Any:
         if target.backend == POSTGRES:
             import psycopg
 
+            # Named in pg_stat_activity, so that another restore's in-use refusal says what it saw.
+            options.setdefault("application_name", "trackport")
+
             return psycopg.connect(host=target.host, port=target.port or 5432, user=target.user,
                                    password=target.password, dbname=target.database, **options)
         import pymysql
@@ -88,7 +91,7 @@ def connect(target: Target) -> Any:
         with con.cursor() as cur:
             # An experiment keeps id 0 (MLflow's Default) only so: MySQL's AUTO_INCREMENT
             # takes a 0 for "the next one" otherwise (MLflow's own store sets it the same way).
-            cur.execute("SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',NO_AUTO_VALUE_ON_ZERO')")
+            cur.execute("SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'NO_AUTO_VALUE_ON_ZERO')")
         return con
     except Exception as exc:  # noqa: BLE001 -- every driver error is said in one line below
         if isinstance(exc, ImportError):
