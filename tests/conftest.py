@@ -46,7 +46,9 @@ def sample_bundle(tmp_path_factory, sample_sqlite) -> Path:
 @pytest.fixture(scope="session")
 def model_sample_sqlite(tmp_path_factory):
     """samples/model_store.py's logged models and registry in a sqlite store, built once
-    (scikit-learn models logged by MLflow's client: slow). Read it; never write into it."""
+    (scikit-learn models logged by MLflow's client: slow). Read it through trackport only:
+    never write into it, nor load its prompts with MLflow (that links them to the active
+    experiment: a write)."""
     from trackport.samples.model_store import build_model_sample
 
     return build_model_sample(f"sqlite:///{tmp_path_factory.mktemp('origin') / 'mlflow.db'}")

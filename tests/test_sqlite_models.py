@@ -32,10 +32,12 @@ MODEL_KINDS = ("logged_models", "registered_models", "model_versions")
 
 
 @pytest.fixture(scope="module")
-def sample(model_sample_sqlite) -> ModelSample:
+def sample(tmp_path_factory) -> ModelSample:
     """The origin: read it, never write into it (MLflow's own loaders write beside a local
-    model's files, so they are always given a dst_path)."""
-    return model_sample_sqlite
+    model's files, so they are always given a dst_path). This module's own, not the
+    session's model_sample_sqlite: loading a prompt through MLflow links it to the active
+    experiment, a write into the origin that other modules' state would change."""
+    return build_model_sample(f"sqlite:///{tmp_path_factory.mktemp('origin') / 'mlflow.db'}")
 
 
 def copy(source_uri: str, target_uri: str, selection: Selection = ALL, **sink_options):

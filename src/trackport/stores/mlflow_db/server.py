@@ -20,7 +20,7 @@ from trackport.errors import AuthError, BadInputError, FatalError, UnreachableEr
 from trackport.stores.base import SourceFeatures
 from trackport.stores.mlflow_db.adbc_postgres import AdbcPostgres, adbc_postgres
 from trackport.stores.mlflow_db.source import MlflowDatabaseSource
-from trackport.stores.mlflow_db.tables import import_sqlalchemy
+from trackport.stores.mlflow_db.tables import database_url, import_sqlalchemy
 
 # A driverless scheme -> the drivers tried in turn (module to find, SQLAlchemy driver name).
 _DRIVERS = {
@@ -102,10 +102,7 @@ class ServerDatabaseSource(MlflowDatabaseSource):
         self, uri: str, *, artifacts_destination: str | None = None, config: TransferConfig = DEFAULT
     ) -> None:
         sa = import_sqlalchemy()
-        try:
-            url = sa.engine.make_url(uri)
-        except sa.exc.ArgumentError:
-            raise BadInputError(f"{uri.split('@')[-1]}: not a database URL (dialect+driver://user:password@host:port/database)") from None
+        url = database_url(uri)
         display = url.render_as_string(hide_password=True)
         url = _with_driver(sa, url)
         try:

@@ -24,6 +24,15 @@ def import_sqlalchemy() -> Any:
     return sqlalchemy
 
 
+def database_url(uri: str) -> Any:
+    """SQLAlchemy's URL of a database URI; BadInputError (without the password) if it is none."""
+    sa = import_sqlalchemy()
+    try:
+        return sa.engine.make_url(uri)
+    except sa.exc.ArgumentError:
+        raise BadInputError(f"{uri.split('@')[-1]}: not a database URL (dialect+driver://user:password@host:port/database)") from None
+
+
 def chunks(items: list, size: int = IN_CHUNK) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]

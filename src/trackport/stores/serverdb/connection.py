@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 from trackport.errors import BadInputError
 from trackport.stores.mlflow_db.server import CONNECT_TIMEOUT, connection_error
-from trackport.stores.mlflow_db.tables import import_sqlalchemy
+from trackport.stores.mlflow_db.tables import database_url
 
 POSTGRES, MYSQL = "postgresql", "mysql"
 _BACKENDS = {"postgresql": POSTGRES, "postgres": POSTGRES, "mysql": MYSQL, "mariadb": MYSQL}
@@ -49,11 +49,7 @@ class Target:
 
 
 def parse_target(uri: str) -> Target:
-    sa = import_sqlalchemy()
-    try:
-        url = sa.engine.make_url(uri)
-    except sa.exc.ArgumentError:
-        raise BadInputError(f"{uri.split('@')[-1]}: not a database URL (dialect+driver://user:password@host:port/database)") from None
+    url = database_url(uri)
     display = url.render_as_string(hide_password=True)
     backend = _BACKENDS.get(url.drivername.split("+", 1)[0])
     if backend is None:

@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from trackport.config import DEFAULT, TransferConfig, state_home
-from trackport.domain import Capabilities, Experiment, Run, SourceRunId, TargetExperimentId, TargetRunId
+from trackport.domain import Capabilities, Experiment, Run, TargetExperimentId
 from trackport.errors import BadInputError, TrackportError, UnitError
 from trackport.locking import TargetLock
 from trackport.stores.base import (
     EXISTING_MODEL_POLICIES,
     ExperimentWriteResult,
-    RunContent,
-    RunWriteResult,
     SinkStore,
     StoreDescription,
 )
@@ -48,13 +46,13 @@ from trackport.stores.serverdb.connection import (
     table_columns,
 )
 from trackport.stores.serverdb.metrics import write_points
-from trackport.stores.sqlite.metrics import collapsed_loss, prepare_points, remove_stale_spools
-from trackport.stores.sqlite.models import LOGGED_MODEL, ModelWriting
-from trackport.stores.sqlite.places import PROXIED_ROOT, ready_destination, unit_folder
+from trackport.stores.sqlite.metrics import PreparedPoints, remove_stale_spools
+from trackport.stores.sqlite.models import ModelWriting
+from trackport.stores.sqlite.places import PROXIED_ROOT, ready_destination
 from trackport.stores.sqlite.rows import Rows
 from trackport.stores.sqlite.run_folders import RunFolders
+from trackport.stores.sqlite.run_writing import SqlRunWriting
 from trackport.stores.sqlite.schema import (
-    append_to_uri_path,
     artifact_root_uri,
     installed_mlflow_version,
     schema_template,
@@ -64,7 +62,7 @@ T = TypeVar("T")
 RETRIES = 2  # a run written again when another transaction made the same dataset row first
 
 
-class ServerDatabaseSink(ModelWriting, SinkStore):
+class ServerDatabaseSink(SqlRunWriting, ModelWriting, SinkStore):
     """Runs, experiments, logged models and the registry written straight into a tracking
     server's PostgreSQL or MySQL database (stopped server, or none yet)."""
 
@@ -214,24 +212,6 @@ class ServerDatabaseSink(ModelWriting, SinkStore):
                 self._lock.release()
                 self._lock = None
 
-    def _committed(self, kind: str, unit_id: str) -> bool:
-        """Whether the run or logged model a folder claim names was committed."""
-        if kind == LOGGED_MODEL:
-            return self.lookup_logged_model(unit_id, None) is not None
-        return self.lookup_run(SourceRunId(unit_id), None) is not None
-
-    def _unit_folder(self, artifact_uri: str, unit_id: str, files: list, what: str = "run") -> Path | None:
-        return unit_folder(artifact_uri, unit_id, files, what, self._destination)
-
-    def _experiment_artifact_location(self, exp_id: int) -> str | None:
-        location = self._artifact_locations.get(exp_id)
-        if location is None:
-            rows = self._read("SELECT artifact_location FROM experiments WHERE experiment_id = ?", (exp_id,))
-            if not rows:
-                return None
-            location = self._artifact_locations[exp_id] = rows[0][0]
-        return location
-
     # ---------------------------------------------------------------- sink
 
     def put_experiment(self, experiment: Experiment) -> ExperimentWriteResult:
@@ -253,55 +233,16 @@ class ServerDatabaseSink(ModelWriting, SinkStore):
             )
         return exp_id, made
 
-    def find_run(self, run: Run, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
-        return self.lookup_run(SourceRunId(run.run_id), target_experiment_id)
+    def _write_run_rows(self, run: Run, exp_id: int, artifact_uri: str, points: PreparedPoints) -> tuple[int, list[str]]:
+        def write_rows(cursor: Cursor):
+            self._rows.insert_run(cursor, run, exp_id, artifact_uri)
+            self._rows.insert_inputs(cursor, run.run_id, run.inputs, exp_id)
+            return write_points(cursor, run.run_id, points)
 
-    def lookup_run(self, source_run_id: SourceRunId, target_experiment_id: TargetExperimentId | None) -> TargetRunId | None:
-        rows = self._read("SELECT run_uuid FROM runs WHERE run_uuid = ?", (source_run_id,))
-        return TargetRunId(rows[0][0]) if rows else None
-
-    def put_run(self, run: Run, target_experiment_id: TargetExperimentId, content: RunContent) -> RunWriteResult:
-        self._check_writable()
-        exp_id = int(target_experiment_id)
-        location = self._experiment_artifact_location(exp_id)
-        if location is None:
-            raise UnitError(f"run {run.run_id}: target experiment {exp_id} does not exist")
-        if self.find_run(run, target_experiment_id) is not None:
-            raise UnitError(f"run {run.run_id} already exists in {self.uri}")
-        artifact_uri = append_to_uri_path(location, run.run_id, "artifacts")
-        result = RunWriteResult(target_run_id=TargetRunId(run.run_id))
-        # Files and metric points are read from the source before the transaction begins,
-        # so no slow source holds a transaction open; the files are in place before the
-        # rows are committed, and removed if they are not (stores.sqlite.run_folders).
-        files = list(content.artifact_files())
-        folder = self._unit_folder(artifact_uri, run.run_id, files)
-        if files:
-            self._folders.write(run.run_id, folder, content, files, result)
-        elif folder is not None:
-            self._folders.refuse_foreign(run.run_id, folder)
-        try:
-            with prepare_points(content.metric_batches(), self.state_dir(), self._config.sqlite_in_memory_points) as points:
-
-                def write_rows(cursor: Cursor):
-                    self._rows.insert_run(cursor, run, exp_id, artifact_uri)
-                    self._rows.insert_inputs(cursor, run.run_id, run.inputs, exp_id)
-                    return write_points(cursor, run.run_id, points)
-
-                stored = self._write(write_rows, f"run {run.run_id}")
-        except BaseException:
-            if files:
-                self._folders.undo(run.run_id, folder)
-            raise
-        if files:
-            self._folders.committed(run.run_id)
-        result.metric_points = points.source_points - stored.duplicates
-        loss = collapsed_loss(points, result.metric_points)
-        if loss is not None:
-            result.losses.append(loss)
-        if stored.infinities:
-            result.losses.append(f"{stored.infinities} ±inf metric points stored as ±1.7976931348623157e308"
-                                 " (as MLflow's SQL store holds them)")
-        return result
+        stored = self._write(write_rows, f"run {run.run_id}")
+        losses = [f"{stored.infinities} ±inf metric points stored as ±1.7976931348623157e308 (as MLflow's SQL store holds them)"
+                  ] if stored.infinities else []
+        return points.source_points - stored.duplicates, losses
 
 
 def target_state_dir(target: Target) -> Path:

@@ -32,9 +32,7 @@ from trackport.domain import (
     Capabilities,
     Experiment,
     Run,
-    SourceRunId,
     TargetExperimentId,
-    TargetRunId,
 )
 from trackport._files import fsync_dir
 from trackport.errors import BadInputError, UnitError, storage_error
@@ -42,8 +40,6 @@ from trackport.locking import TargetLock
 from trackport.stores.base import (
     EXISTING_MODEL_POLICIES,
     ExperimentWriteResult,
-    RunContent,
-    RunWriteResult,
     SinkStore,
     StoreDescription,
 )
@@ -56,21 +52,15 @@ from trackport.stores.sqlite.files import (
     sqlite_state_dir,
 )
 from trackport.stores.sqlite.group_commit import BUSY_TIMEOUT_S, CommitError, GroupCommitWriter
-from trackport.stores.sqlite.metrics import (
-    collapsed_loss,
-    insert_points,
-    metric_inserts,
-    prepare_points,
-    remove_stale_spools,
-)
-from trackport.stores.sqlite.models import LOGGED_MODEL, ModelWriting
+from trackport.stores.sqlite.metrics import PreparedPoints, insert_points, metric_inserts, remove_stale_spools
+from trackport.stores.sqlite.models import ModelWriting
 from trackport.stores.sqlite.in_use import servers_using
 from trackport.stores.sqlite.patch import SqlitePatching
-from trackport.stores.sqlite.places import new_experiments_root, ready_destination, unit_folder
+from trackport.stores.sqlite.places import new_experiments_root, ready_destination
 from trackport.stores.sqlite.rows import Rows
 from trackport.stores.sqlite.run_folders import RunFolders
+from trackport.stores.sqlite.run_writing import SqlRunWriting
 from trackport.stores.sqlite.schema import (
-    append_to_uri_path,
     artifact_root_uri,
     installed_mlflow_version,
     schema_template,
@@ -79,7 +69,7 @@ from trackport.stores.sqlite.schema import (
 T = TypeVar("T")
 
 
-class SqliteStore(SqliteSource, ModelWriting, SqlitePatching, SinkStore):
+class SqliteStore(SqliteSource, SqlRunWriting, ModelWriting, SqlitePatching, SinkStore):
     """Read through SqliteSource (read-only, never MLflow's store layer); as a sink
     (create=True), a database of the installed MLflow's schema, made from its template if
     missing, written in bulk (logged models and the registry: sqlite.models), its runs
@@ -176,24 +166,12 @@ class SqliteStore(SqliteSource, ModelWriting, SqlitePatching, SinkStore):
                 self._lock.release()
                 self._lock = None
 
-    def _committed(self, kind: str, unit_id: str) -> bool:
-        """Whether the run or logged model a folder claim names was committed."""
-        if kind == LOGGED_MODEL:
-            return self.lookup_logged_model(unit_id, None) is not None
-        return self.lookup_run(SourceRunId(unit_id), None) is not None
-
     def _write(self, unit: Callable[[sqlite3.Cursor], T], what: str) -> T:
         """unit(cursor) written and committed by the group-commit writer; what names it in errors."""
         try:
             return self._writer.write(unit)
         except (sqlite3.Error, CommitError) as exc:
             raise _write_error(exc, what, self.path) from None
-
-    def _unit_folder(self, artifact_uri: str, unit_id: str, files: list, what: str = "run") -> Path | None:
-        """The folder of a run or logged model (its artifacts/ folder's parent) where its
-        artifacts are local; a tracking server's `mlflow-artifacts:` locations under the
-        artifacts destination the target URI names (stores.sqlite.places)."""
-        return unit_folder(artifact_uri, unit_id, files, what, self._destination)
 
     def _check_writable(self) -> None:
         if self._writer is None:
@@ -218,76 +196,23 @@ class SqliteStore(SqliteSource, ModelWriting, SqlitePatching, SinkStore):
 
     def put_experiment(self, experiment: Experiment) -> ExperimentWriteResult:
         self._check_writable()
-        try:
-            exp_id, created = self._writer.write(lambda cursor: self._put_experiment(cursor, experiment))
-        except (sqlite3.Error, CommitError) as exc:
-            raise _write_error(exc, f"experiment {experiment.name!r}", self.path) from None
+        exp_id, created = self._write(lambda cursor: self._put_experiment(cursor, experiment), f"experiment {experiment.name!r}")
         return ExperimentWriteResult(TargetExperimentId(str(exp_id)), created)
 
     def _put_experiment(self, cursor: sqlite3.Cursor, experiment: Experiment) -> tuple[int, bool]:
         return self._rows.put_experiment(cursor, experiment, self._artifact_root, default_is_ours=self._created_here)
 
-    def find_run(self, run: Run, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
-        return self.lookup_run(SourceRunId(run.run_id), target_experiment_id)
+    def _write_run_rows(self, run: Run, exp_id: int, artifact_uri: str, points: PreparedPoints) -> tuple[int, list[str]]:
+        # The first statements are made before the writer is asked, so that slow sources
+        # do not hold up the other runs' rows.
+        inserts = metric_inserts(run.run_id, points, self._config.sqlite_ahead_points)
 
-    def lookup_run(self, source_run_id: SourceRunId, target_experiment_id: TargetExperimentId) -> TargetRunId | None:
-        rows = self._read("SELECT run_uuid FROM runs WHERE run_uuid = ?", (source_run_id,))
-        return TargetRunId(rows[0][0]) if rows else None
+        def write_rows(cursor: sqlite3.Cursor) -> int:
+            self._rows.insert_run(cursor, run, exp_id, artifact_uri)
+            self._rows.insert_inputs(cursor, run.run_id, run.inputs, exp_id)
+            return insert_points(cursor, run.run_id, points, inserts)
 
-    def _experiment_artifact_location(self, exp_id: int) -> str | None:
-        location = self._artifact_locations.get(exp_id)
-        if location is None:
-            rows = self._read("SELECT artifact_location FROM experiments WHERE experiment_id = ?", (exp_id,))
-            if not rows:
-                return None
-            location = self._artifact_locations[exp_id] = rows[0][0]
-        return location
-
-    def put_run(
-        self, run: Run, target_experiment_id: TargetExperimentId, content: RunContent
-    ) -> RunWriteResult:
-        self._check_writable()
-        exp_id = int(target_experiment_id)
-        location = self._experiment_artifact_location(exp_id)
-        if location is None:
-            raise UnitError(f"run {run.run_id}: target experiment {exp_id} does not exist")
-        if self.find_run(run, target_experiment_id) is not None:
-            raise UnitError(f"run {run.run_id} already exists in {self.uri}")
-        artifact_uri = append_to_uri_path(location, run.run_id, "artifacts")
-        result = RunWriteResult(target_run_id=TargetRunId(run.run_id))
-
-        # Artifacts and metrics are read from the source before the writer is asked, so
-        # slow sources do not hold up the other runs' rows.
-        files = list(content.artifact_files())
-        folder = self._unit_folder(artifact_uri, run.run_id, files)
-        if files:
-            self._folders.write(run.run_id, folder, content, files, result)
-        elif folder is not None:
-            self._folders.refuse_foreign(run.run_id, folder)
-        try:
-            in_memory, ahead = self._config.sqlite_in_memory_points, self._config.sqlite_ahead_points
-            with prepare_points(content.metric_batches(), self.state_dir(), in_memory) as points:
-                inserts = metric_inserts(run.run_id, points, ahead)
-
-                def write_rows(cursor: sqlite3.Cursor) -> int:
-                    self._rows.insert_run(cursor, run, exp_id, artifact_uri)
-                    self._rows.insert_inputs(cursor, run.run_id, run.inputs, exp_id)
-                    return insert_points(cursor, run.run_id, points, inserts)
-
-                try:
-                    result.metric_points = self._writer.write(write_rows)
-                except (sqlite3.Error, CommitError) as exc:
-                    raise _write_error(exc, f"run {run.run_id}", self.path) from None
-        except BaseException:
-            if files:
-                self._folders.undo(run.run_id, folder)
-            raise
-        if files:
-            self._folders.committed(run.run_id)
-        loss = collapsed_loss(points, result.metric_points)
-        if loss is not None:
-            result.losses.append(loss)
-        return result
+        return self._write(write_rows, f"run {run.run_id}"), []
 
 
 def refuse_running_server(path: Path) -> None:
