@@ -39,7 +39,7 @@ def plan_command(source, plan_path, shards, selection):
 
 
 def shard_options(command):
-    """--plan PLAN and --shard K, handed to the command as `shard` (None without --plan)."""
+    """--plan PLAN and --shard K, handed to the command as plan_path and shard_number."""
     command = click.option(
         "--shard", "shard_number", type=click.IntRange(min=0), default=None, metavar="K",
         help=f"Which shard of --plan to run (default: ${INDEX_VARIABLE}, as a Kubernetes Indexed Job sets it).",
@@ -67,7 +67,7 @@ def planned_source(plan_path: str, shard_number: int | None, first: str, second:
 def everything(plan: ShardPlan) -> dict:
     """The selection a shard runs with: all the ShardSource shows (the plan selected)."""
     options = {"experiments": (), "run_ids": (), "include_deleted": True, "filter_string": None}
-    if "trace" in getattr(plan.selection, "leave_kinds", ()):
+    if "trace" in plan.selection.leave_kinds:
         options["no_traces"] = True
     return options
 

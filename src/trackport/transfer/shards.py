@@ -112,24 +112,20 @@ def make_plan(source: SourceStore, selection: Selection, shards: int) -> ShardPl
     loads: list[tuple[int, int]] = [(0, k) for k in range(shards)]  # (weight, shard index), a heap
     dealt: list[list[str]] = [[] for _ in range(shards)]
     totals = [0] * shards
-    for family in sorted(families, key=lambda f: (-sum(weights[r] for r in f), f[0])):
-        weight, k = heapq.heappop(loads)
+    weighed = [(sum(weights[r] for r in family), family) for family in families]
+    for weight, family in sorted(weighed, key=lambda wf: (-wf[0], wf[1][0])):
+        total, k = heapq.heappop(loads)
         dealt[k] += family
-        totals[k] = weight + sum(weights[r] for r in family)
+        totals[k] = total + weight
         heapq.heappush(loads, (totals[k], k))
     experiment_of = {r.run_id: r.experiment_id for r in runs}
-    with_runs = {experiment_of[r] for ids in dealt for r in ids}
+    with_runs = set(experiment_of.values())
     empty = [e.experiment_id for e in experiments if e.experiment_id not in with_runs]
     order = {r.run_id: i for i, r in enumerate(runs)}  # the listing's order: parents first
+    ordered = [sorted(ids, key=order.__getitem__) for ids in dealt]
     built = tuple(
-        Shard(
-            index=k,
-            run_ids=tuple(sorted(ids, key=order.__getitem__)),
-            experiment_ids=tuple(dict.fromkeys([experiment_of[r] for r in sorted(ids, key=order.__getitem__)]
-                                               + (empty if k == 0 else []))),
-            weight=totals[k],
-        )
-        for k, ids in enumerate(dealt)
+        Shard(k, tuple(ids), tuple(dict.fromkeys([experiment_of[r] for r in ids] + (empty if k == 0 else []))), totals[k])
+        for k, ids in enumerate(ordered)
     )
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     digest = hashlib.sha256(json.dumps([source.describe().uri, created, [s.run_ids for s in built]]).encode())
