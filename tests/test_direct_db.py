@@ -175,8 +175,11 @@ def test_traces_a_database_holds_are_declared_not_read(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'traced.db'}"
     mlflow.set_tracking_uri(uri)
     try:
-        experiment = mlflow.set_experiment("traced")
-        with mlflow.start_run(experiment_id=experiment.experiment_id):
+        # Not mlflow.set_experiment: it sets the process's active experiment (and
+        # MLFLOW_EXPERIMENT_ID) for every later test; the environment is restored here.
+        experiment_id = mlflow.MlflowClient(uri).create_experiment("traced")
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+        with mlflow.start_run(experiment_id=experiment_id):
             mlflow.log_param("p", "1")
         with mlflow.start_span("answer") as span:
             span.set_inputs({"q": "?"})
