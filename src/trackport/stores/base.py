@@ -314,3 +314,10 @@ LONG_VALUE_POLICIES = ("error", "truncate")
 # What a sink does with a registered model of the same name the target holds and trackport did
 # not write (SinkStore.on_existing_model): fail its versions, skip them, append them.
 EXISTING_MODEL_POLICIES = ("fail", "skip", "append")
+
+
+def existing_model_policy(value: str) -> str:
+    """value, checked: what a sink does with a registered model it did not write."""
+    if value not in EXISTING_MODEL_POLICIES:
+        raise ValueError(f"on_existing_model must be one of {EXISTING_MODEL_POLICIES}, not {value!r}")
+    return value

@@ -42,7 +42,7 @@ from trackport.provenance import (
     rewrite_tag,
 )
 from trackport.stores.base import (
-    EXISTING_MODEL_POLICIES,
+    existing_model_policy,
     LONG_VALUE_POLICIES,
     ExperimentWriteResult,
     RunContent,
@@ -96,9 +96,7 @@ class RestSink(RestRegistrySink, RestTracesSink, RestPatcher, SinkStore):
     ) -> None:
         if on_long_value not in LONG_VALUE_POLICIES:
             raise ValueError(f"on_long_value must be one of {LONG_VALUE_POLICIES}, not {on_long_value!r}")
-        if on_existing_model not in EXISTING_MODEL_POLICIES:
-            raise ValueError(f"on_existing_model must be one of {EXISTING_MODEL_POLICIES}, not {on_existing_model!r}")
-        self.on_existing_model = on_existing_model
+        self.on_existing_model = existing_model_policy(on_existing_model)
         self.client = client
         self.uri = uri
         self.info = info

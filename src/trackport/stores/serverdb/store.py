@@ -27,7 +27,7 @@ from trackport.domain import Capabilities, Experiment, Run, TargetExperimentId
 from trackport.errors import BadInputError, TrackportError, UnitError
 from trackport.locking import TargetLock
 from trackport.stores.base import (
-    EXISTING_MODEL_POLICIES,
+    existing_model_policy,
     ExperimentWriteResult,
     SinkStore,
     StoreDescription,
@@ -76,9 +76,7 @@ class ServerDatabaseSink(SqlRunWriting, ModelWriting, SinkStore):
         config: TransferConfig = DEFAULT,
         server_stopped: bool = False,
     ) -> None:
-        if on_existing_model not in EXISTING_MODEL_POLICIES:
-            raise ValueError(f"on_existing_model must be one of {EXISTING_MODEL_POLICIES}, not {on_existing_model!r}")
-        self.on_existing_model = on_existing_model
+        self.on_existing_model = existing_model_policy(on_existing_model)
         self.on_long_value = on_long_value
         bare, destination = split_uri_options(uri)
         self._target: Target = parse_target(bare)

@@ -38,7 +38,7 @@ from trackport._files import fsync_dir
 from trackport.errors import BadInputError, UnitError, storage_error
 from trackport.locking import TargetLock
 from trackport.stores.base import (
-    EXISTING_MODEL_POLICIES,
+    existing_model_policy,
     ExperimentWriteResult,
     SinkStore,
     StoreDescription,
@@ -87,9 +87,7 @@ class SqliteStore(SqliteSource, SqlRunWriting, ModelWriting, SqlitePatching, Sin
         config: TransferConfig = DEFAULT,
         server_stopped: bool = False,
     ) -> None:
-        if on_existing_model not in EXISTING_MODEL_POLICIES:
-            raise ValueError(f"on_existing_model must be one of {EXISTING_MODEL_POLICIES}, not {on_existing_model!r}")
-        self.on_existing_model = on_existing_model
+        self.on_existing_model = existing_model_policy(on_existing_model)
         bare, artifacts_destination = split_uri_options(uri)
         path = sqlite_path_from_uri(bare)
         self._writer: GroupCommitWriter | None = None
