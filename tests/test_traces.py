@@ -228,3 +228,43 @@ def test_verify_compares_traces_and_no_traces_leaves_them(servers, copied, tmp_p
     assert left.exit_code == 0, left.output
     missing = runner.invoke(cli, ["verify", source, str(without), "--experiment", EXPERIMENT])
     assert missing.exit_code != 0 and "trace" in missing.output
+
+
+def test_the_bundle_keeps_spans_in_parquet_that_duckdb_rebuilds_tree_by_tree(sample, expected, bundle):
+    """The export's spans are one Parquet file per experiment (format 1.5): one recursive
+    DuckDB query per trace gives its tree as the source server has it, and every span's
+    name, times, status and attributes."""
+    import duckdb
+
+    files = list(bundle.glob("experiments/*/spans.parquet"))
+    assert len(files) == 1
+    con = duckdb.connect()
+    tree = """
+        with recursive tree(span_id, parent_span_id, depth) as (
+            select span_id, parent_span_id, 0 from read_parquet($file) where trace_id = $trace and parent_span_id is null
+          union all
+            select s.span_id, s.parent_span_id, t.depth + 1
+            from read_parquet($file) s join tree t on s.parent_span_id = t.span_id where s.trace_id = $trace
+        ) select span_id, parent_span_id, depth from tree order by span_id"""
+    for trace_id, want in expected.items():
+        spans = {_hex(s["span_id"]): {**s, "parent_span_id": _hex(s["parent_span_id"])} for s in want["spans"]}
+        got = con.execute(tree, {"file": str(files[0]), "trace": trace_id}).fetchall()
+        assert [(s, p) for s, p, _ in got] == sorted((s, x["parent_span_id"]) for s, x in spans.items()), trace_id
+        for s, _, depth in got:
+            parent, steps = spans[s]["parent_span_id"], 0
+            while parent:
+                parent, steps = spans[parent]["parent_span_id"], steps + 1
+            assert depth == steps
+        rows = con.execute("select span_id, name, start_time_ns, end_time_ns, status_code, attributes from read_parquet($file)"
+                           " where trace_id = $trace", {"file": str(files[0]), "trace": trace_id}).fetchall()
+        for span_id, name, start, end, code, attributes in rows:
+            assert (name, start, end) == (spans[span_id]["name"], spans[span_id]["start_time_unix_nano"], spans[span_id]["end_time_unix_nano"])
+            assert code == spans[span_id]["status"]["code"]
+            assert json.loads(attributes) == spans[span_id]["attributes"]
+
+
+def _hex(b64: str | None) -> str | None:
+    """A span id as MLflow's span.to_dict() gives it (base64) in the hex the bundle keeps."""
+    import base64
+
+    return base64.b64decode(b64).hex() if b64 else None

@@ -117,7 +117,7 @@ MODEL_VERSION = register(UnitKind(
     schema=_schema("model-version"), scope="workspace",
     compare_ignores=("creation_timestamp", "last_updated_timestamp", "user_id", "source", "deleted_after"),
 ))
-# MLflow 3's traces (trackport.traces builds their units): spans inside the body for now.
+# MLflow 3's traces (trackport.traces builds their units; a bundle keeps spans in Parquet: bundle/spans.py).
 TRACE = register(UnitKind(
     "trace", "traces", depends_on=("experiment", "run", "logged_model"), schema=_schema("trace"),
     compare_ignores=("spans_location", "artifact_location", "info_finalized"),

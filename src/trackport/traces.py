@@ -10,9 +10,8 @@ neither. The JSON Schema of the body is schemas/trace.schema.json.
 
 Spans travel inside the body, one object per span in the form MLflow keeps in a trace
 artifact (`traces.json`), with hex ids: span id, parent span id, name, start and end
-(ns), status, attributes (each value the JSON text MLflow stores) and events. The
-columnar form the issue asks for (one Parquet file of spans per experiment) is a later
-step of the bundle writer; this form is its row source.
+(ns), status, attributes (each value the JSON text MLflow stores) and events. A bundle
+keeps them in one Parquet file per experiment (bundle/spans.py), rows of this form.
 """
 from __future__ import annotations
 

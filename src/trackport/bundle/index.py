@@ -19,6 +19,7 @@ from trackport.bundle.layout import (
     MANIFEST_FILE,
     ROOT_FILE,
     RUNS_DIR,
+    SPANS_FILE,
     UNITS_DIR,
     is_component,
     unit_id_of,
@@ -94,6 +95,7 @@ class BundleIndex:
     units: dict[str | None, dict[str, dict[str, ManifestEntry]]] = field(default_factory=dict)  # exp (None: workspace) -> kind -> name -> entry
     # The files of units of kinds with files: (exp or None, kind, name) -> {path inside its folder: entry}
     unit_files: dict[tuple[str | None, str, str], dict[str, ManifestEntry]] = field(default_factory=dict)
+    span_files: dict[str, ManifestEntry] = field(default_factory=dict)  # experiments/<E>/spans.parquet (1.5) -> entry
     problems: list[Problem] = field(default_factory=list)  # of the manifest itself: all bundle-wide
     files: BundleFiles | None = None  # where the listed files are read (bundle/location.py); root by default
 
@@ -179,6 +181,9 @@ def _add(index: BundleIndex, entry: ManifestEntry, start: int, end: int, current
         return None
     unit = unit_of(entry.path)
     if unit is None:
+        parts = entry.path.split("/")
+        if len(parts) == 3 and parts[0] == EXPERIMENTS_DIR and parts[2] == SPANS_FILE and is_component(parts[1]):
+            index.span_files[entry.path] = entry
         return None
     parts = entry.path.split("/")
     kind, unit_id = unit

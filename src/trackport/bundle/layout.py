@@ -18,7 +18,7 @@ from trackport._files import check_component, write_bytes_atomic
 from trackport.bundle.documents import dumps
 
 FORMAT_NAME = "trackport-bundle"
-FORMAT_VERSION = "1.4"
+FORMAT_VERSION = "1.5"
 FORMAT_MAJOR = 1
 
 ROOT_FILE = "trackport-bundle.json"
@@ -29,6 +29,7 @@ EXPERIMENT_FILE = "experiment.json"
 RUNS_DIR = "runs"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.parquet"
+SPANS_FILE = "spans.parquet"  # experiments/<E>/spans.parquet: its traces' spans (1.5; bundle/spans.py)
 ARTIFACTS_DIR = "artifacts"
 # experiments/<E>/units/<kind name>/<unit file name>.json, and units/<kind name>/<unit file
 # name>.json for the kinds of the whole workspace (format 1.2); the files of a unit of a kind
@@ -157,3 +158,8 @@ def walk_files(root: Path) -> Iterator[tuple[str, os.DirEntry]]:
                 yield prefix + key, entry
 
     yield from walk(str(root), "")
+
+
+def natural_key(text: str) -> list:
+    """A sort key reading runs of digits as numbers (units are listed in this order)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]

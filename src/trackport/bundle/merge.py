@@ -18,9 +18,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trackport.bundle import descriptor
+from trackport.bundle import descriptor, spans
 from trackport.bundle.layout import (
-    EXPERIMENT_FILE, EXPERIMENTS_DIR, MANIFEST_FILE, ROOT_FILE, TRANSFER_DIR, UNITS_DIR, write_json_atomic,
+    EXPERIMENT_FILE, EXPERIMENTS_DIR, MANIFEST_FILE, ROOT_FILE, SPANS_FILE, TRANSFER_DIR, UNITS_DIR, write_json_atomic,
 )
 from trackport.bundle.manifest import parse_line, write_manifest
 from trackport.errors import BadInputError
@@ -66,9 +66,13 @@ def merge_parts(
     staging.mkdir(parents=True)
     result = MergeResult(out, len(parts))
     taken: dict[str, tuple[int, str, int]] = {}  # path -> (size, sha256, shard)
+    spans_parts: dict[str, list[Path]] = {}  # experiments/<E>/spans.parquet -> the parts' files
     for k, part in enumerate(by_shard + registries):  # the registry's part last: it refers to the shards' runs
         for rel, (size, sha) in part.entries.items():
             if rel in (ROOT_FILE, MANIFEST_FILE) or rel.startswith(TRANSFER_DIR + "/"):
+                continue
+            if _is_spans_file(rel):  # each part's spans of the experiment's traces: one file made of them below
+                spans_parts.setdefault(rel, []).append(part.path / rel)
                 continue
             held = taken.get(rel)
             if held is not None:
@@ -78,6 +82,9 @@ def merge_parts(
             taken[rel] = (size, sha, k)
             result.linked += _link_or_copy(part.path / rel, staging / rel)
             result.files += 1
+    for rel, files in spans_parts.items():
+        spans.consolidate((staging / rel).parent, files, force=True)
+        result.files += 1
     (staging / TRANSFER_DIR).mkdir(exist_ok=True)
     for name in _CONCATENATED:
         with open(staging / TRANSFER_DIR / name, "wb") as joined:
@@ -180,3 +187,8 @@ def _counts(parts: list[Part], taken: dict) -> dict:
             counts[key] = counts.get(key, 0) + value
     counts["experiments"] = sum(1 for rel in taken if rel.count("/") == 2 and rel.endswith("/" + EXPERIMENT_FILE))
     return counts
+
+
+def _is_spans_file(rel: str) -> bool:
+    parts = rel.split("/")
+    return len(parts) == 3 and parts[0] == EXPERIMENTS_DIR and parts[2] == SPANS_FILE

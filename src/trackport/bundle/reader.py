@@ -21,7 +21,6 @@ the unit).
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections import OrderedDict
 from contextlib import ExitStack
@@ -34,15 +33,16 @@ from trackport._files import CHUNK_SIZE, check_component, check_relpath, sha256_
 from trackport.config import DEFAULT
 from trackport.domain import ArtifactFile, Experiment, Run
 from trackport.errors import BadInputError, UnitError
-from trackport.kinds import Unit, UnitKind
+from trackport.kinds import TRACE, Unit, UnitKind
 from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
 from trackport.selection import resolve_experiments, run_order, select_runs
-from trackport.bundle import chain, descriptor, validator
+from trackport.bundle import chain, descriptor, spans, validator
 from trackport.bundle.checked_stream import CheckedArtifact
 from trackport.bundle.documents import short
 from trackport.bundle.index import BundleIndex, Problem, read_index
 from trackport.bundle.location import BundleFiles
 from trackport.bundle.layout import MANIFEST_FILE, unit_id_from_name
+from trackport.bundle.layout import natural_key as _natural
 from trackport.bundle.validator import Refused, RunPlan, UnitPlan
 
 
@@ -239,8 +239,11 @@ class BundleSource(SourceStore):
         against kind.schema, when the kind has one."""
         experiment_id = None if experiment is None else experiment.experiment_id
         names = self._index.units.get(experiment_id, {}).get(kind.name, {})
-        for name in sorted(names, key=lambda n: _natural(unit_id_from_name(n))):
-            plan, problems = validator.check_unit(self._index, experiment_id, kind.name, name, kind.schema)
+        checked = ((n, *validator.check_unit(self._index, experiment_id, kind.name, n, kind.schema))
+                   for n in sorted(names, key=lambda n: _natural(unit_id_from_name(n))))
+        if kind.name == TRACE.name and experiment_id is not None:  # spans in the experiment's Parquet file (1.5)
+            checked = spans.attach(self._index, experiment_id, checked, kind.schema)
+        for name, plan, problems in checked:
             if plan is None or problems:
                 yield Unreadable(kind.name, unit_id_from_name(name), self._message(problems[0]))
                 continue
@@ -273,8 +276,3 @@ class BundleSource(SourceStore):
             with self.open_unit_artifact(unit, artifact.path) as stream:
                 while stream.read(CHUNK_SIZE):
                     pass
-
-
-def _natural(text: str) -> list:
-    """A sort key reading runs of digits as numbers."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from trackport import kinds
 from trackport.errors import BadInputError
-from trackport.bundle import chain, schemas, validator
+from trackport.bundle import chain, schemas, spans, validator
 from trackport.bundle.descriptor import check_root
 from trackport.bundle.documents import loads
 from trackport.bundle.index import BundleIndex, Problem, read_index, unit_of
 from trackport.bundle.location import BundleFiles
-from trackport.bundle.layout import MANIFEST_FILE, ROOT_FILE, TRANSFER_DIR
+from trackport.bundle.layout import MANIFEST_FILE, ROOT_FILE, TRANSFER_DIR, natural_key, unit_id_from_name
 from trackport.bundle.validator import Refused
 
 CHECK_THREADS = 8
@@ -216,8 +216,12 @@ def _check_documents(index: BundleIndex, report: VerifyReport, links: dict) -> N
     for experiment_id, by_kind in index.units.items():
         for kind_name, units in by_kind.items():
             schema = kinds.kind(kind_name).schema  # None for a kind this trackport does not know
-            for unit_id in units:
-                report.extend(validator.check_unit(index, experiment_id, kind_name, unit_id, schema)[1])
+            ordered = sorted(units, key=lambda u: natural_key(unit_id_from_name(u)))  # as the reader lists them
+            checked = ((u, *validator.check_unit(index, experiment_id, kind_name, u, schema)) for u in ordered)
+            if kind_name == kinds.TRACE.name and experiment_id is not None:  # and their spans file, read through (1.5)
+                checked = spans.attach(index, experiment_id, checked, schema)
+            for _, _, problems in checked:
+                report.extend(problems)
 
 
 def _jsonl_schema_for(rel: str) -> str | None:

@@ -34,7 +34,7 @@ from trackport import kinds
 from trackport._files import check_component, copy_stream, fsync_dir, is_temp_name, safe_join, temp_name
 from trackport._files import write_bytes_atomic
 from trackport.kinds import Unit
-from trackport.bundle import descriptor, schemas
+from trackport.bundle import descriptor, schemas, spans
 from trackport.bundle.documents import dumps, experiment_doc, run_doc, short, unit_doc
 from trackport.bundle.layout import (
     ARTIFACTS_DIR,
@@ -171,6 +171,7 @@ class BundleSink(SinkStore):
         root_doc = self._root_doc or descriptor.load_root(self.path)
         self._remove_stale_temps()
         try:
+            spans.consolidate_all(self.path)  # traces' spans into each experiment's Parquet file (1.5)
             root_doc = dict(root_doc, format_version=descriptor.newest_version(root_doc), counts=self._count())
             root_doc.setdefault("bundle_id", uuid.uuid4().hex)  # a bundle of format 1.3 added to
             write_json_atomic(self.path / ROOT_FILE, root_doc)
