@@ -93,12 +93,26 @@ def plan_experiments(source: SourceStore, selection: Selection, *, holds_more: b
         raise BadInputError(f"{where}: the selected experiments are deleted ({names}); add --include-deleted")
     if not selection.experiments and not any(
         isinstance(e, Unreadable) or next(iter(runs_of(source, e, selection)), None) for e in taken
-    ):
+    ) and not (not selection.narrows_runs and any(_holds_units(source, e, selection) for e in taken)):
         raise BadInputError(
             f"{where}: the store holds no runs to transfer"
             + ("" if selection.include_deleted else " (add --include-deleted for deleted ones)")
         )
     return planned
+
+
+def _holds_units(source: SourceStore, experiment: Experiment, selection: Selection) -> bool:
+    """Whether the experiment holds units of a kind beyond runs (traces of a GenAI workspace
+    with no runs at all): its first unit of each kind, read until one is found."""
+    for unit_type in unit_types()[1:]:
+        listing = unit_type.listing(source, experiment, dataclasses.replace(selection, include_deleted=True))
+        if listing is not None:
+            try:
+                if next(iter(listing), None) is not None:
+                    return True
+            finally:
+                getattr(listing, "close", lambda: None)()
+    return False
 
 
 def declared_losses(source: SourceStore, sink: SinkStore) -> list[str]:

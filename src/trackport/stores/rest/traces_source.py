@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 
 from trackport.config import TransferConfig
@@ -75,11 +76,18 @@ class RestTracesSource:
             first = next(pages)
         except (NotFoundError, BadInputError):  # a server before MLflow 3 has no v3 trace API
             return
-        with ThreadPoolExecutor(max_workers=max(1, self._config.workers), thread_name_prefix="trackport-traces") as pool:
+        workers = max(1, self._config.workers)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trackport-traces") as pool:
+            window: deque[Future] = deque()  # traces read ahead, in order: bounded (a listing stopped early waits for few)
             for answer in itertools.chain([first], pages):
-                for unit in pool.map(self._read_trace, answer.get("traces") or ()):
-                    if unit is not None:
-                        yield unit
+                for info in answer.get("traces") or ():
+                    window.append(pool.submit(self._read_trace, info))
+                    while len(window) > 2 * workers:
+                        if (unit := window.popleft().result()) is not None:
+                            yield unit
+            while window:
+                if (unit := window.popleft().result()) is not None:
+                    yield unit
 
     def _read_trace(self, info: Any) -> Unit | Unreadable | None:
         """One listed trace with its spans; None when it was deleted since it was listed."""
