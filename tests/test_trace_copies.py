@@ -17,7 +17,9 @@ import pytest
 from click.testing import CliRunner
 from test_resume import _trackport_command, kill_and_rerun
 
+from trackport import kinds
 from trackport.bundle import BundleSink, verify_bundle
+from trackport.bundle.reader import BundleSource
 from trackport.cli.main import cli
 from trackport.domain import Experiment
 from trackport.opening import open_sink
@@ -163,3 +165,47 @@ def test_an_export_killed_half_way_resumes_with_every_trace_once(loaded, trace_b
     assert len(list(bundle.glob("experiments/*/units/trace/*.json"))) == TRACES
     verified = CliRunner().invoke(cli, ["verify", server.url, str(bundle), "--level", "full"])
     assert verified.exit_code == 0, verified.output[-3000:]
+
+
+def _documents(bundle: Path) -> set[str]:
+    return {p.stem for p in bundle.glob("experiments/*/units/trace/*.json")}
+
+
+def test_trace_filter_and_traces_since_take_some_traces_and_count_the_rest(loaded, trace_bundle, tmp_path):
+    """--trace-filter goes to the server's v3 search, --traces-since is the trace's request
+    time: the traces left out are counted as not selected, and verify with the same options
+    is clean. Trace t is requested t hours after BASE_MS; even t are tagged group=even."""
+    server = loaded[0]
+    by_name = {}
+    with BundleSource(trace_bundle) as source:
+        experiment = next(iter(source.list_experiments(Selection(include_deleted=True))))
+        by_name = {u.name: u.unit_id for u in source.iter_units(kinds.TRACE, experiment)}
+    since = BASE_MS + 60 * 3_600_000
+    options = ["--trace-filter", "tag.group = 'even'", "--traces-since", str(since)]
+    bundle = tmp_path / "some"
+    exported = CliRunner().invoke(cli, ["export", server.url, str(bundle), "--json", *options])
+    assert exported.exit_code == 0, exported.output[-3000:]
+    counts = _counts(exported)
+    assert (counts["done"], counts["not_selected"], counts["failed"]) == (10, TRACES - 10, 0), counts
+    assert _documents(bundle) == {by_name[f"t{t}"] for t in range(60, TRACES, 2)}
+    assert sum(_bundle_traces(bundle).values()) == 10 * SPANS
+    verified = CliRunner().invoke(cli, ["verify", server.url, str(bundle), *options])
+    assert verified.exit_code == 0, verified.output[-3000:]
+    missing = CliRunner().invoke(cli, ["verify", server.url, str(bundle)])  # without them: the others are missing
+    assert missing.exit_code != 0
+
+    # --traces-since from a bundle (any source): by each trace's request time
+    later = tmp_path / "later"
+    copied = CliRunner().invoke(cli, ["export", str(trace_bundle), str(later), "--json", "--traces-since", str(BASE_MS + 75 * 3_600_000)])
+    assert copied.exit_code == 0, copied.output[-3000:]
+    assert _counts(copied)["not_selected"] == 75 and _documents(later) == {by_name[f"t{t}"] for t in range(75, TRACES)}
+
+
+def test_a_trace_filter_the_source_cannot_apply_is_refused_before_writing(loaded, trace_bundle, tmp_path):
+    server = loaded[0]
+    for source, filter_string, says in ((str(trace_bundle), "tag.group = 'even'", "only a tracking server"),
+                                        (server.url, "tag.group === nonsense", "the server refused it")):
+        target = tmp_path / "refused"
+        refused = CliRunner().invoke(cli, ["export", source, str(target), "--trace-filter", filter_string])
+        assert refused.exit_code == 3, refused.output[-3000:]  # bad input
+        assert says in refused.output and not target.exists()

@@ -14,7 +14,7 @@ from trackport.stores.base import EXISTING_MODEL_POLICIES, LONG_VALUE_POLICIES
 
 SELECTION_NAMES = (
     "experiments", "run_ids", "include_deleted", "filter_string", "models", "models_only", "status", "created_after", "created_before",
-    "since", "no_traces",
+    "since", "no_traces", "trace_filter", "traces_since",
 )
 STATUSES = ("active", "deleted", "all")
 
@@ -99,6 +99,15 @@ def selection_options(command):
         " --filter narrow the transfer to some runs).",
     )(command)
     command = run_filter_options(command)
+    command = click.option(
+        "--traces-since", type=Time(), default=None, metavar="TIME",
+        help="Only the traces requested at or after TIME (epoch ms or an ISO date, as --since); the others are counted as not selected.",
+    )(command)
+    command = click.option(
+        "--trace-filter", default=None, metavar="FILTER",
+        help="Only the traces MLflow's trace search finds with FILTER (its syntax: \"tag.team = 'x'\", \"trace.status = 'OK'\","
+        " \"trace.timestamp_ms > 1767225600000\"; applied by the source tracking server); the others are counted as not selected.",
+    )(command)
     command = click.option(
         "--no-traces", is_flag=True, help="Leave the experiments' traces where they are (default: traces move with their experiments)."
     )(command)

@@ -79,7 +79,7 @@ def transfer_config(workers: int) -> TransferConfig:
 
 def resolve_selection(
     source: SourceStore, experiments, run_ids, include_deleted, filter_string, models=(), models_only=False,
-    status=None, created_after=None, created_before=None, since=None, no_traces=False,
+    status=None, created_after=None, created_before=None, since=None, no_traces=False, trace_filter=None, traces_since=None,
 ) -> Selection:
     """A bundle source takes deleted units unless told otherwise (it holds what its export
     selected); a store leaves them out unless asked. --status all is --include-deleted,
@@ -90,12 +90,14 @@ def resolve_selection(
     if status is not None:
         include_deleted = status != "active"
     deleted = source.takes_deleted_by_default if include_deleted is None else include_deleted
+    if no_traces and (trace_filter or traces_since is not None):
+        raise click.UsageError("--no-traces leaves every trace; --trace-filter and --traces-since choose some: give one of them")
     if created_after is not None and created_before is not None and created_after > created_before:
         raise click.UsageError("--created-after is later than --created-before: no run can match")
     return Selection(
         tuple(experiments), tuple(run_ids), deleted, filter_string or None, tuple(models), bool(models_only),
         created_after=created_after, created_before=created_before, deleted_only=status == "deleted", changed_since=since,
-        leave_kinds=("trace",) if no_traces else (),
+        leave_kinds=("trace",) if no_traces else (), trace_filter=trace_filter or None, traces_since=traces_since,
     )
 
 

@@ -54,6 +54,11 @@ class Selection:
     # Kinds of units it leaves where they are (`--no-traces`: ("trace",)): not listed, not
     # moved, not compared.
     leave_kinds: tuple[str, ...] = ()
+    # Traces (`--trace-filter`): MLflow's trace search filter, applied by a tracking server's
+    # v3 search; (`--traces-since`) traces requested at or after this time, epoch ms. The
+    # traces left out are counted as not selected (NotSelected in the listing).
+    trace_filter: str | None = None
+    traces_since: int | None = None
 
     def to_json(self) -> dict:
         return {
@@ -68,6 +73,8 @@ class Selection:
             "deleted_only": self.deleted_only,
             "changed_since": self.changed_since,
             "leave_kinds": list(self.leave_kinds),
+            "trace_filter": self.trace_filter,
+            "traces_since": self.traces_since,
         }
 
     @property
@@ -114,6 +121,20 @@ class Unreadable:
     kind: str  # "experiment" | "run"
     source_id: str
     reason: str
+
+
+@dataclass(frozen=True)
+class NotSelected:
+    """A unit a listing leaves out by the selection (a trace --trace-filter does not match):
+    yielded in its place, so the engine counts it as not selected, with the reason."""
+
+    kind: str
+    source_id: str
+    name: str
+    reason: str
+
+
+TRACES_BEFORE = "requested before --traces-since"
 
 
 class SourceStore(ABC):
@@ -199,10 +220,41 @@ def read_units(source: SourceStore, kind: UnitKind, experiment: Experiment | Non
     the selection leaves the kind."""
     if kind.name in everything.leave_kinds:
         return None
+    if kind.name == "trace" and (everything.trace_filter is not None or everything.traces_since is not None):
+        return _selected_traces(source, experiment, everything)
     if hasattr(source, "iter_units"):
         return source.iter_units(kind, experiment)
     read = getattr(source, f"iter_{kind.plural}", None)
     return None if read is None else read(everything if experiment is None else experiment)
+
+
+def _selected_traces(source: SourceStore, experiment: Experiment | None, selection: Selection) -> Iterator[Any] | None:
+    """An experiment's traces as --trace-filter and --traces-since take them: a source that
+    searches traces (a tracking server: iter_traces(experiment, selection)) applies both; from
+    any other, --traces-since is applied to each trace's request time and --trace-filter,
+    MLflow's own search syntax, is refused."""
+    from trackport.errors import BadInputError
+    from trackport.kinds import kind as kind_named
+
+    if experiment is None:
+        return None
+    read = getattr(source, "iter_traces", None)
+    if read is not None and getattr(source, "searches_traces", False):
+        return read(experiment, selection)
+    if selection.trace_filter is not None:
+        raise BadInputError(
+            f"{source.describe().uri}: --trace-filter is MLflow's trace search, which only a tracking server applies;"
+            " use --traces-since, or copy from the server"
+        )
+    listing = source.iter_units(kind_named("trace"), experiment) if hasattr(source, "iter_units") else (read and read(experiment))
+    if listing is None:
+        return None
+    since = selection.traces_since
+    return (
+        NotSelected(u.kind, u.unit_id, u.name, TRACES_BEFORE)
+        if not isinstance(u, Unreadable) and u.body.get("request_time", 0) < since else u
+        for u in listing
+    )
 
 
 class RunContent(Protocol):

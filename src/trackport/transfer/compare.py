@@ -6,6 +6,7 @@ assigned new ids.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass, fields
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trackport.domain import DELETED, METRIC_SCHEMA, PARENT_RUN_ID_TAG, Experiment, Run
-from trackport.stores.base import Selection, SourceStore, Unreadable
+from trackport.stores.base import NotSelected, Selection, SourceStore, Unreadable
 from trackport.renames import Renames
 from trackport.selection import runs_of, select_workspace_units, takes_registry
 from trackport.transfer.compare_units import compare_units, sha256_of
@@ -146,10 +147,13 @@ def _compare_units(
     """Units of the other registered kinds (the workspace's when experiment is None):
     transfer/compare_units.py; registered models expected under their new names."""
     everything = Selection(include_deleted=True, leave_kinds=selection.leave_kinds)
+    # the expected side's traces as --trace-filter / --traces-since take them (NotSelected: left out)
+    taken = dataclasses.replace(everything, trace_filter=selection.trace_filter, traces_since=selection.traces_since)
     for unit_type in unit_types()[1:] if experiment is not None else workspace_unit_types():
-        mine = unit_type.listing(expected, experiment, selection if experiment is None else everything)
+        mine = unit_type.listing(expected, experiment, selection if experiment is None else taken)
         if mine is None:
             continue
+        mine = (u for u in mine if not isinstance(u, NotSelected))
         if experiment is None:
             mine = select_workspace_units(unit_type.kind, mine, selection)
         else:  # as the engine takes them: deleted ones with include_deleted, with their run when runs are picked

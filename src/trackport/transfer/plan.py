@@ -79,6 +79,9 @@ def plan_experiments(source: SourceStore, selection: Selection, *, holds_more: b
     where = source.describe().uri
     if selection.filter:
         parse(selection.filter)  # a malformed filter is refused before anything is opened for writing
+    if selection.trace_filter is not None and not getattr(source, "searches_traces", False):
+        raise BadInputError(f"{where}: --trace-filter is MLflow's trace search, which only a tracking server applies;"
+                            " use --traces-since, or copy from the server")
     planned = []
     for unit in source.list_experiments(dataclasses.replace(selection, include_deleted=True)):
         deleted = isinstance(unit, Experiment) and unit.lifecycle_stage == DELETED
@@ -91,6 +94,10 @@ def plan_experiments(source: SourceStore, selection: Selection, *, holds_more: b
     if not taken:
         names = ", ".join(repr(p.unit.name) for p in planned[:5])
         raise BadInputError(f"{where}: the selected experiments are deleted ({names}); add --include-deleted")
+    if selection.trace_filter is not None and "trace" not in selection.leave_kinds:
+        for experiment in (e for e in taken if isinstance(e, Experiment)):
+            source.check_trace_filter(experiment, selection.trace_filter)  # a filter the server refuses stops here
+            break
     if not selection.experiments and not any(
         isinstance(e, Unreadable) or next(iter(runs_of(source, e, selection)), None) for e in taken
     ) and not (not selection.narrows_runs and any(_holds_units(source, e, selection) for e in taken)):

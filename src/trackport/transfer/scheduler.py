@@ -22,7 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import TYPE_CHECKING, Any
 
 from trackport.domain import Experiment, TargetExperimentId
-from trackport.stores.base import Unreadable
+from trackport.stores.base import NotSelected, Unreadable
 from trackport import kinds
 from trackport.transfer.plan import DELETED_REASON
 from trackport.transfer.units import Key, UnitType
@@ -85,14 +85,20 @@ class ExperimentUnits:
             self.t.record_unreadable(item)
             self._settle((item.kind, item.source_id), False)
             return
+        if isinstance(item, NotSelected):  # left out by the listing itself (a trace --trace-filter does not match)
+            self._leave_out((item.kind, item.source_id), item.name, item.reason)
+            return
         key = (unit_type.kind.name, unit_type.source_id(item))
         if unit_type.deleted(item) and not self.t.selection.include_deleted:
-            self.t.record_not_selected(key[0], key[1], unit_type.name(item), DELETED_REASON)
-            self.outside.add(key)
-            for waiting in self.waiting_for.pop(key, []):
-                self._release(*waiting)
+            self._leave_out(key, unit_type.name(item), DELETED_REASON)
             return
         self._release(unit_type, item)
+
+    def _leave_out(self, key: Key, name: str, reason: str) -> None:
+        self.t.record_not_selected(key[0], key[1], name, reason)
+        self.outside.add(key)
+        for waiting in self.waiting_for.pop(key, []):
+            self._release(*waiting)
 
     def _release(self, unit_type: UnitType, unit: Any) -> None:
         """Submit the unit, fail it (and the units waiting for it) if a dependency failed,

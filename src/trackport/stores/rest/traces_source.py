@@ -21,7 +21,7 @@ from trackport.config import TransferConfig
 from trackport.domain import Experiment
 from trackport.errors import BadInputError, TransientError
 from trackport.kinds import TRACE, Unit
-from trackport.stores.base import Unreadable
+from trackport.stores.base import TRACES_BEFORE, NotSelected, Selection, Unreadable
 from trackport.stores.rest.http import NotFoundError, RestClient, RestError
 from trackport.traces import (
     SPANS_LOCATION_TAG,
@@ -64,24 +64,57 @@ class RestTracesSource:
     client: RestClient
     _config: TransferConfig
 
-    def iter_traces(self, experiment: Experiment) -> Iterator[Unit | Unreadable]:
-        """The experiment's traces, a page at a time: each page's spans read on
-        config.workers threads, yielded in the server's order."""
+    searches_traces = True  # iter_traces applies a Selection's trace_filter and traces_since
+
+    def _search(self, experiment: Experiment, filter_string: str | None = None) -> Iterator[dict]:
         body = {
             "locations": [{"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment.experiment_id}}],
             "max_results": TRACES_PAGE,
         }
-        pages = self.client.pages("POST", f"{TRACES_API}/search", body)
+        if filter_string is not None:
+            body["filter"] = filter_string
+        return self.client.pages("POST", f"{TRACES_API}/search", body)
+
+    def _matching(self, experiment: Experiment, filter_string: str) -> set[str]:
+        """The ids of the experiment's traces the server's search with that filter finds."""
+        try:
+            return {str(info.get("trace_id")) for page in self._search(experiment, filter_string) for info in page.get("traces") or ()}
+        except (BadInputError, RestError) as e:
+            raise BadInputError(f"--trace-filter {filter_string!r}: the server refused it: {e}") from None
+
+    def check_trace_filter(self, experiment: Experiment, filter_string: str) -> None:
+        """BadInputError (one line) when the server refuses the filter: asked before anything is written."""
+        try:
+            next(self._search(experiment, filter_string), None)
+        except NotFoundError:
+            return  # no v3 trace API: the server holds no traces
+        except (BadInputError, RestError) as e:
+            raise BadInputError(f"--trace-filter {filter_string!r}: the server refused it: {e}") from None
+
+    def iter_traces(self, experiment: Experiment, selection: Selection | None = None) -> Iterator[Unit | Unreadable | NotSelected]:
+        """The experiment's traces, a page at a time: each page's spans read on
+        config.workers threads, yielded in the server's order. With a selection, the traces
+        its trace_filter (the server's search) or traces_since leave out are NotSelected
+        (their spans are not read)."""
+        pages = self._search(experiment)
         try:
             first = next(pages)
         except (NotFoundError, BadInputError):  # a server before MLflow 3 has no v3 trace API
             return
+        matched = None if selection is None or selection.trace_filter is None else self._matching(experiment, selection.trace_filter)
+        since = None if selection is None else selection.traces_since
         workers = max(1, self._config.workers)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trackport-traces") as pool:
             window: deque[Future] = deque()  # traces read ahead, in order: bounded (a listing stopped early waits for few)
             for answer in itertools.chain([first], pages):
                 for info in answer.get("traces") or ():
-                    window.append(pool.submit(self._read_trace, info))
+                    reason = _left_out(info, matched, since)
+                    if reason is None:
+                        window.append(pool.submit(self._read_trace, info))
+                    else:
+                        window.append(Future())
+                        name = str((info.get("tags") or {}).get("mlflow.traceName", ""))
+                        window[-1].set_result(NotSelected(TRACE.name, str(info.get("trace_id")), name, reason))
                     while len(window) > 2 * workers:
                         if (unit := window.popleft().result()) is not None:
                             yield unit
@@ -112,3 +145,12 @@ class RestTracesSource:
         response = self.client.request("GET", TRACE_ARTIFACT, params={"request_id": trace_id})
         data = json.loads(response.content or b"{}")
         return trace_unit(trace_fields(info, [span_from_artifact(s) for s in data.get("spans") or ()]))
+
+
+def _left_out(info: dict, matched: set[str] | None, since: int | None) -> str | None:
+    """Why the selection leaves this listed trace out, None when it takes it."""
+    if matched is not None and str(info.get("trace_id")) not in matched:
+        return "not matched by --trace-filter"
+    if since is not None and (ms_from_timestamp(info.get("request_time")) or 0) < since:
+        return TRACES_BEFORE
+    return None
