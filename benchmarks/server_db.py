@@ -1,11 +1,13 @@
 """A tracking server's PostgreSQL database read and restored directly, against its REST API and
 a raw psycopg COPY baseline, all in one run (issue 17, "Must show"):
 
-    python benchmarks/server_db.py [--runs 20] [--metrics 10] [--steps 1000] [--workers 8]
+    python benchmarks/server_db.py [--runs 20] [--metrics 10] [--steps 1000] [--workers 8] [--verify]
+    python benchmarks/server_db.py --preset small --verify    # the issue's 100-run preset
 
 One throwaway PostgreSQL cluster (tests/dbservers.py), databases made by `mlflow db upgrade`
 (one upgrade, copies by CREATE DATABASE ... TEMPLATE), the same workload bundle
-(benchmarks/run.py's generator: N runs x metrics x steps, 20 params, 10 tags, a small file):
+(benchmarks/run.py's generator: N runs x metrics x steps, 20 params, 10 tags, a 10 kB file; or
+a preset of benchmarks/run.py whole, e.g. `small`: 100 runs of 10,000 points and a 1 MB file):
 
   restore  (a) REST:    trackport import BUNDLE http://server   (mlflow server on database A)
            (b) direct:  trackport import BUNDLE postgresql+psycopg://.../B
@@ -16,9 +18,11 @@ One throwaway PostgreSQL cluster (tests/dbservers.py), databases made by `mlflow
            (f) raw:     psycopg COPY (SELECT ... FROM metrics) TO STDOUT of database A
 
 Each trackport phase is a process of its own (benchmarks/measure.py): wall time, and the
-transfer's own time from its --json summary (stores open, MLflow's imports done). The
-100-run `small` preset (1M points) takes over 4 minutes through REST on this 2-core machine,
-so the default is 20 runs of the same shape (200k points); --runs 100 gives the preset.
+transfer's own time from its --json summary (stores open; the imports a transfer makes on
+its first run, such as pandas, which pyarrow loads on its first array, inside it, for every
+store alike). The 100-run `small` preset (1M points, 100 MB of artifacts) takes 10 minutes
+and more through REST on this 2-core machine, so the default is 20 runs of 10,000 points
+with a 10 kB file (200k points); --preset small gives the preset.
 Results: benchmarks/results/server-db-<runs>x<metrics>x<steps>-<time>.json.
 """
 from __future__ import annotations
@@ -42,7 +46,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from dbservers import PostgresCluster  # noqa: E402
-from run import Measure, Workload, WorkloadSource, measure  # noqa: E402
+from run import PRESETS, Measure, Workload, WorkloadSource, measure  # noqa: E402
 from servers import MlflowServer  # noqa: E402
 
 from trackport.opening import open_bundle_sink, open_source  # noqa: E402
@@ -161,10 +165,11 @@ def main() -> None:
     parser.add_argument("--metrics", type=int, default=10)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--preset", choices=PRESETS, help="a preset of benchmarks/run.py, in place of --runs/--metrics/--steps")
     parser.add_argument("--verify", action="store_true",
                         help="also restore into MariaDB, and verify both restored databases through a server started on each")
     args = parser.parse_args()
-    workload = Workload(args.runs, args.metrics, args.steps, 20, 10, 10_000)
+    workload = Workload(*PRESETS[args.preset]) if args.preset else Workload(args.runs, args.metrics, args.steps, 20, 10, 10_000)
     work = Path(tempfile.mkdtemp(prefix="trackport-bench-serverdb-"))
     env = {"TRACKPORT_HOME": str(work / "home")}
     os.environ.update(env)
@@ -238,10 +243,11 @@ def main() -> None:
     if args.verify:
         for line in verified:
             print(line)
-    report = {"workload": vars(workload), "workers": args.workers, "failed": failed,
+    report = {"preset": args.preset, "workload": vars(workload), "workers": args.workers, "failed": failed,
               "verified": verified if args.verify else None,
               "phases": [vars(r) for r in results], "ratios": rates, "machine": f"{os.cpu_count()} cores"}
-    out = HERE / "results" / f"server-db-{workload.runs}x{workload.metrics}x{workload.steps}-{int(time.time())}.json"
+    shape = args.preset or f"{workload.runs}x{workload.metrics}x{workload.steps}"
+    out = HERE / "results" / f"server-db-{shape}-{int(time.time())}.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"\nwritten to {out}")
     shutil.rmtree(work, ignore_errors=True)

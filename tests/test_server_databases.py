@@ -189,11 +189,10 @@ def test_sessions_are_read_only(backends, name):
                     conn.exec_driver_sql("UPDATE experiments SET name = 'x' WHERE experiment_id = 0")
                 conn.rollback()
         if name == "postgresql":  # ADBC's own connections, for metric histories
-            with store._adbc_pg.connection() as conn, conn.cursor() as cur:
-                cur.execute("SELECT current_setting('transaction_read_only')")
-                assert cur.fetchone() == ("on",)
-                with pytest.raises(Exception, match="(?i)read.only"):
-                    cur.execute("CREATE TABLE trackport_probe (x INT)")
+            adbc = store._adbc_pg
+            assert adbc.query("SELECT current_setting('transaction_read_only')").column(0).to_pylist() == ["on"]
+            with pytest.raises(Exception, match="(?i)read.only"):
+                adbc.query("CREATE TABLE trackport_probe (x INT)")
     finally:
         store.close()
 
@@ -285,11 +284,14 @@ def _streaming_query_open(backend: Backend) -> bool:
         conn.close()
 
 
-@pytest.mark.parametrize("name, reader", [("postgresql", "adbc"), ("postgresql", "psycopg"), ("mariadb", "pymysql")])
+@pytest.mark.parametrize("name, reader", [
+    ("postgresql", "adbc"), ("postgresql", "adbc-by-key"), ("postgresql", "psycopg"), ("mariadb", "pymysql"),
+])
 def test_metric_history_streams_in_batches(backends, name, reader):
-    """A run of points points streams in batches of metric_batch_rows, through ADBC's COPY or a
-    server-side cursor (the query is still open after the first batch), in (key by code point,
-    step, timestamp, value) order, NaN restored."""
+    """A run of points points streams in batches of metric_batch_rows, through ADBC's COPY (one
+    query for the run; key by key where the database's encoding is not ordered by code point)
+    or a server-side cursor (the query is still open after the first batch), in (key by code
+    point, step, timestamp, value) order, NaN restored."""
     backend, points = backends[name], POINTS_OF[name]
     api = f"{backend.server.url}/api/2.0/mlflow"
     experiment_id = requests.post(f"{api}/experiments/create", json={"name": f"bulk-{uuid.uuid4().hex}"}, timeout=30).json()["experiment_id"]
@@ -301,6 +303,8 @@ def test_metric_history_streams_in_batches(backends, name, reader):
             if reader == "psycopg":
                 store._adbc_pg = None
             assert (store._adbc_pg is None) == (reader == "psycopg")
+            if reader == "adbc-by-key":
+                store._adbc_pg._code_points = False  # as a database in, say, EUC_JP is read
         try:
             run = next(r for e in store.list_experiments(ALL) if e.experiment_id == experiment_id for r in store.iter_runs(e, ALL))
             started = time.perf_counter()

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from trackport.config import DEFAULT, TransferConfig
+from trackport.domain import Run, rebatch
 from trackport.errors import AuthError, BadInputError, FatalError, UnreachableError
 from trackport.stores.base import SourceFeatures
 from trackport.stores.mlflow_db.adbc_postgres import AdbcPostgres, adbc_postgres
@@ -146,8 +147,18 @@ class ServerDatabaseSource(MlflowDatabaseSource):
     @functools.cached_property
     def _adbc_pg(self) -> AdbcPostgres | None:
         """ADBC for PostgreSQL's metric histories, when installed (imported on first read)."""
-        adbc = adbc_postgres() if self._backend == "postgresql" else None
-        return AdbcPostgres(adbc, self._url, self.uri) if adbc is not None else None
+        drivers = adbc_postgres() if self._backend == "postgresql" else None
+        return AdbcPostgres(drivers, self._url, self.uri) if drivers is not None else None
+
+    def iter_metric_batches(self, run: Run) -> Iterator[pa.RecordBatch]:
+        """Through ADBC, a run's whole history in one query where the database's encoding
+        allows (adbc_postgres); else key by key (MlflowDatabaseSource)."""
+        adbc = self._adbc_pg
+        if adbc is not None and adbc.whole_runs(run.run_id):
+            rows = self._config.metric_batch_rows
+            yield from rebatch(adbc.run_batches(run.run_id, rows), rows)
+        else:
+            yield from super().iter_metric_batches(run)
 
     def _key_batches(self, run_id: str, keys: list[str]) -> Iterator[pa.RecordBatch]:
         if self._adbc_pg is None:
