@@ -212,8 +212,8 @@ class ServerPool:
         self._booting: list[MlflowServer] = []
         self._started: list[MlflowServer] = []
         root.mkdir(parents=True, exist_ok=True)
-        self.template_db = root / "template.db"
-        self._template = start_template_db(self.template_db)
+        self._template_path = root / "template.db"
+        self._template = start_template_db(self._template_path)
 
     def take(self) -> MlflowServer:
         """A ready server no test has used; the caller stops it."""
@@ -226,9 +226,14 @@ class ServerPool:
             server.stop()
             raise
 
-    def _refill(self, count: int) -> None:
+    @property
+    def template_db(self) -> Path:
+        """The database a direct server copies (made once, in the background, from the start)."""
         if self._template.wait() != 0:
-            raise RuntimeError(f"initialize_backend_stores failed for {self.template_db}")
+            raise RuntimeError(f"initialize_backend_stores failed for {self._template_path}")
+        return self._template_path
+
+    def _refill(self, count: int) -> None:
         while len(self._booting) < count:
             server = MlflowServer(self.root / f"server-{len(self._started)}", template_db=self.template_db).start()
             self._started.append(server)

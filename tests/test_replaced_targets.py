@@ -47,15 +47,15 @@ def _parent_links_name_the_right_runs(source_url: str, target_url: str) -> None:
     assert children == 2  # the sample's child and grandchild
 
 
-def test_a_server_replaced_at_the_same_url(source_server, tmp_path):
+def test_a_server_replaced_at_the_same_url(source_server, server_pool, tmp_path):
     port = free_port()
-    first = start_all([MlflowServer(tmp_path / "first", port=port)])[0]
+    first = start_all([MlflowServer(tmp_path / "first", port=port, template_db=server_pool.template_db)])[0]
     try:
         summary, _ = _copy(source_server.url, first.url)
         assert summary["counts"]["runs"]["done"] == SAMPLE_COUNTS["runs"]
     finally:
         first.stop()
-    second = start_all([MlflowServer(tmp_path / "second", port=port)])[0]
+    second = start_all([MlflowServer(tmp_path / "second", port=port, template_db=server_pool.template_db)])[0]
     try:
         summary, stderr = _copy(source_server.url, second.url)
         # Said once, and everything written again: nothing is "skipped" on a fresh server.

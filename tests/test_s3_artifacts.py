@@ -54,11 +54,11 @@ class RefusingMoto(MotoServer):
 
 
 @pytest.fixture(scope="module")
-def stack(moto_server, tmp_path_factory):
+def stack(moto_server, server_pool, tmp_path_factory):
     bucket = moto_server.new_bucket()
     env = {**moto_server.env(), "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "true"}
     server = MlflowServer(tmp_path_factory.mktemp("s3server"), artifacts_destination=f"s3://{bucket}/{PREFIX}",
-                          extra_env=env)
+                          extra_env=env, template_db=server_pool.template_db)
     proxy = refusing = None
     try:
         server.start()

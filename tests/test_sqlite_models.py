@@ -418,10 +418,10 @@ def test_versions_are_appended_to_a_foreign_model(sample, foreign_target, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def server_sample(tmp_path_factory):
+def server_sample(server_pool, tmp_path_factory):
     from servers import MlflowServer
 
-    server = MlflowServer(tmp_path_factory.mktemp("model-server")).start().wait_ready()
+    server = MlflowServer(tmp_path_factory.mktemp("model-server"), template_db=server_pool.template_db).start().wait_ready()
     try:
         yield server, build_model_sample(server.url)
     finally:
