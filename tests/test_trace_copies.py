@@ -3,7 +3,7 @@ run again (every trace once, spans once, verify clean; a finished copy re-run ch
 nothing, seen through MLflow's client), and the trace selection (--trace-filter,
 --traces-since, unselected traces counted as not selected).
 
-One server from the pool, loaded by the killed import of a synthetic bundle (80 traces of
+One server from the pool, loaded by the killed import of a synthetic bundle (48 traces of
 8 spans in one experiment: made without a server, in a second), is the source of the rest.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from trackport.stores.base import Selection, StoreDescription
 from trackport.traces import TraceFields, trace_unit
 
 EXPERIMENT = "trace-copies"
-TRACES = 80
+TRACES = 48
 SPANS = 8
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z; trace t is requested t hours later
 SEED = 20261203
@@ -180,15 +180,17 @@ def test_trace_filter_and_traces_since_take_some_traces_and_count_the_rest(loade
     with BundleSource(trace_bundle) as source:
         experiment = next(iter(source.list_experiments(Selection(include_deleted=True))))
         by_name = {u.name: u.unit_id for u in source.iter_units(kinds.TRACE, experiment)}
-    since = BASE_MS + 60 * 3_600_000
+    cut = TRACES * 3 // 4  # traces cut.. are requested at or after --traces-since
+    since = BASE_MS + cut * 3_600_000
     options = ["--trace-filter", "tag.group = 'even'", "--traces-since", str(since)]
     bundle = tmp_path / "some"
     exported = CliRunner().invoke(cli, ["export", server.url, str(bundle), "--json", *options])
     assert exported.exit_code == 0, exported.output[-3000:]
     counts = _counts(exported)
-    assert (counts["done"], counts["not_selected"], counts["failed"]) == (10, TRACES - 10, 0), counts
-    assert _documents(bundle) == {by_name[f"t{t}"] for t in range(60, TRACES, 2)}
-    assert sum(_bundle_traces(bundle).values()) == 10 * SPANS
+    taken = {by_name[f"t{t}"] for t in range(cut, TRACES, 2)}
+    assert (counts["done"], counts["not_selected"], counts["failed"]) == (len(taken), TRACES - len(taken), 0), counts
+    assert _documents(bundle) == taken
+    assert sum(_bundle_traces(bundle).values()) == len(taken) * SPANS
     verified = CliRunner().invoke(cli, ["verify", server.url, str(bundle), *options])
     assert verified.exit_code == 0, verified.output[-3000:]
     missing = CliRunner().invoke(cli, ["verify", server.url, str(bundle)])  # without them: the others are missing
@@ -196,9 +198,9 @@ def test_trace_filter_and_traces_since_take_some_traces_and_count_the_rest(loade
 
     # --traces-since from a bundle (any source): by each trace's request time
     later = tmp_path / "later"
-    copied = CliRunner().invoke(cli, ["export", str(trace_bundle), str(later), "--json", "--traces-since", str(BASE_MS + 75 * 3_600_000)])
+    copied = CliRunner().invoke(cli, ["export", str(trace_bundle), str(later), "--json", "--traces-since", str(since)])
     assert copied.exit_code == 0, copied.output[-3000:]
-    assert _counts(copied)["not_selected"] == 75 and _documents(later) == {by_name[f"t{t}"] for t in range(75, TRACES)}
+    assert _counts(copied)["not_selected"] == cut and _documents(later) == {by_name[f"t{t}"] for t in range(cut, TRACES)}
 
 
 def test_a_trace_filter_the_source_cannot_apply_is_refused_before_writing(loaded, trace_bundle, tmp_path):
