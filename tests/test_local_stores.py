@@ -421,3 +421,35 @@ def test_mlruns_damaged_run_is_unreadable(tmp_path):
     bad = [i for i in items if isinstance(i, Unreadable)]
     assert [b.source_id for b in bad] == [victim.run_id]
     assert len(items) == 2
+
+
+def test_traces_an_mlruns_folder_holds_are_declared_not_read(tmp_path, monkeypatch):
+    """The mlruns reader does not read traces: a folder holding them says so before anything
+    is written, and the summary records it (nothing left out silently)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from trackport.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment_id = MlflowClient(uri).create_experiment("traced")
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)  # not set_experiment: it outlives the test
+        with mlflow.start_run(experiment_id=experiment_id):
+            mlflow.log_param("p", "1")
+        for question in ("?", "!"):
+            with mlflow.start_span("answer") as span:
+                span.set_inputs({"q": question})
+        mlflow.flush_trace_async_logging()
+    finally:
+        mlflow.set_tracking_uri(None)
+    said = CliRunner().invoke(cli, ["export", str(tmp_path / "mlruns"), str(tmp_path / "bundle")])
+    assert said.exit_code == 0, said.output
+    assert "not read from the source: traces: the folder holds 2," in said.stderr
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "mlruns"), str(tmp_path / "bundle2"), "--json"])
+    summary = json.loads(result.stdout)
+    assert any(line.startswith("traces: the folder holds 2,") for line in summary["planned_losses"]), summary

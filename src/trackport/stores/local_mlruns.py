@@ -26,21 +26,17 @@ from trackport.domain import (
 )
 from trackport.errors import BadInputError, UnitError
 from trackport.kinds import LOGGED_MODEL, Unit
-from trackport.models import (
-    LoggedModelFields, ModelMetric, VersionFields, logged_model_unit, model_id_in_source, name_matches,
-    registered_model_unit, version_units,
-)
+from trackport.models import LoggedModelFields, ModelMetric, logged_model_unit
 from trackport.stores._history import history_batches, key_history
 from trackport.stores._localfs import LocalArtifacts, local_artifact_dir, open_local_artifact, walk_artifacts
 from trackport.stores.base import Selection, SourceStore, StoreDescription, Unreadable
+from trackport.stores.mlruns_registry import MODELS, MlrunsRegistry, read_key_values
 from trackport.selection import resolve_experiments, run_order, select_runs
 
 _TRASH = ".trash"
 _RUN_STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
 # Folders of an experiment directory that are not runs.
 _NOT_RUNS = {"tags", "datasets", "models", "traces"}
-_MODELS = "models"  # an experiment's logged models, and (at the root) the model registry
-_DELETED_VERSION = "Deleted_Internal"
 
 
 def _yaml() -> Any:
@@ -75,17 +71,6 @@ def looks_like_mlruns(path: str | Path) -> bool:
     return False
 
 
-def _read_key_values(directory: Path) -> dict[str, str]:
-    """params/ or tags/: one file per key, keys with '/' as sub-directories."""
-    if not directory.is_dir():
-        return {}
-    out: dict[str, str] = {}
-    for file in sorted(directory.rglob("*")):
-        if file.is_file():
-            out[file.relative_to(directory).as_posix()] = file.read_text(encoding="utf-8")
-    return out
-
-
 def _parse_metric_file(path: Path) -> tuple[list[int], list[int], list[float]]:
     steps: list[int] = []
     stamps: list[int] = []
@@ -102,7 +87,7 @@ def _parse_metric_file(path: Path) -> tuple[list[int], list[int], list[float]]:
     return steps, stamps, values
 
 
-class MlrunsStore(LocalArtifacts, SourceStore):
+class MlrunsStore(MlrunsRegistry, LocalArtifacts, SourceStore):
     def __init__(self, path: str | Path, *, config: TransferConfig = DEFAULT) -> None:
         self.root = _as_path(path)
         self._config = config
@@ -143,7 +128,7 @@ class MlrunsStore(LocalArtifacts, SourceStore):
             artifact_location=meta.get("artifact_location"),
             creation_time=meta.get("creation_time"),
             last_update_time=meta.get("last_update_time"),
-            tags=_read_key_values(directory / "tags"),
+            tags=read_key_values(directory / "tags"),
         )
 
     def _all_experiments(self) -> list[tuple[Experiment, Path]]:
@@ -208,7 +193,7 @@ class MlrunsStore(LocalArtifacts, SourceStore):
 
     def _read_run(self, run_dir: Path, experiment_id: str, datasets: dict[str, dict]) -> Run:
         meta = self._load_meta(run_dir / "meta.yaml")
-        tags = _read_key_values(run_dir / "tags")
+        tags = read_key_values(run_dir / "tags")
         status = meta.get("status")
         status = _RUN_STATUS.get(status, str(status)) if isinstance(status, int) else str(status)
         inputs = []
@@ -247,7 +232,7 @@ class MlrunsStore(LocalArtifacts, SourceStore):
             lifecycle_stage=meta.get("lifecycle_stage") or ACTIVE,
             deleted_time=meta.get("deleted_time"),
             artifact_uri=meta.get("artifact_uri"),
-            params=_read_key_values(run_dir / "params"),
+            params=read_key_values(run_dir / "params"),
             tags=tags,
             inputs=tuple(inputs),
         )
@@ -285,7 +270,7 @@ class MlrunsStore(LocalArtifacts, SourceStore):
     def iter_logged_models(self, experiment: Experiment) -> Iterator[Unit | Unreadable]:
         """The experiment's logged models, deleted ones too, oldest first (then by id)."""
         exp_dir = self._experiment_dir(experiment)
-        models_dir = exp_dir / _MODELS
+        models_dir = exp_dir / MODELS
         if not models_dir.is_dir():
             return
         links = self._model_links(exp_dir)
@@ -300,8 +285,8 @@ class MlrunsStore(LocalArtifacts, SourceStore):
                     status=meta.get("status"), status_message=meta.get("status_message"),
                     lifecycle_stage=meta.get("lifecycle_stage") or ACTIVE,
                     creation_timestamp=meta.get("creation_timestamp"), last_updated_timestamp=meta.get("last_updated_timestamp"),
-                    artifact_location=meta.get("artifact_location"), params=_read_key_values(model_dir / "params"),
-                    tags=_read_key_values(model_dir / "tags"), metrics=_model_metrics(model_dir / "metrics"),
+                    artifact_location=meta.get("artifact_location"), params=read_key_values(model_dir / "params"),
+                    tags=read_key_values(model_dir / "tags"), metrics=_model_metrics(model_dir / "metrics"),
                     links=links.get(model_id, []),
                 )))
             except (OSError, ValueError, self._yaml.YAMLError) as exc:
@@ -332,7 +317,7 @@ class MlrunsStore(LocalArtifacts, SourceStore):
             directory = local_artifact_dir(unit.body.get("artifact_location"), unit.unit_id)
         except UnitError as exc:
             raise UnitError(str(exc).replace(f"run {unit.unit_id}", f"logged model {unit.unit_id}")) from None
-        beside = self.root / str(unit.experiment_id) / _MODELS / unit.unit_id / "artifacts"
+        beside = self.root / str(unit.experiment_id) / MODELS / unit.unit_id / "artifacts"
         return beside if (directory is None or not directory.exists()) and beside.is_dir() else directory
 
     def list_unit_artifacts(self, unit: Unit) -> Iterator[ArtifactFile]:
@@ -340,67 +325,6 @@ class MlrunsStore(LocalArtifacts, SourceStore):
 
     def open_unit_artifact(self, unit: Unit, path: str) -> ContextManager[BinaryIO]:
         return open_local_artifact(self._model_dir(unit), path, unit.unit_id)
-
-    # -------------------------------------------------------------- the registry
-
-    def _registered_dirs(self, selection: Selection) -> list[Path]:
-        root = self.root / _MODELS
-        if not root.is_dir():
-            return []
-        found = [d for d in sorted(root.iterdir()) if (d / "meta.yaml").is_file()]
-        return [d for d in found if not selection.models or name_matches(d.name, selection.models)]
-
-    def iter_registered_models(self, selection: Selection) -> Iterator[Unit | Unreadable]:
-        """Every registered model and prompt, by name."""
-        for model_dir in self._registered_dirs(selection):
-            try:
-                meta = self._load_meta(model_dir / "meta.yaml")
-                yield registered_model_unit(
-                    str(meta.get("name") or model_dir.name), meta.get("description"), _read_key_values(model_dir / "tags"),
-                    meta.get("creation_timestamp"), meta.get("last_updated_timestamp"),
-                )
-            except (OSError, ValueError, self._yaml.YAMLError) as exc:
-                yield Unreadable("registered_model", model_dir.name, f"{model_dir}: {exc}")
-
-    def iter_model_versions(self, selection: Selection) -> Iterator[Unit | Unreadable]:
-        """The live versions of each registered model, by name; deleted versions keep their
-        folder (stage Deleted_Internal), so their numbers are known."""
-        model_experiments = {  # logged model id -> its experiment
-            d.name: e.experiment_id for e, exp_dir in self._all_experiments() for d in exp_dir.glob(f"{_MODELS}/*") if d.is_dir()
-        }
-        for model_dir in self._registered_dirs(selection):
-            name = model_dir.name
-            try:
-                metas = [(d, self._load_meta(d / "meta.yaml")) for d in sorted(model_dir.glob("version-*")) if (d / "meta.yaml").is_file()]
-                aliases: dict[int, list[str]] = {}
-                for alias, number in (self._load_meta(model_dir / "meta.yaml").get("aliases") or {}).items():
-                    aliases.setdefault(int(number), []).append(str(alias))
-                runs = self._locate_runs([str(m["run_id"]) for _, m in metas if m.get("run_id")])
-                versions, deleted = [], []
-                for version_dir, meta in metas:
-                    number = int(meta["version"])
-                    if meta.get("current_stage") == _DELETED_VERSION:
-                        deleted.append(number)
-                        continue
-                    model_id = meta.get("model_id") or model_id_in_source(meta.get("source"))
-                    versions.append(VersionFields(
-                        version=number, source=str(meta.get("source") or ""), run_id=meta.get("run_id"), model_id=model_id,
-                        experiment_id=model_experiments.get(model_id or "") or runs.get(meta.get("run_id") or ""),
-                        description=meta.get("description"), tags=_read_key_values(version_dir / "tags"),
-                        aliases=aliases.get(number, []), run_link=meta.get("run_link"), status=meta.get("status") or "READY",
-                        status_message=meta.get("status_message"), current_stage=_stage_or_none(meta.get("current_stage")),
-                        user_id=meta.get("user_id"), creation_timestamp=meta.get("creation_timestamp"),
-                        last_updated_timestamp=meta.get("last_updated_timestamp"),
-                    ))
-            except (OSError, ValueError, KeyError, self._yaml.YAMLError) as exc:
-                yield Unreadable("model_version", f"{name}/0", f"{model_dir}: {exc}")
-                continue
-            yield from version_units(name, versions, deleted)
-
-
-def _stage_or_none(stage: str | None) -> str | None:
-    """A version's stage as bodies hold it: MLflow's "None" (no stage) as null."""
-    return None if not stage or stage == "None" else stage
 
 
 def _model_metrics(metrics_dir: Path) -> list[ModelMetric]:
