@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS = [
     ["trackport.errors"],
     ["trackport.domain", "trackport.config", "trackport._files", "trackport.kinds", "trackport.locking", "trackport.renames", "trackport.s3"],
-    ["trackport.stores.base", "trackport.provenance", "trackport.models", "trackport.traces", "trackport.editing"],
+    ["trackport.stores.base", "trackport.provenance", "trackport.models", "trackport.traces", "trackport.genai", "trackport.editing"],
     ["trackport.search", "trackport.fingerprint", "trackport.patching"],
     ["trackport.selection"],
     ["trackport.transfer", "trackport.stores", "trackport.bundle", "trackport.runs"],

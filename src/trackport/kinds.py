@@ -124,6 +124,18 @@ TRACE = register(UnitKind(
     compare_items=(("spans", "span_id", "span"), ("assessments", "assessment_id", "assessment")),
 ))
 
+# MLflow 3's evaluation datasets (of the workspace, linked to experiments as refs) and
+# registered scorers (of an experiment); trackport.genai builds their units.
+EVALUATION_DATASET = register(UnitKind(
+    "evaluation_dataset", "evaluation_datasets", depends_on=("experiment",), schema=_schema("evaluation-dataset"),
+    scope="workspace", compare_ignores=("created_time", "last_update_time", "digest", "last_updated_by", "record_meta"),
+    compare_items=(("records", "input_hash", "record"),),
+))
+SCORER = register(UnitKind(
+    "scorer", "scorers", depends_on=("experiment",), schema=_schema("scorer"), compare_ignores=("creation_times",),
+    compare_items=(("versions", "version", "version"),),
+))
+
 
 def unregister(name: str) -> None:
     if name not in BUILT_IN:

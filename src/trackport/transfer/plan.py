@@ -124,12 +124,12 @@ def _holds_units(source: SourceStore, experiment: Experiment, selection: Selecti
 
 def declared_losses(source: SourceStore, sink: SinkStore) -> list[str]:
     """What the sink will not hold exactly, said before anything is written: from its
-    capabilities, and the kinds the source may hold that the sink has no place for."""
+    capabilities, the kinds the source may hold that the sink has no place for, and what it
+    does not keep of a kind it holds (sink.kind_losses(kind name), where it says)."""
+    types = [t for t in unit_types() + workspace_unit_types() if hasattr(source, "iter_units") or hasattr(source, f"iter_{t.kind.plural}")]
     return planned_losses(sink.capabilities, sink.on_long_value) + [
-        f"{t.kind.plural}: the target cannot hold them; each is recorded as skipped"
-        for t in unit_types() + workspace_unit_types()
-        if not t.holds(sink) and (hasattr(source, "iter_units") or hasattr(source, f"iter_{t.kind.plural}"))
-    ]
+        f"{t.kind.plural}: the target cannot hold them; each is recorded as skipped" for t in types if not t.holds(sink)
+    ] + [loss for t in types if t.holds(sink) for loss in getattr(sink, "kind_losses", lambda name: [])(t.kind.name)]
 
 
 def not_read_by_source(source: SourceStore) -> list[str]:

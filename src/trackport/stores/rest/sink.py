@@ -52,6 +52,7 @@ from trackport.stores.base import (
 )
 from trackport.stores.rest.artifacts import ArtifactUploader
 from trackport.stores.rest.copies import COMPLETE_VALUE, Copies
+from trackport.stores.rest.genai_sink import RestGenaiSink
 from trackport.stores.rest.http import API, NotFoundError, RestClient, RestError
 from trackport.stores.rest.metric_json import MetricTexts
 from trackport.stores.rest.patch import RestPatcher
@@ -80,7 +81,7 @@ def state_dir_for_url(state_root: Path, base_url: str) -> Path:
     return state_root / _sanitize(f"{parts.hostname or ''}_{parts.port or ''}{parts.path}".replace("__", "_"))
 
 
-class RestSink(RestRegistrySink, RestTracesSink, RestPatcher, SinkStore):
+class RestSink(RestRegistrySink, RestTracesSink, RestGenaiSink, RestPatcher, SinkStore):
     def __init__(
         self,
         client: RestClient,

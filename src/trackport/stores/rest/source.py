@@ -35,6 +35,7 @@ from trackport.stores.base import Selection, SourceFeatures, SourceStore, StoreD
 from trackport.search.pushdown import mlflow_filter
 from trackport.stores.rest.http import API, ARTIFACTS_API, NotFoundError, RestClient
 from trackport.stores.rest.metric_summaries import HistorySummaries, latest_summaries
+from trackport.stores.rest.genai_source import RestGenaiSource
 from trackport.stores.rest.models_source import RestModelsSource
 from trackport.stores.rest.traces_source import RestTracesSource
 from trackport.stores.rest.server import ServerInfo
@@ -140,7 +141,7 @@ class _Stream:
         self.close()
 
 
-class RestSource(RestModelsSource, RestTracesSource, SourceStore):
+class RestSource(RestModelsSource, RestTracesSource, RestGenaiSource, SourceStore):
     """A tracking server as a source. It owns the client it is given: close() closes it
     (the factory hands the client over and keeps no reference). Page sizes are config's
     rest_* (the server's own limits by default)."""
