@@ -166,7 +166,8 @@ def test_server_database_urls(tmp_path):
 
 
 def test_traces_a_database_holds_are_declared_not_read(tmp_path, monkeypatch):
-    """The direct reader does not read traces yet: a database holding them says so before
+    """The direct reader does not read traces, evaluation datasets or scorers yet: a database
+    holding them says so before
     anything is written, and the summary records it (nothing left out silently)."""
     import mlflow
 
@@ -183,11 +184,17 @@ def test_traces_a_database_holds_are_declared_not_read(tmp_path, monkeypatch):
             mlflow.log_param("p", "1")
         with mlflow.start_span("answer") as span:
             span.set_inputs({"q": "?"})
+        from mlflow.genai.datasets import create_dataset
+        from mlflow.genai.scorers import Guidelines
+
+        create_dataset(name="qa", experiment_id=[experiment_id]).merge_records([{"inputs": {"q": "?"}}])
+        Guidelines(name="polite", guidelines="Be polite").register(experiment_id=experiment_id)
     finally:
         mlflow.set_tracking_uri(None)
     said = CliRunner().invoke(cli, ["export", uri, str(tmp_path / "bundle")])
     assert said.exit_code == 0, said.output
-    assert "not read from the source: traces: the database holds 1," in said.stderr
+    for what in ("traces", "evaluation datasets", "scorers"):
+        assert f"not read from the source: {what}: the database holds 1," in said.stderr, said.stderr
     result = CliRunner().invoke(cli, ["export", uri, str(tmp_path / "bundle2"), "--json"])
     summary = json.loads(result.stdout)
     assert any(line.startswith("traces: the database holds 1,") for line in summary["planned_losses"]), summary

@@ -32,6 +32,9 @@ from trackport.stores.mlflow_db.tables import Database, chunks
 from trackport.stores.mlflow_db.uri import ARTIFACTS_PARAM, artifacts_root
 
 
+# MLflow's tables of what the direct reader leaves to the tracking server, and their names.
+NOT_READ_TABLES = (("trace_info", "traces"), ("evaluation_datasets", "evaluation datasets"), ("scorers", "scorers"))
+
 class MlflowDatabaseSource(ModelReading, LocalArtifacts, SourceStore):
     """An MLflow tracking database as a source: sqlite file or server database, with
     MLflow 3's logged models and model registry (ModelReading)."""
@@ -113,19 +116,22 @@ class MlflowDatabaseSource(ModelReading, LocalArtifacts, SourceStore):
     # ---------------------------------------------------------------- runs
 
     def not_read(self) -> list[str]:
-        """What the database holds that this reader does not read (traces: through the
-        tracking server only, for now), one line each, said before anything is written."""
+        """What the database holds that this reader does not read (traces, evaluation datasets
+        and scorers: through the tracking server only, for now), one line each, said before
+        anything is written."""
         db = self._db
-        if "trace_info" not in db.table_names:
-            return []
-        with db.engine.connect() as conn:
-            traces = conn.execute(db.sa.text("SELECT COUNT(*) FROM trace_info")).scalar_one()
-        if not traces:
-            return []
-        return [
-            f"traces: the database holds {traces:,}, which are not read from a database yet;"
-            " export them through its tracking server (http(s)://...)"
-        ]
+        lines = []
+        for table, what in NOT_READ_TABLES:
+            if table not in db.table_names:
+                continue
+            with db.engine.connect() as conn:
+                count = conn.execute(db.sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+            if count:
+                lines.append(
+                    f"{what}: the database holds {count:,}, which are not read from a database yet;"
+                    " export them through its tracking server (http(s)://...)"
+                )
+        return lines
 
     def metric_summaries(self, runs: list[Run], keys: frozenset[str] | None, whole_history: bool = True) -> dict:
         return metric_summaries(self._db, runs, keys, whole_history)
