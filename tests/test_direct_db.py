@@ -167,8 +167,8 @@ def test_server_database_urls(tmp_path):
 
 def test_traces_a_database_holds_are_declared_not_read(tmp_path, monkeypatch):
     """The direct reader does not read traces, evaluation datasets or scorers yet: a database
-    holding them says so before
-    anything is written, and the summary records it (nothing left out silently)."""
+    holding them says so before anything is written, and the summary records it (nothing
+    left out silently)."""
     import mlflow
 
     monkeypatch.chdir(tmp_path)  # MLflow's client puts a run's artifacts under ./mlruns
