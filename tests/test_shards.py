@@ -191,3 +191,16 @@ def test_logged_models_go_with_their_runs_and_the_registry_merges_as_its_own_par
     assert finished(trackport("bundle", "verify", str(merged), "--level", "full")).returncode == 0
     with open_source(store) as source, open_source(str(merged)) as other:
         assert list(compare_stores(source, other, EVERYTHING)) == []
+
+
+def test_a_shard_keeps_the_plans_trace_selection(tmp_path):
+    """The plan's --trace-filter and --traces-since reach every shard, through the plan file."""
+    from trackport.transfer.shards import Shard, ShardPlan, save_plan, shard_selection
+
+    selection = Selection(include_deleted=True, trace_filter="trace.status = 'OK'", traces_since=1_700_000_000_000,
+                          leave_kinds=("scorer",))
+    plan = ShardPlan("0123456789abcdef", "sqlite:///x.db", selection, (Shard(0, ("r1",), ("1",), 1),), "2026-12-03T00:00:00Z")
+    save_plan(plan, tmp_path / "plan.json")
+    taken = shard_selection(load_plan(tmp_path / "plan.json"))
+    assert (taken.trace_filter, taken.traces_since, taken.leave_kinds) == (
+        "trace.status = 'OK'", 1_700_000_000_000, ("scorer",))

@@ -212,8 +212,13 @@ def shard_index(given: int | None) -> int:
 
 def shard_selection(plan: ShardPlan) -> Selection:
     """The selection a shard runs with: all that its ShardSource shows (the plan selected),
-    leaving the kinds the plan leaves."""
-    return Selection(include_deleted=True, leave_kinds=plan.selection.leave_kinds)
+    leaving the kinds the plan leaves and taking the traces it takes (the ShardSource narrows
+    runs and experiments only)."""
+    planned = plan.selection
+    return Selection(
+        include_deleted=True, leave_kinds=planned.leave_kinds,
+        trace_filter=planned.trace_filter, traces_since=planned.traces_since,
+    )
 
 
 def _unit_listings() -> set[str]:
