@@ -11,6 +11,8 @@ a preset of benchmarks/run.py whole, e.g. `small`: 100 runs of 10,000 points and
 
   restore  (a) REST:    trackport import BUNDLE http://server   (mlflow server on database A)
            (b) direct:  trackport import BUNDLE postgresql+psycopg://.../B
+           (b2) bulk:   trackport import BUNDLE postgresql+psycopg://.../B2 --bulk-load (one
+                        transaction, the metrics table's keys and indexes made after the load)
            (c) raw:     psycopg COPY of the same metric rows into C's metrics table, nothing
                         else (its runs rows made first, untimed; the rows' CSV made untimed)
   read     (d) REST:    trackport export http://server BUNDLE   (database A, filled by (a))
@@ -128,18 +130,19 @@ def raw_read(pg: PostgresCluster, database: str) -> tuple[float, int]:
     return seconds, rows
 
 
-def served_and_verified(bundle: Path, work: Path, db, database: str, workers: list[str], env: dict) -> list[str]:
+def served_and_verified(bundle: Path, work: Path, db, database: str, workers: list[str], env: dict,
+                        mode: str = "direct") -> list[str]:
     """`trackport verify BUNDLE http://server --level full` against an mlflow server started
     on the restored database (its artifacts destination the one the restore wrote)."""
-    destination = work / f"{db.name}-direct-art"
-    server = MlflowServer(work / f"{db.name}-served", backend_store_uri=db.url(database),
+    destination = work / f"{db.name}-{mode}-art"
+    server = MlflowServer(work / f"{db.name}-{mode}-served", backend_store_uri=db.url(database),
                           artifacts_destination=str(destination)).start().wait_ready()
     try:
         answer = subprocess.run([sys.executable, "-m", "trackport.cli.main", "verify", str(bundle), server.url,
                                  "--level", "full"], capture_output=True, text=True, env={**os.environ, **env})
     finally:
         server.stop()
-    return [f"{db.name}: restored database served, verify through REST: exit {answer.returncode}: "
+    return [f"{db.name} ({mode}): restored database served, verify through REST: exit {answer.returncode}: "
             f"{' | '.join((answer.stdout + answer.stderr).strip().splitlines()[-6:])}"]
 
 
@@ -189,7 +192,7 @@ def main() -> None:
         template = pg.create_database("tmpl")
         subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", pg.url(template)], check=True, capture_output=True)
         names = {}
-        for label in ("rest", "direct", "raw"):
+        for label in ("rest", "direct", "bulk", "raw"):
             names[label] = f"{label}_{os.getpid()}"
             pg._admin(f"CREATE DATABASE {names[label]} TEMPLATE {template}")
         print(f"workload: {workload.runs} runs, {workload.points:,} metric points; PostgreSQL {pg.port}", flush=True)
@@ -199,6 +202,8 @@ def main() -> None:
         for phase, command in (
             ("(a) REST import", trackport("import", str(bundle), server.url, *workers)),
             ("(b) direct import", trackport("import", str(bundle), f"{pg.url(names['direct'])}?artifacts_destination={work / 'postgresql-direct-art'}", *workers)),
+            ("(b2) bulk import", trackport("import", str(bundle), f"{pg.url(names['bulk'])}?artifacts_destination={work / 'postgresql-bulk-art'}",
+                                           "--bulk-load", *workers)),
         ):
             results.append(measure(phase, command, env))
             print(f"{phase}: {results[-1].wall:.1f} s wall, transfer {results[-1].transfer_s}", flush=True)
@@ -214,7 +219,8 @@ def main() -> None:
         assert rows == workload.points, (rows, workload.points)
         results.append(Measure("(f) raw COPY read", read_s, 0.0, 0.0, 0, read_s))
         if args.verify:
-            verified = served_and_verified(bundle, work, pg, names["direct"], workers, env)
+            verified = served_and_verified(bundle, work, pg, names["direct"], workers, env, "direct")
+            verified += served_and_verified(bundle, work, pg, names["bulk"], workers, env, "bulk")
     finally:
         if server is not None:
             server.stop()
@@ -233,6 +239,10 @@ def main() -> None:
         "restore: direct x REST (transfer)": t["(a) REST import"] / t["(b) direct import"],
         "restore: direct x REST (wall)": by["(a) REST import"].wall / by["(b) direct import"].wall,
         "restore: raw COPY x direct (transfer)": t["(b) direct import"] / t["(c) raw COPY write"],
+        "restore: bulk x REST (transfer)": t["(a) REST import"] / t["(b2) bulk import"],
+        "restore: bulk x REST (wall)": by["(a) REST import"].wall / by["(b2) bulk import"].wall,
+        "restore: bulk x direct (transfer)": t["(b) direct import"] / t["(b2) bulk import"],
+        "restore: bulk / raw COPY (transfer)": t["(b2) bulk import"] / t["(c) raw COPY write"],
         "read: direct x REST (transfer)": t["(d) REST export"] / t["(e) direct export"],
         "read: direct x REST (wall)": by["(d) REST export"].wall / by["(e) direct export"].wall,
         "read: raw COPY x direct (transfer)": t["(e) direct export"] / t["(f) raw COPY read"],

@@ -282,3 +282,117 @@ def test_logged_models_and_registry(databases, model_sample_sqlite, tmp_path):
         ids = {m for (m,) in d.rows(database, "SELECT model_id FROM logged_models")}
         assert {model_sample_sqlite.model_id, model_sample_sqlite.model2_id} <= ids, name
         assert d.rows(database, "SELECT count(*) FROM model_versions WHERE name = 'churn'")[0][0] >= 3, name
+
+
+# ---------------------------------------------------------------- --bulk-load (PostgreSQL)
+
+_DEFINITIONS = (
+    "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'metrics'::regclass"
+    " UNION ALL SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index"
+    " WHERE indrelid = 'metrics'::regclass ORDER BY 1"
+)
+
+
+def _tables(d: Databases, database: str) -> dict[str, list]:
+    """Every MLflow table's rows, sorted (their text forms); the ids each restore makes anew
+    (datasets' and inputs' uuids) as <id>."""
+    names = [t for (t,) in d.rows(database, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    made = d.rows(database, "SELECT dataset_uuid FROM datasets UNION SELECT input_uuid FROM inputs")
+    tables = {}
+    for table in names:
+        rows = [repr(row) for row in d.rows(database, f"SELECT * FROM {table}")]
+        for (uuid,) in made:
+            rows = [row.replace(uuid, "<id>") for row in rows]
+        tables[table] = sorted(rows)
+    return tables
+
+
+def test_bulk_load_equals_run_by_run(databases, sample_bundle, tmp_path):
+    """The same bundle restored run by run and with --bulk-load: the same rows in every
+    table, the metrics table's keys and indexes as MLflow made them; served, equal the source."""
+    d = databases["postgresql"]
+    made = {}
+    for mode in ("runs", "bulk"):
+        database = d.fresh()
+        destination = tmp_path / mode / "mlartifacts"
+        destination.parent.mkdir()
+        done = invoke("import", str(sample_bundle), d.uri(database, destination), *(["--bulk-load"] if mode == "bulk" else []))
+        assert done.exit_code == 0, done.output
+        made[mode] = database, destination
+    assert "keeps nothing and starts again" in done.output
+    assert _tables(d, made["bulk"][0]) == _tables(d, made["runs"][0])
+    assert d.rows(made["bulk"][0], _DEFINITIONS) == d.rows(d.template, _DEFINITIONS)
+    database, destination = made["bulk"]
+    server = MlflowServer(tmp_path / "served", backend_store_uri=d.uri(database), artifacts_destination=str(destination))
+    server.start().wait_ready()
+    try:
+        verified = invoke("verify", str(sample_bundle), server.url, "--level", "full")
+    finally:
+        server.stop()
+    assert verified.exit_code == 0, verified.output
+
+
+def _metrics_locked(d: Databases, database: str) -> bool:
+    """Whether another session holds the metrics table's exclusive lock (a bulk load has begun)."""
+    try:
+        return bool(d.rows(database, "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                                     " WHERE c.relname = 'metrics' AND l.mode = 'AccessExclusiveLock' AND l.granted"))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def test_bulk_load_killed_keeps_nothing(databases, kill_bundle, tmp_path):
+    """SIGKILLed during a bulk load: no run, the keys and indexes as before, no artifact
+    file; the same command again restores everything, equal to the bundle."""
+    from shutil import which
+
+    d = databases["postgresql"]
+    database = d.fresh()
+    destination = tmp_path / "mlartifacts"
+    command = [which("trackport"), "import", str(kill_bundle), d.uri(database, destination), "--server-stopped",
+               "--bulk-load", "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _metrics_locked(d, database) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(1.0)  # some runs loaded, not yet committed
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert _count(d, database, "runs") == 0 and _count(d, database, "metrics") == 0
+    assert d.rows(database, _DEFINITIONS) == d.rows(d.template, _DEFINITIONS)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _count(d, database, "runs") == KILL_RUNS and _count(d, database, "metrics") == KILL_RUNS * KILL_POINTS
+    assert len([p for p in destination.rglob("*") if p.is_file()]) == KILL_RUNS  # the killed load's files removed
+    verified = invoke("verify", str(kill_bundle), d.uri(database, destination), "--level", "full")
+    assert verified.exit_code == 0, verified.output
+
+
+def test_bulk_load_refusals(databases, sample_bundle, tmp_path):
+    """Refused in one line, exit 3, nothing written: MariaDB, a database holding runs, a
+    target that is no database."""
+    maria = databases["mariadb"]
+    database = maria.fresh()
+    refused = invoke("import", str(sample_bundle), maria.uri(database), "--bulk-load")
+    assert refused.exit_code == ExitCode.BAD_INPUT and "PostgreSQL only" in _one_line(refused), refused.output
+    assert maria.rows(database, "SELECT count(*) FROM runs") == [(0,)]
+
+    d = databases["postgresql"]
+    database = d.fresh()
+    conn = d.server.connect(database)
+    with conn:
+        conn.execute("INSERT INTO experiments (experiment_id, name, lifecycle_stage, creation_time, last_update_time)"
+                     " VALUES (1, 'held', 'active', 0, 0)")
+        conn.execute("INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, status,"
+                     " start_time, source_version, lifecycle_stage, artifact_uri, experiment_id)"
+                     " VALUES ('a' || repeat('0', 31), '', 'UNKNOWN', '', '', 'u', 'FINISHED', 0, '', 'active', '', 1)")
+    held = invoke("import", str(sample_bundle), d.uri(database), "--bulk-load")
+    # (the last line: MLflow's own log lines come first where this process builds its schema template)
+    assert held.exit_code == ExitCode.BAD_INPUT and "holds no runs" in held.output.strip().splitlines()[-1], held.output
+    assert d.rows(database, "SELECT count(*) FROM runs") == [(1,)]
+
+    bundle = invoke("import", str(sample_bundle), str(tmp_path / "store.db"), "--bulk-load")
+    assert bundle.exit_code == ExitCode.BAD_INPUT and "--bulk-load" in _one_line(bundle), bundle.output

@@ -164,6 +164,7 @@ def open_sink(
     config: TransferConfig = DEFAULT,
     artifacts_direct: bool = False,
     server_stopped: bool = False,
+    bulk_load: bool = False,
     state_scope: str | None = None,
 ) -> SinkStore:
     """A store to write into: a tracking server, a local sqlite store (created if missing)
@@ -173,10 +174,14 @@ def open_sink(
     written straight into its S3 bucket (docs/s3-artifacts.md); other stores ignore it.
     server_stopped: a sqlite database an MLflow server on this machine seems to use, or a
     PostgreSQL/MySQL database other sessions are connected to, is written all the same
-    (stores.sqlite.in_use, stores.serverdb); other stores ignore it. state_scope: a
-    server's id map, ledger and lock are kept apart under this name (the shards of one plan
+    (stores.sqlite.in_use, stores.serverdb); other stores ignore it. bulk_load: a PostgreSQL
+    database holding no runs takes the whole transfer in one transaction, its metrics keys
+    and indexes made again at the end (stores.serverdb.bulk); any other target is refused.
+    state_scope: a server's id map, ledger and lock are kept apart under this name (the shards of one plan
     write into one server at once: transfer.shards); other stores ignore it."""
     location = locate(uri)
+    if bulk_load and location.kind != DATABASE:
+        raise BadInputError(f"--bulk-load writes into a PostgreSQL database (postgresql://...) only; leave it out for a {location.kind} target")
     if location.kind == REST:
         from trackport.stores.rest.sink import RestSink
 
@@ -199,7 +204,7 @@ def open_sink(
 
         return ServerDatabaseSink(
             uri, artifact_root=artifact_root, on_long_value=on_long_value, on_existing_model=on_existing_model,
-            config=config, server_stopped=server_stopped,
+            config=config, server_stopped=server_stopped, bulk_load=bulk_load,
         )
     from trackport.stores.local_mlruns import looks_like_mlruns
 

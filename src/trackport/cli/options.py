@@ -41,7 +41,7 @@ class Time(click.ParamType):
 
 
 TIME = Time()
-SINK_NAMES = ("artifact_root", "on_long_value", "on_existing_model", "artifacts_direct", "server_stopped")
+SINK_NAMES = ("artifact_root", "on_long_value", "on_existing_model", "artifacts_direct", "server_stopped", "bulk_load")
 RENAME_NAMES = (
     "rename_experiment", "rename_experiment_prefix", "target_experiment", "rename_model", "rename_model_prefix", "rename_file",
 )
@@ -237,7 +237,7 @@ def rename_options(command):
 
 
 def sink_options(command):
-    """--artifact-root, --on-long-value, --on-existing-model, --artifacts-direct, --server-stopped, handed to the command as the
+    """--artifact-root, --on-long-value, --on-existing-model, --artifacts-direct, --server-stopped, --bulk-load, handed to the command as the
     dict `sink` (keyword arguments of opening.open_sink)."""
     command = _packed(SINK_NAMES, "sink")(command)
     command = click.option(
@@ -262,6 +262,14 @@ def sink_options(command):
         help="Write into a tracking server's database even though a server seems to use it: for sqlite, an MLflow"
         " server on this machine names or holds the file; for PostgreSQL/MySQL, other sessions are connected to the"
         " database (you know it is stopped, or they are not a server). Without it such a target is refused.",
+    )(command)
+    command = click.option(
+        "--bulk-load",
+        is_flag=True,
+        help="Into a PostgreSQL database that holds no runs yet: the whole restore in one transaction, the metrics"
+        " table's keys and indexes dropped for the load and made again (the same definitions) before the commit;"
+        " several times faster, but a killed or failed load keeps nothing and starts again from the beginning"
+        " (without it, runs are committed one by one and a killed restore resumes).",
     )(command)
     command = click.option(
         "--artifacts-direct",

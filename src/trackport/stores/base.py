@@ -310,6 +310,8 @@ class SinkStore(ABC):
     on_long_value: str = "error"
     # What it does with a registered model of the target it did not write (EXISTING_MODEL_POLICIES).
     on_existing_model: str = "fail"
+    # What the transfer's summary should say about how this sink writes (a mode's trade-off).
+    notices: tuple[str, ...] = ()
 
     @abstractmethod
     def describe(self) -> StoreDescription: ...

@@ -10,7 +10,10 @@ whole runs only, and the next one finds them by run_uuid and goes on with the re
 Before anything is written: the database must hold the schema the installed MLflow makes
 (`mlflow db upgrade`), at its revision; and no other session may be connected to it (a
 tracking server keeps a pool of connections open), unless the user says the server is
-stopped (--server-stopped). Ids are kept: run ids always, experiment ids where the target
+stopped (--server-stopped). With --bulk-load (PostgreSQL, a database holding no runs) the
+whole restore is one transaction instead, on one connection, each unit in a savepoint, with
+the metrics table's keys and indexes dropped for the load and made again before the commit
+(serverdb.bulk). Ids are kept: run ids always, experiment ids where the target
 has them free (PostgreSQL's experiment sequence is moved past them, so the server's next
 experiment gets a new id). Artifacts go where the server serves them from, as for a
 server's sqlite database (stores.sqlite.places: `?artifacts_destination=DIR`).
@@ -33,6 +36,7 @@ from trackport.stores.base import (
     StoreDescription,
 )
 from trackport.stores.mlflow_db.uri import split_uri_options
+from trackport.stores.serverdb import bulk
 from trackport.stores.serverdb.connection import (
     POSTGRES,
     Cursor,
@@ -75,6 +79,7 @@ class ServerDatabaseSink(SqlRunWriting, ModelWriting, SinkStore):
         on_existing_model: str = "fail",
         config: TransferConfig = DEFAULT,
         server_stopped: bool = False,
+        bulk_load: bool = False,
     ) -> None:
         self.on_existing_model = existing_model_policy(on_existing_model)
         self.on_long_value = on_long_value
@@ -88,14 +93,19 @@ class ServerDatabaseSink(SqlRunWriting, ModelWriting, SinkStore):
         self._experiment_lock = threading.Lock()  # one experiment made at a time: found by name
         self._lock: TargetLock | None = None
         self._writer_open = False
+        self._bulk: list[bulk.Definition] | None = None  # the keys and indexes a bulk load makes again
+        self._bulk_lock = threading.RLock()  # one unit at a time on the bulk load's one connection
+        self.notices: tuple[str, ...] = (bulk.NOTICE,) if bulk_load else ()
         try:
-            self._open(destination, artifact_root, server_stopped)
+            self._open(destination, artifact_root, server_stopped, bulk_load)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, destination: str | None, artifact_root: str | None, server_stopped: bool) -> None:
+    def _open(self, destination: str | None, artifact_root: str | None, server_stopped: bool, bulk_load: bool) -> None:
         target = self._target
+        if bulk_load:
+            bulk.refuse_unless_possible(target, holds_runs=False)  # MySQL/MariaDB: before anything else
         con = self._connection()
         cur = Cursor(con.cursor(), target.backend)
         found = revision(cur)
@@ -116,6 +126,8 @@ class ServerDatabaseSink(SqlRunWriting, ModelWriting, SinkStore):
         self.identity = identity(cur, target)
         # A database holding no runs is the restore's own, its Default experiment included.
         self._created_here = cur.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is None
+        if bulk_load:
+            bulk.refuse_unless_possible(target, holds_runs=not self._created_here)
         self._sequence = None
         if target.backend == POSTGRES:
             self._sequence = cur.execute("SELECT pg_get_serial_sequence('experiments', 'experiment_id')").fetchone()[0]
@@ -130,15 +142,24 @@ class ServerDatabaseSink(SqlRunWriting, ModelWriting, SinkStore):
         self._artifact_root = artifact_root_uri(artifact_root) if artifact_root else PROXIED_ROOT
         self._destination = ready_destination(destination)
         self._artifact_locations: dict[int, str] = {}
-        self._folders = RunFolders(self.state_dir(), self.identity)
+        self._folders = (bulk.DeferredFolders if bulk_load else RunFolders)(self.state_dir(), self.identity)
         remove_stale_spools(self.state_dir())
         self._writer_open = True
         self._folders.settle(self._committed)  # what killed restores left, while holding the lock
+        if bulk_load:
+            # The load's transaction begins: no other session sees the keys dropped, or any row, before its commit.
+            self._bulk_con = con
+            found = bulk.definitions(cur)
+            bulk.drop(cur, found)
+            self._bulk = found
 
     # ---------------------------------------------------------------- connections
 
     def _connection(self) -> Any:
-        """This thread's connection (each worker writes its runs in transactions of its own)."""
+        """This thread's connection (each worker writes its runs in transactions of its own);
+        in a bulk load, the load's one connection."""
+        if self._bulk is not None:
+            return self._bulk_con
         con = getattr(self._local, "con", None)
         if con is None or _closed(con):
             con = connect(self._target)
@@ -151,6 +172,9 @@ class ServerDatabaseSink(SqlRunWriting, ModelWriting, SinkStore):
         """unit(cursor) in one transaction on this thread's connection, committed; a unique
         violation (a concurrent run made the same dataset row) is tried again."""
         self._check_writable()
+        if self._bulk is not None:
+            with self._bulk_lock:
+                return self._write_in_load(unit, what)
         for attempt in range(RETRIES + 1):
             con = self._connection()
             try:
@@ -168,8 +192,29 @@ class ServerDatabaseSink(SqlRunWriting, ModelWriting, SinkStore):
                 raise UnitError(f"{what}: {_one_line(exc)}") from None
         raise AssertionError("unreachable")
 
+    def _write_in_load(self, unit: Callable[[Cursor], T], what: str) -> T:
+        """unit(cursor) in a savepoint of the bulk load's transaction: a unit that fails is undone alone."""
+        for attempt in range(RETRIES + 1):
+            try:
+                with self._bulk_con.transaction(), self._bulk_con.cursor() as raw:  # a savepoint
+                    return unit(Cursor(raw, self._target.backend))
+            except TrackportError:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- a driver's error: this unit fails, in one line
+                if attempt < RETRIES and _integrity_error(exc):
+                    continue
+                raise UnitError(f"{what}: {_one_line(exc)}") from None
+        raise AssertionError("unreachable")
+
     def _read(self, sql: str, params: tuple) -> list[tuple]:
-        """A query on this thread's connection, in a transaction of its own: it sees what is committed."""
+        """A query on this thread's connection, in a transaction of its own: it sees what is
+        committed (in a bulk load, what the load wrote so far)."""
+        if self._bulk is not None:
+            try:
+                with self._bulk_lock, self._bulk_con.transaction(), self._bulk_con.cursor() as raw:  # a savepoint
+                    return Cursor(raw, self._target.backend).execute(sql, params).fetchall()
+            except Exception as exc:
+                raise UnitError(f"reading {self.uri}: {_one_line(exc)}") from None
         con = self._connection()
         try:
             with con.cursor() as raw:
@@ -195,8 +240,30 @@ class ServerDatabaseSink(SqlRunWriting, ModelWriting, SinkStore):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def finish(self, counts: dict) -> None:
+        """A bulk load's end: the keys and indexes made again, then the one commit."""
+        if self._bulk is None:
+            return
+        with self._bulk_lock:
+            try:
+                with self._bulk_con.cursor() as raw:
+                    bulk.remake(Cursor(raw, self._target.backend), self._bulk)
+                self._bulk_con.commit()
+            except Exception as exc:  # noqa: BLE001 -- nothing is kept: one line
+                _rollback(self._bulk_con)
+                raise BadInputError(f"the bulk load into {self.uri} was undone, nothing kept: {_one_line(exc)}") from None
+            self._bulk = None
+            self._folders.all_committed()
+
     def close(self) -> None:
         self._writer_open = False
+        if self._bulk is not None:  # a bulk load not committed: undone, and its run folders removed
+            self._bulk = None
+            _rollback(self._bulk_con)
+            try:
+                self._folders.settle(self._committed)
+            except Exception:  # noqa: BLE001 -- left for the next open to settle
+                pass
         try:
             with self._connections_lock:
                 for con in self._connections:
