@@ -175,5 +175,11 @@ class AdbcPostgres:
                 break
         with self._lock:
             if self._database is not None:
-                self._database.close()
+                try:
+                    self._database.close()
+                except RuntimeError:
+                    # A connection is still out: a history read stopped half-way (its
+                    # generator not closed, e.g. by an error being raised): the driver closes
+                    # it when it is collected; raising here would hide that error.
+                    pass
                 self._database = None
