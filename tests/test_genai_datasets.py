@@ -10,8 +10,6 @@ source), and every scorer version's serialized form.
 from __future__ import annotations
 
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,27 +19,10 @@ from trackport.cli.main import cli
 from trackport.opening import open_bundle_sink, open_bundle_source, open_sink, open_source
 from trackport.stores.base import Selection
 from trackport.transfer import transfer
+from mlflow_tracking import tracking
 
 EVERYTHING = Selection(include_deleted=True)
 EXPERIMENT, OTHER = "genai-datasets-sample", "genai-datasets-other"
-
-
-@contextmanager
-def tracking(url: str):
-    """MLflow's client pointed at url, the previous tracking URI put back."""
-    import mlflow
-
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = url
-    mlflow.set_tracking_uri(url)
-    try:
-        yield mlflow.MlflowClient(url)
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
-        mlflow.set_tracking_uri(before)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from trackport.samples.model_store import EXPERIMENT, MODEL_SAMPLE_COUNTS, Model
 from trackport.stores.base import Selection
 from trackport.transfer import transfer
 from trackport.transfer.ledger import LEDGER_FILE
+from mlflow_tracking import tracking
 
 EVERYTHING = Selection(include_deleted=True)
 PROMPTS = "tags.`mlflow.prompt.is_prompt` = 'true'"
@@ -72,24 +71,6 @@ def _done(summary) -> dict:
     return {kind: counts["done"] for kind, counts in summary.counts.items() if counts["done"]}
 
 
-@contextmanager
-def tracking(url: str):
-    """MLflow's fluent API pointed at url (proxied artifacts find their server through the environment)."""
-    import mlflow
-
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = url
-    mlflow.set_tracking_uri(url)
-    try:
-        yield mlflow
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
-        mlflow.set_tracking_uri(before)  # None: back to the environment's
-
-
 # -- what a server holds, as MLflow's client shows it ------------------------------------------
 
 
@@ -128,7 +109,9 @@ def _registrations(value: str) -> list[tuple[str, str]]:
 
 
 def _download(url: str, artifact_uri: str, where: Path) -> Path:
-    with tracking(url) as mlflow:
+    import mlflow
+
+    with tracking(url):
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(where / url.rsplit(":", 1)[1])))
 
 
@@ -332,7 +315,9 @@ def test_bundle_into_a_fresh_server_serves_the_same_models(servers, sample, bund
 
     predictions = {}
     for url in (source, target):
-        with tracking(url) as mlflow:
+        with tracking(url):
+            import mlflow
+
             model = mlflow.pyfunc.load_model("models:/churn@champion")
             predictions[url] = [float(x) for x in model.predict(np.array([[1.0], [2.0]]))]
             prompt = mlflow.genai.load_prompt("prompts:/greet@production")

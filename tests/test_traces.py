@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from trackport.samples.trace_store import EXPERIMENT, TRACE_NAMES
 from trackport.stores.base import Selection
 from trackport.stores.rest.http import RestClient
 from trackport.transfer import transfer
+from mlflow_tracking import tracking
 
 EVERYTHING = Selection(include_deleted=True)
 # Where a server keeps the spans of a trace: its own business (the target keeps them all in
@@ -70,24 +70,6 @@ def bundle(sample, servers, tmp_path_factory) -> Path:
     summary = _transfer(servers["source"].url, str(path))
     assert summary.failed == 0, summary.failures
     return path
-
-
-@contextmanager
-def tracking(url: str):
-    """MLflow's client pointed at url (a trace artifact is found through the tracking URI)."""
-    import mlflow
-
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = url
-    mlflow.set_tracking_uri(url)
-    try:
-        yield mlflow.MlflowClient(url)
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
-        mlflow.set_tracking_uri(before)
 
 
 def _traces(url: str) -> dict[str, dict]:
