@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import requests
@@ -238,6 +238,16 @@ class ServerPool:
             server = MlflowServer(self.root / f"server-{len(self._started)}", template_db=self.template_db).start()
             self._started.append(server)
             self._booting.append(server)
+
+    @contextmanager
+    def taken(self, *names: str):
+        """A server of the pool for each name (a module's servers), given back afterwards."""
+        started = [self.take() for _ in names]
+        try:
+            yield dict(zip(names, started))
+        finally:
+            for server in started:
+                self.give_back(server)
 
     def give_back(self, server: MlflowServer) -> None:
         """Stop a taken server without waiting for its shutdown (about 2 s): close waits."""

@@ -27,11 +27,8 @@ EXPERIMENT, OTHER = "genai-datasets-sample", "genai-datasets-other"
 
 @pytest.fixture(scope="module")
 def servers(server_pool):
-    names = ("source", "copied", "imported")
-    started = [server_pool.take() for _ in names]
-    yield dict(zip(names, started))
-    for server in started:
-        server_pool.give_back(server)
+    with server_pool.taken("source", "copied", "imported") as servers:
+        yield servers
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,8 @@ LOGGED_MODELS_SEEN = MODEL_SAMPLE_COUNTS["logged_models"] - 1
 @pytest.fixture(scope="module")
 def servers(server_pool):
     """The module's servers, from the session's pool: the sample's source and one target per story."""
-    names = ("source", "copied", "imported", "resumed", "existing", "from-sqlite")
-    started = [server_pool.take() for _ in names]
-    yield dict(zip(names, started))
-    for server in started:
-        server_pool.give_back(server)
+    with server_pool.taken("source", "copied", "imported", "resumed", "existing", "from-sqlite") as servers:
+        yield servers
 
 
 @pytest.fixture(scope="module")

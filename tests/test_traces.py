@@ -39,11 +39,8 @@ LOCATION_TAGS = ("mlflow.trace.spansLocation", "mlflow.artifactLocation")
 def servers(server_pool, target_server):
     """The source and the bundle's target from the pool; the copy goes to the session's
     shared target (the sample's experiment name is this module's own)."""
-    names = ("source", "imported")
-    started = [server_pool.take() for _ in names]
-    yield {**dict(zip(names, started)), "copied": target_server}
-    for server in started:
-        server_pool.give_back(server)
+    with server_pool.taken("source", "imported") as servers:
+        yield {**servers, "copied": target_server}
 
 
 @pytest.fixture(scope="module")
