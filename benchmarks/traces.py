@@ -70,7 +70,19 @@ def make_trace(rng: random.Random, t: int, spans: int, base_ms: int) -> tuple[st
 
 
 def write_trace(session: requests.Session, url: str, experiment_id: str, spans_request: list, info: dict) -> None:
-    """The two calls of MLflow's client: the spans over OTLP, then StartTraceV3 with the info."""
+    """The two calls of MLflow's client: the spans over OTLP, then StartTraceV3 with the info;
+    both again after a dropped connection (a loaded server's worker can drop one; both
+    calls merge, so writing twice is safe)."""
+    for attempt in range(4):
+        try:
+            return _write_trace(session, url, experiment_id, spans_request, info)
+        except requests.ConnectionError:
+            if attempt == 3:
+                raise
+            time.sleep(2 ** attempt)
+
+
+def _write_trace(session: requests.Session, url: str, experiment_id: str, spans_request: list, info: dict) -> None:
     r = session.post(f"{url}/v1/traces", data=json.dumps({"resourceSpans": spans_request}),
                      headers={"Content-Type": "application/json", "x-mlflow-experiment-id": experiment_id}, timeout=60)
     r.raise_for_status()

@@ -1,5 +1,6 @@
 """MLflow 3 traces through tracking servers: copied server -> server and server -> bundle ->
-server, re-run, and refused where a server holds the id elsewhere.
+server, re-run, and into the server that holds them under another experiment name (new
+trace ids, mapped).
 
 The traces are made by MLflow's own client (trackport.samples.trace_store, in a process of
 its own): two with their spans in the server's tracking store, one with its spans in the
@@ -10,6 +11,7 @@ changes) are replaced by their names on both sides.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -19,10 +21,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from trackport import kinds
 from trackport.cli.main import cli
-from trackport.errors import TransientError, UnitError
+from trackport.errors import TransientError
 from trackport.opening import open_bundle_sink, open_bundle_source, open_sink, open_source
+from trackport.provenance import SOURCE_UNIT_TAG
+from trackport.renames import Renames
 from trackport.samples.trace_store import EXPERIMENT, TRACE_NAMES
 from trackport.stores.base import Selection
 from trackport.stores.rest.http import RestClient
@@ -69,10 +72,10 @@ def bundle(sample, servers, tmp_path_factory) -> Path:
     return path
 
 
-def _traces(url: str) -> dict[str, dict]:
-    """The sample experiment's traces as MLflow's client shows them, by trace id."""
+def _traces(url: str, experiment_name: str = EXPERIMENT) -> dict[str, dict]:
+    """An experiment's traces as MLflow's client shows them, by trace id."""
     with tracking(url) as client:
-        experiment = client.get_experiment_by_name(EXPERIMENT)
+        experiment = client.get_experiment_by_name(experiment_name)
         names = {r.info.run_id: f"<run {r.info.run_name}>" for r in client.search_runs([experiment.experiment_id])}
         names.update({m.model_id: f"<model {m.name}>" for m in client.search_logged_models([experiment.experiment_id])})
         found = {}
@@ -179,17 +182,69 @@ def test_server_to_bundle_to_server_resuming_a_cut_write(servers, sample, expect
     assert _traces(servers["imported"].url) == imported
 
 
-def test_a_trace_id_the_target_holds_in_another_experiment_is_refused(servers, sample, bundle):
-    """Trace ids are unique per server: writing one into another experiment of a server that
-    holds it is refused with one line, never merged into the other experiment's trace."""
-    with open_bundle_source(str(bundle)) as source, open_sink(servers["source"].url) as sink:
-        experiment = next(e for e in source.list_experiments(EVERYTHING) if e.name == EXPERIMENT)
-        unit = next(u for u in source.iter_units(kinds.TRACE, experiment) if u.unit_id == sample["answer"])
-        other = str(int(sample["experiment"]) + 100)
-        with pytest.raises(UnitError, match="unique per server") as refused:
-            sink.find_trace(unit, other)
-        assert "\n" not in str(refused.value)
-        assert sink.find_trace(unit, sample["experiment"]) == sample["answer"]  # where it is: complete
+def test_a_copy_within_one_server_takes_new_trace_ids_mapped(servers, sample, expected, bundle, monkeypatch):
+    """The bundle imported back into its own server under another experiment name. The server
+    holds every trace id (and assessment id) in the first experiment, so each copy gets a new
+    id, made from the source id and the target experiment: a write cut between a trace's two
+    calls is finished by the next run, and a third changes nothing. The copies name the
+    copied run and logged model, carry every span and assessment (new assessment ids), name
+    their source trace in trackport.source.id; the originals are untouched; verify is clean."""
+    url, again = servers["source"].url, EXPERIMENT + "-again"
+    renames = Renames(names=((EXPERIMENT, again),))
+    cut = sample["answer"]
+    real_call = RestClient.call
+
+    def cut_before_the_info(self, method, endpoint, **kwargs):
+        if method == "POST" and endpoint == "/api/3.0/mlflow/traces":
+            if kwargs["body"]["trace"]["trace_info"]["tags"].get(SOURCE_UNIT_TAG) == cut:
+                raise TransientError("connection reset (injected between the spans and the info)")
+        return real_call(self, method, endpoint, **kwargs)
+
+    def import_again():
+        with open_bundle_source(str(bundle)) as source, open_sink(url) as sink:
+            return transfer(source, sink, EVERYTHING, renames=renames)
+
+    monkeypatch.setattr(RestClient, "call", cut_before_the_info)
+    first = import_again()
+    monkeypatch.undo()
+    assert first.failed == 1 and first.counts["traces"]["done"] == 2, first.failures
+    resumed = import_again()
+    assert resumed.failed == 0, resumed.failures
+    assert resumed.counts["traces"]["done"] == 1 and resumed.counts["traces"]["skipped"] == 2
+
+    assert _traces(url) == expected  # the originals, untouched
+    copies = _traces(url, again)
+    assert len(copies) == 3 and not set(copies) & set(expected)
+    by_source = {trace["tags"].pop(SOURCE_UNIT_TAG): (trace_id, trace) for trace_id, trace in copies.items()}
+    assert set(by_source) == set(expected)
+    for source_id, want in expected.items():
+        new_id, got = by_source[source_id]
+        assert _without_ids(got, new_id) == _without_ids(want, source_id), source_id
+        assert not {a["assessment_id"] for a in got["assessments"]} & {a["assessment_id"] for a in want["assessments"]}
+    assert by_source[cut][1]["metadata"]["mlflow.sourceRun"] == "<run agent-run>"  # the copied run, in the new experiment
+    assert by_source[sample["fails"]][1]["metadata"]["mlflow.modelId"] == "<model agent>"
+
+    rerun = import_again()
+    assert rerun.failed == 0 and rerun.counts["traces"]["done"] == 0 and rerun.counts["traces"]["skipped"] == 3
+    assert {k: {**v, "tags": {t: x for t, x in v["tags"].items() if t != SOURCE_UNIT_TAG}} for k, v in _traces(url, again).items()} == copies
+    verified = CliRunner().invoke(cli, ["verify", str(bundle), url, "--experiment", EXPERIMENT, "--rename-experiment", f"{EXPERIMENT}={again}"])
+    assert verified.exit_code == 0, verified.output
+
+
+def _without_ids(trace: dict, trace_id: str) -> dict:
+    """A trace as _traces gives it with its own id (in each form MLflow shows it: "tr-...",
+    and the OpenTelemetry id in base64) and its assessments' ids as placeholders, the
+    assessments in an order of their content."""
+    def content(a: dict) -> str:
+        return json.dumps({k: v for k, v in a.items() if k not in ("assessment_id", "trace_id", "overrides")}, sort_keys=True)
+
+    assessments = sorted(trace["assessments"], key=content)
+    names = {trace_id: "<trace>", base64.b64encode(bytes.fromhex(trace_id[3:])).decode(): "<otel trace>"}
+    names.update({a["assessment_id"]: f"<assessment {i}>" for i, a in enumerate(assessments)})
+    text = json.dumps({**trace, "assessments": assessments, "spans_location": None}, sort_keys=True)
+    for name, placeholder in names.items():
+        text = text.replace(name, placeholder)
+    return json.loads(text)
 
 
 def test_verify_compares_traces_and_no_traces_leaves_them(servers, copied, tmp_path):

@@ -1,12 +1,17 @@
 """MLflow 3 traces as units: the trace's info, its assessments and its spans, built the same
 way by every store that reads them, and the OTLP form a tracking server takes spans in.
 
-A trace keeps its id everywhere (MLflow's trace ids are made by the client, "tr-" and the
-32 hex digits of the OpenTelemetry trace id, and a server takes them as sent), so its spans
-and the span ids its assessments name need no remapping. What differs from store to store
-are the ids of the run and logged model it is linked to (metadata `mlflow.sourceRun` and
-`mlflow.modelId`): they are the unit's refs "run" and "logged_model", and the body holds
-neither. The JSON Schema of the body is schemas/trace.schema.json.
+A trace keeps its id wherever it can (MLflow's trace ids are made by the client, "tr-" and
+the 32 hex digits of the OpenTelemetry trace id, and a server takes them as sent), so its
+spans and the span ids its assessments name need no remapping. Trace ids and assessment
+ids are unique per server, though: a target that holds the trace's id in another
+experiment (a copy within one server, or a second copy under another experiment name)
+gets it under a new id, made from the source id and the target experiment
+(`remapped_trace_id`, so a re-run finds what it wrote), with new assessment ids made the
+same way (`renamed_trace`). What differs from store to store are the ids of the run and
+logged model it is linked to (metadata `mlflow.sourceRun` and `mlflow.modelId`): they are
+the unit's refs "run" and "logged_model", and the body holds neither. The JSON Schema of
+the body is schemas/trace.schema.json.
 
 Spans travel inside the body, one object per span in the form MLflow keeps in a trace
 artifact (`traces.json`), with hex ids: span id, parent span id, name, start and end
@@ -16,6 +21,8 @@ keeps them in one Parquet file per experiment (bundle/spans.py), rows of this fo
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -35,6 +42,7 @@ LOCATION_TAGS = (SPANS_LOCATION_TAG, ARTIFACT_LOCATION_TAG)
 # Metadata a server sets when StartTraceV3 writes a trace's info, which a writer cannot
 # leave out: a trace whose client never sent its info (only its spans) lacks it.
 FINALIZED_KEY = "mlflow.trace.infoFinalized"
+REQUEST_ID_ATTRIBUTE = "mlflow.traceRequestId"  # a span's trace id; a server's span intake sets it
 _TRACE_ID = re.compile(r"^tr-([0-9a-f]{32})$")
 _DURATION = re.compile(r"^(-?\d+)(?:\.(\d{1,9}))?s$")
 
@@ -261,3 +269,39 @@ def trace_unit(t: TraceFields) -> Unit:
         "artifact_location": t.tags.get(ARTIFACT_LOCATION_TAG),
     }
     return Unit(TRACE.name, t.trace_id, t.experiment_id, t.tags.get("mlflow.traceName", ""), refs, body)
+
+
+# -- a trace under another id ------------------------------------------------------------------
+def remapped_trace_id(source_trace_id: str, target_experiment_id: str) -> str:
+    """The id a trace takes in a target whose other experiment holds its own id: made from
+    both, so the same copy always gets the same id (a re-run or a resume finds it) and
+    copies into two experiments get two."""
+    digest = hashlib.sha256(f"{source_trace_id}\0{target_experiment_id}".encode()).hexdigest()
+    return f"tr-{digest[:32]}"
+
+
+def _remapped_assessment_id(assessment_id: str, trace_id: str) -> str:
+    return "a-" + hashlib.sha256(f"{assessment_id}\0{trace_id}".encode()).hexdigest()[:32]
+
+
+def renamed_trace(unit: Unit, trace_id: str) -> Unit:
+    """The trace as it is written, and read back, under another id: the spans name it in
+    mlflow.traceRequestId, its assessments get ids of their own (an assessment that
+    overrides another names the other's new id). Span ids stay: they are unique within a
+    trace only."""
+    if trace_id == unit.unit_id:
+        return unit
+    own = json.dumps(unit.unit_id)
+    spans = [
+        {**s, "attributes": {**s["attributes"], REQUEST_ID_ATTRIBUTE: json.dumps(trace_id)}}
+        if s.get("attributes", {}).get(REQUEST_ID_ATTRIBUTE) == own else s
+        for s in unit.body.get("spans") or ()
+    ]
+    ids = {a["assessment_id"]: _remapped_assessment_id(a["assessment_id"], trace_id)
+           for a in unit.body.get("assessments") or () if a.get("assessment_id")}
+    assessments = sorted(
+        ({**a, **{k: ids[a[k]] for k in ("assessment_id", "overrides") if a.get(k) in ids}} for a in unit.body.get("assessments") or ()),
+        key=lambda a: str(a.get("assessment_id")),
+    )
+    body = {**unit.body, "spans": spans, "assessments": assessments}
+    return dataclasses.replace(unit, unit_id=trace_id, body=body)

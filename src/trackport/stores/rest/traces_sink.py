@@ -9,12 +9,16 @@ tags, metadata, assessments with their ids and times), which the server takes as
 merges over what the spans made. A trace whose spans the source kept in an artifact is
 written the same way: the target keeps its spans in its tracking store.
 
-Ids: a server takes a trace's id from the client, and trace ids are unique per server.
-A trace already in the target experiment with its info finalized (metadata
-`mlflow.trace.infoFinalized`, set by StartTraceV3, the last call) is complete and
-skipped; one that is not is written again (both calls merge). A trace whose id the target
-holds in another experiment (a copy within one server, or into a server that received it
-from elsewhere) is refused: new ids, mapped, are a later step.
+Ids: a server takes a trace's id from the client, and trace ids (and assessment ids) are
+unique per server. A trace goes in under its own id unless the target holds that id in
+another experiment (a copy within one server, through a bundle or under another
+experiment name): then under `remapped_trace_id` (the source id and the target
+experiment, so every re-run finds the same one), with its assessments renamed to match
+and the provenance tag `trackport.source.id` naming the source's trace. Either way a trace
+already there with its info finalized (metadata `mlflow.trace.infoFinalized`, set by
+StartTraceV3, the last call) is complete and skipped; one that is not is written again
+(both calls merge). The id is decided before the spans are sent: spans sent under an id
+another experiment holds would be merged into that experiment's trace.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from urllib.parse import quote
 
 from trackport.errors import UnitError
 from trackport.kinds import Unit
+from trackport.provenance import SOURCE_UNIT_TAG
 from trackport.stores.base import UnitWriteResult
 from trackport.stores.rest.http import NotFoundError, RestClient, RestError
 from trackport.traces import (
@@ -33,6 +38,8 @@ from trackport.traces import (
     assessment_to_json,
     duration_from_ms,
     otlp_request,
+    remapped_trace_id,
+    renamed_trace,
     timestamp_from_ms,
 )
 
@@ -53,25 +60,32 @@ class RestTracesSink:
         except NotFoundError:
             return None
 
+    def _trace_id(self, source_id: str, target_experiment_id: str) -> tuple[str, dict | None]:
+        """(the id the trace has in that target experiment, the target's info under it or None)."""
+        info = self._target_trace(source_id)
+        if info is None or _experiment_of(info) == str(target_experiment_id):
+            return source_id, info
+        new_id = remapped_trace_id(source_id, str(target_experiment_id))
+        info = self._target_trace(new_id)
+        if info is not None and _experiment_of(info) != str(target_experiment_id):
+            raise UnitError(f"trace {source_id}: the target holds both its id and {new_id} in other experiments; nothing written")
+        return new_id, info
+
     def find_trace(self, unit: Unit, target_experiment_id: str) -> str | None:
-        info = self._target_trace(unit.unit_id)
-        if info is None:
-            return None
-        where = str(((info.get("trace_location") or {}).get("mlflow_experiment") or {}).get("experiment_id"))
-        if where != str(target_experiment_id):
-            raise UnitError(
-                f"trace {unit.unit_id}: the target holds this trace id in its experiment {where} already, and trace ids"
-                " are unique per server: copy traces into another server (new ids within one server are not supported yet)"
-            )
-        complete = (info.get("trace_metadata") or {}).get(FINALIZED_KEY) == "true"
-        return unit.unit_id if complete else None
+        trace_id, info = self._trace_id(unit.unit_id, target_experiment_id)
+        complete = info is not None and (info.get("trace_metadata") or {}).get(FINALIZED_KEY) == "true"
+        return trace_id if complete else None
 
     def lookup_trace(self, source_id: str, target_experiment_id: str | None) -> str | None:
-        info = self._target_trace(source_id)
-        return source_id if info is not None else None
+        if target_experiment_id is None:
+            return source_id if self._target_trace(source_id) is not None else None
+        trace_id, info = self._trace_id(source_id, target_experiment_id)
+        return trace_id if info is not None else None
 
     def put_trace(self, unit: Unit, target_experiment_id: str) -> UnitWriteResult:
-        exp_id, body, trace_id = str(target_experiment_id), unit.body, unit.unit_id
+        exp_id = str(target_experiment_id)
+        trace_id, _ = self._trace_id(unit.unit_id, exp_id)
+        body = renamed_trace(unit, trace_id).body
         result = UnitWriteResult(trace_id)
         spans = body.get("spans") or []
         if any(s.get("links") for s in spans):
@@ -93,7 +107,7 @@ class RestTracesSink:
             "request_time": timestamp_from_ms(body["request_time"]),
             "state": body.get("state") or "STATE_UNSPECIFIED",
             "trace_metadata": metadata,
-            "tags": dict(body.get("tags") or {}),
+            "tags": dict(body.get("tags") or {}, **({SOURCE_UNIT_TAG: unit.unit_id} if trace_id != unit.unit_id else {})),
             "assessments": [assessment_to_json(a, trace_id) for a in body.get("assessments") or ()],
         }
         if body.get("execution_duration") is not None:
@@ -104,3 +118,7 @@ class RestTracesSink:
         except RestError as exc:
             raise UnitError(f"trace {trace_id}: the target refused it: {exc}") from None
         return result
+
+
+def _experiment_of(info: dict) -> str:
+    return str(((info.get("trace_location") or {}).get("mlflow_experiment") or {}).get("experiment_id"))
