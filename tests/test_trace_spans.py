@@ -111,7 +111,7 @@ def test_spans_go_to_one_parquet_file_per_experiment_and_read_back_exactly(writt
     assert _read(path) == {**_bodies(experiments["1"]), **_bodies(experiments["2"])}
     assert verify_bundle(path, "full").ok
     root = json.loads((path / "trackport-bundle.json").read_text())
-    assert root["format_version"] == "1.5"
+    assert root["format_version"] == "1.6"
 
 
 def test_row_groups_bound_the_memory_of_writing(tmp_path, monkeypatch):

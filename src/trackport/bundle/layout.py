@@ -18,7 +18,7 @@ from trackport._files import check_component, write_bytes_atomic
 from trackport.bundle.documents import dumps
 
 FORMAT_NAME = "trackport-bundle"
-FORMAT_VERSION = "1.5"
+FORMAT_VERSION = "1.6"
 FORMAT_MAJOR = 1
 
 ROOT_FILE = "trackport-bundle.json"
