@@ -204,3 +204,30 @@ def test_a_shard_keeps_the_plans_trace_selection(tmp_path):
     taken = shard_selection(load_plan(tmp_path / "plan.json"))
     assert (taken.trace_filter, taken.traces_since, taken.leave_kinds) == (
         "trace.status = 'OK'", 1_700_000_000_000, ("scorer",))
+
+
+def test_a_shard_reads_traces_with_the_selection(tmp_path):
+    """A source that reads traces (iter_traces(experiment, selection): a server, a database)
+    is handed the selection through the shard, which keeps the traces of its runs (and,
+    in the experiment's first shard, those of no run); older traces come back not selected."""
+    from trackport.kinds import TRACE, Unit
+    from trackport.stores.base import NotSelected, read_units
+    from trackport.transfer.shards import Shard, ShardPlan, ShardSource
+
+    experiment = Experiment("1", "traced", creation_time=BASE_TIME, last_update_time=BASE_TIME)
+
+    class TracedSource(MemorySource):
+        def iter_traces(self, exp, selection=None):
+            for i, run in enumerate(("r1", "r2", None)):
+                unit = Unit(TRACE.name, f"tr-{i}", exp.experiment_id, f"t{i}", {"run": run} if run else {}, {"request_time": BASE_TIME + i})
+                old = selection is not None and selection.traces_since is not None and BASE_TIME + i < selection.traces_since
+                yield NotSelected(TRACE.name, unit.unit_id, unit.name, "old") if old else unit
+
+    selection = Selection(include_deleted=True, traces_since=BASE_TIME + 1)
+    plan = ShardPlan("0123456789abcdef", "memory:test", selection,
+                     (Shard(0, ("r1",), ("1",), 1), Shard(1, ("r2",), ("1",), 1)), "2026-12-03T00:00:00Z")
+    source = TracedSource([experiment], [])
+    first, second = (list(read_units(ShardSource(source, plan, i), TRACE, experiment, selection)) for i in (0, 1))
+    assert [(type(u).__name__, u.unit_id if isinstance(u, Unit) else u.source_id) for u in first] == [
+        ("NotSelected", "tr-0"), ("Unit", "tr-2")]  # its run's old trace, and the trace of no run
+    assert [u.unit_id for u in second] == ["tr-1"]

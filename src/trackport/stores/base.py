@@ -142,9 +142,17 @@ class SourceStore(ABC):
     # A bundle holds what its export selected: a transfer from it takes deleted experiments
     # and runs too unless told otherwise. A live store's deleted ones are left out unless asked.
     takes_deleted_by_default: bool = False
+    # Its iter_traces applies a Selection's trace_filter (MLflow's trace search) itself; the
+    # planner refuses --trace-filter for any other source.
+    searches_traces: bool = False
 
     @abstractmethod
     def describe(self) -> StoreDescription: ...
+
+    def not_read(self) -> list[str]:
+        """What the source holds but does not read, a line each: declared before writing
+        and recorded among the planned losses."""
+        return []
 
     @abstractmethod
     def list_experiments(self, selection: Selection) -> Iterator[Experiment | Unreadable]:
@@ -229,26 +237,25 @@ def read_units(source: SourceStore, kind: UnitKind, experiment: Experiment | Non
 
 
 def _selected_traces(source: SourceStore, experiment: Experiment | None, selection: Selection) -> Iterator[Any] | None:
-    """An experiment's traces as --trace-filter and --traces-since take them: a source that
-    searches traces (a tracking server: iter_traces(experiment, selection)) applies both; from
-    any other, --traces-since is applied to each trace's request time and --trace-filter,
-    MLflow's own search syntax, is refused."""
+    """An experiment's traces as --trace-filter and --traces-since take them. A store that
+    reads traces (iter_traces(experiment, selection)) applies --traces-since itself, so the
+    spans of older traces are not read, and --trace-filter where it searches traces (a
+    tracking server); from any other, --trace-filter, MLflow's own search syntax, is refused.
+    A bundle's units (iter_units) are left out by their request time here."""
     from trackport.errors import BadInputError
     from trackport.kinds import kind as kind_named
 
     if experiment is None:
         return None
-    read = getattr(source, "iter_traces", None)
-    if read is not None and getattr(source, "searches_traces", False):
-        return read(experiment, selection)
-    if selection.trace_filter is not None:
+    if selection.trace_filter is not None and not source.searches_traces:
         raise BadInputError(
             f"{source.describe().uri}: --trace-filter is MLflow's trace search, which only a tracking server applies;"
             " use --traces-since, or copy from the server"
         )
-    listing = source.iter_units(kind_named("trace"), experiment) if hasattr(source, "iter_units") else (read and read(experiment))
-    if listing is None:
-        return None
+    if not hasattr(source, "iter_units"):
+        read = getattr(source, "iter_traces", None)
+        return None if read is None else read(experiment, selection)
+    listing = source.iter_units(kind_named("trace"), experiment)
     since = selection.traces_since
     return (
         NotSelected(u.kind, u.unit_id, u.name, TRACES_BEFORE)
@@ -323,6 +330,11 @@ class SinkStore(ABC):
 
     def begin(self, source: StoreDescription, selection: Selection) -> None:  # noqa: B027
         """Called once before the first write."""
+
+    def kind_losses(self, kind_name: str) -> list[str]:
+        """What it does not keep of the units of that kind it holds (ids and times a server
+        gives anew), a line each: declared before writing."""
+        return []
 
     @abstractmethod
     def put_experiment(self, experiment: Experiment) -> ExperimentWriteResult:

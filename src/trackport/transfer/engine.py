@@ -86,7 +86,7 @@ def transfer(
     run.count_runs_up_front([p.unit for p in planned if isinstance(p.unit, Experiment)])
     if notice:
         run.summary.notices.append(notice)
-    run.summary.notices.extend(getattr(sink, "notices", ()))
+    run.summary.notices.extend(sink.notices)
     unknown = sorted(set(getattr(source, "unit_kinds", list)()) - set(run._types) - {"experiment"})
     if unknown:
         run.summary.notices.append(

@@ -79,7 +79,7 @@ def plan_experiments(source: SourceStore, selection: Selection, *, holds_more: b
     where = source.describe().uri
     if selection.filter:
         parse(selection.filter)  # a malformed filter is refused before anything is opened for writing
-    if selection.trace_filter is not None and not getattr(source, "searches_traces", False):
+    if selection.trace_filter is not None and not source.searches_traces:
         raise BadInputError(f"{where}: --trace-filter is MLflow's trace search, which only a tracking server applies;"
                             " use --traces-since, or copy from the server")
     planned = []
@@ -125,16 +125,16 @@ def _holds_units(source: SourceStore, experiment: Experiment, selection: Selecti
 def declared_losses(source: SourceStore, sink: SinkStore) -> list[str]:
     """What the sink will not hold exactly, said before anything is written: from its
     capabilities, the kinds the source may hold that the sink has no place for, and what it
-    does not keep of a kind it holds (sink.kind_losses(kind name), where it says)."""
+    does not keep of a kind it holds (sink.kind_losses(kind name))."""
     types = [t for t in unit_types() + workspace_unit_types() if hasattr(source, "iter_units") or hasattr(source, f"iter_{t.kind.plural}")]
     return planned_losses(sink.capabilities, sink.on_long_value) + [
         f"{t.kind.plural}: the target cannot hold them; each is recorded as skipped" for t in types if not t.holds(sink)
-    ] + [loss for t in types if t.holds(sink) for loss in getattr(sink, "kind_losses", lambda name: [])(t.kind.name)]
+    ] + [loss for t in types if t.holds(sink) for loss in sink.kind_losses(t.kind.name)]
 
 
 def not_read_by_source(source: SourceStore) -> list[str]:
-    """What the source holds but does not read (SourceStore.not_read, where it says)."""
-    return list(getattr(source, "not_read", list)())
+    """What the source holds but does not read (SourceStore.not_read)."""
+    return list(source.not_read())
 
 
 def planned_losses(capabilities: Capabilities, on_long_value: str = "error") -> list[str]:

@@ -249,7 +249,8 @@ class ShardSource:
             return lambda kind, experiment: self._narrowed(None if experiment is None else attribute(kind, experiment), experiment)
         if name.startswith("iter_") and name[len("iter_"):] in _unit_listings():
             # an experiment's units, or (given a Selection) the workspace's
-            return lambda scope: self._narrowed(attribute(scope) if isinstance(scope, Experiment) else None, scope)
+            # (a trace listing takes a Selection after the experiment: handed on)
+            return lambda scope, *rest: self._narrowed(attribute(scope, *rest) if isinstance(scope, Experiment) else None, scope)
         return attribute
 
     def list_experiments(self, selection: Selection) -> Iterator[Experiment | Unreadable]:
