@@ -165,10 +165,10 @@ def test_server_database_urls(tmp_path):
     )
 
 
-def test_traces_a_database_holds_are_declared_not_read(tmp_path, monkeypatch):
-    """The direct reader does not read traces, evaluation datasets or scorers yet: a database
-    holding them says so before anything is written, and the summary records it (nothing
-    left out silently)."""
+def test_evaluation_data_a_database_holds_is_declared_not_read(tmp_path, monkeypatch):
+    """The direct reader does not read evaluation datasets or scorers yet: a database holding
+    them says so before anything is written, and the summary records it (nothing left out
+    silently). Its traces are read (tests/test_db_traces.py): exported, not declared."""
     import mlflow
 
     monkeypatch.chdir(tmp_path)  # MLflow's client puts a run's artifacts under ./mlruns
@@ -193,8 +193,10 @@ def test_traces_a_database_holds_are_declared_not_read(tmp_path, monkeypatch):
         mlflow.set_tracking_uri(None)
     said = CliRunner().invoke(cli, ["export", uri, str(tmp_path / "bundle")])
     assert said.exit_code == 0, said.output
-    for what in ("traces", "evaluation datasets", "scorers"):
+    for what in ("evaluation datasets", "scorers"):
         assert f"not read from the source: {what}: the database holds 1," in said.stderr, said.stderr
+    assert "traces: the database holds" not in said.stderr
     result = CliRunner().invoke(cli, ["export", uri, str(tmp_path / "bundle2"), "--json"])
     summary = json.loads(result.stdout)
-    assert any(line.startswith("traces: the database holds 1,") for line in summary["planned_losses"]), summary
+    assert any(line.startswith("scorers: the database holds 1,") for line in summary["planned_losses"]), summary
+    assert summary["counts"]["traces"]["done"] == 1, summary["counts"]

@@ -1,6 +1,6 @@
 """An MLflow tracking database as a source, the part every dialect shares: experiments,
 runs, metric histories key by key, and the artifacts the runs name (logged models and the
-registry: mlflow_db.models)."""
+registry: mlflow_db.models; traces: mlflow_db.traces)."""
 from __future__ import annotations
 
 import threading
@@ -29,15 +29,16 @@ from trackport.stores.mlflow_db.models import ModelReading
 from trackport.stores.mlflow_db.pushdown import conditions
 from trackport.stores.mlflow_db.summaries import metric_summaries
 from trackport.stores.mlflow_db.tables import Database, chunks
+from trackport.stores.mlflow_db.traces import TraceReading
 from trackport.stores.mlflow_db.uri import ARTIFACTS_PARAM, artifacts_root
 
 
 # MLflow's tables of what the direct reader leaves to the tracking server, and their names.
-NOT_READ_TABLES = (("trace_info", "traces"), ("evaluation_datasets", "evaluation datasets"), ("scorers", "scorers"))
+NOT_READ_TABLES = (("evaluation_datasets", "evaluation datasets"), ("scorers", "scorers"))
 
-class MlflowDatabaseSource(ModelReading, LocalArtifacts, SourceStore):
+class MlflowDatabaseSource(ModelReading, TraceReading, LocalArtifacts, SourceStore):
     """An MLflow tracking database as a source: sqlite file or server database, with
-    MLflow 3's logged models and model registry (ModelReading)."""
+    MLflow 3's logged models and model registry (ModelReading) and traces (TraceReading)."""
 
     kind = "database"
 
@@ -116,8 +117,8 @@ class MlflowDatabaseSource(ModelReading, LocalArtifacts, SourceStore):
     # ---------------------------------------------------------------- runs
 
     def not_read(self) -> list[str]:
-        """What the database holds that this reader does not read (traces, evaluation datasets
-        and scorers: through the tracking server only, for now), one line each, said before
+        """What the database holds that this reader does not read (evaluation datasets and
+        scorers: through the tracking server only, for now), one line each, said before
         anything is written."""
         db = self._db
         lines = []

@@ -82,6 +82,21 @@ def _tables(sa: Any) -> dict[str, Any]:
         ),
         "model_version_tags": t("model_version_tags", "name", "version", "key", "value", "workspace"),
         "registered_model_aliases": t("registered_model_aliases", "name", "alias", "version", "workspace"),
+        # MLflow 3's traces (trace_info's columns after client_request_id came in later releases).
+        "trace_info": t(
+            "trace_info", "request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status",
+            "client_request_id", "request_preview", "response_preview", "trace_name", "session_id", "input_tokens",
+            "output_tokens", "total_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
+            "cache_creation_input_tokens_above_1hr", "input_cost", "output_cost", "total_cost",
+        ),
+        "trace_tags": t("trace_tags", "request_id", "key", "value"),
+        "trace_request_metadata": t("trace_request_metadata", "request_id", "key", "value"),
+        "assessments": t(
+            "assessments", "assessment_id", "trace_id", "name", "assessment_type", "value", "error",
+            "created_timestamp", "last_updated_timestamp", "source_type", "source_id", "run_id", "span_id",
+            "rationale", "overrides", "valid", "assessment_metadata",
+        ),
+        "spans": t("spans", "trace_id", "span_id", "content"),
     }
 
 
@@ -90,7 +105,8 @@ REGISTRY_TABLES = frozenset({"registered_models", "registered_model_tags", "mode
 # The tables whose columns changed across MLflow versions (a column added later, such as
 # `workspace` or `inputs.step`): their columns are read once, so queries name only those.
 _VARYING_COLUMNS = ("inputs", "logged_models", "registered_models", "registered_model_tags", "model_versions",
-                    "model_version_tags", "registered_model_aliases")
+                    "model_version_tags", "registered_model_aliases", "trace_info", "assessments")
+TRACE_TABLES = frozenset({"trace_info", "trace_tags", "trace_request_metadata"})
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,10 @@ class Database:
     @property
     def has_logged_models(self) -> bool:
         return LOGGED_MODEL_TABLES <= self.table_names
+
+    @property
+    def has_traces(self) -> bool:
+        return TRACE_TABLES <= self.table_names
 
     @property
     def has_registry(self) -> bool:
