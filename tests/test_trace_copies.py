@@ -23,6 +23,7 @@ from trackport.bundle.reader import BundleSource
 from trackport.cli.main import cli
 from trackport.domain import Experiment
 from trackport.opening import open_sink
+from trackport.samples.synthetic_traces import synthetic_spans
 from trackport.stores.base import Selection, StoreDescription
 from trackport.traces import TraceFields, trace_unit
 
@@ -36,20 +37,8 @@ SEED = 20261203
 def _trace(rng: random.Random, t: int):
     """Trace t as MLflow's client makes one (each span names its trace in mlflow.traceRequestId,
     which a server's span intake adds where a client did not)."""
-    trace_id, spans, ids = f"tr-{rng.getrandbits(128):032x}", [], []
-    start = (BASE_MS + t * 3_600_000) * 1_000_000
-    for s in range(SPANS):
-        span_id = f"{rng.getrandbits(64):016x}"
-        spans.append({
-            "span_id": span_id, "parent_span_id": rng.choice(ids) if ids else None, "name": f"step-{s}",
-            "start_time_unix_nano": start + s * 1000, "end_time_unix_nano": start + s * 1000 + rng.randrange(1, 10**6),
-            "status": {"code": "STATUS_CODE_OK", "message": ""},
-            "attributes": {"mlflow.spanType": '"CHAIN"', "mlflow.spanInputs": json.dumps({"question": f"q{t}-{s}"}),
-                           "mlflow.traceRequestId": json.dumps(trace_id)},
-            "events": [{"name": "note", "time_unix_nano": start + 5, "attributes": {"k": "v"}}] if s == 1 else [],
-            "links": [],
-        })
-        ids.append(span_id)
+    trace_id = f"tr-{rng.getrandbits(128):032x}"
+    spans = synthetic_spans(rng, trace_id, (BASE_MS + t * 3_600_000) * 1_000_000, SPANS, label=str(t))
     fields = TraceFields(trace_id, "1", request_time=BASE_MS + t * 3_600_000, execution_duration=5,
                          state="OK" if t % 3 else "ERROR", request_preview=f"q{t}", response_preview="a",
                          tags={"mlflow.traceName": f"t{t}", "group": "even" if t % 2 == 0 else "odd"}, spans=spans)
