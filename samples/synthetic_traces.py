@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import random
 
+from trackport.kinds import Unit
+
 
 def synthetic_spans(rng: random.Random, trace_id: str, start_ns: int, count: int, *, label: str = "", padding: int = 0) -> list[dict]:
     """A trace's spans: a tree (the first span the root, each other the child of a random
@@ -38,3 +40,23 @@ def synthetic_spans(rng: random.Random, trace_id: str, start_ns: int, count: int
             "links": [],
         })
     return spans
+
+
+def synthetic_trace(rng: random.Random, t: int, experiment_id: str, *, spans: int = 3, padding: int = 200,
+                    base_ms: int = 1_700_000_000_000) -> Unit:
+    """Trace t of an experiment as a unit: requested t ms after base_ms, synthetic_spans, one
+    feedback on its root span (about 2 KB with the defaults)."""
+    from trackport.traces import TraceFields, trace_unit
+
+    trace_id = f"tr-{rng.getrandbits(128):032x}"
+    body = synthetic_spans(rng, trace_id, (base_ms + t) * 1_000_000, spans, label=str(t), padding=padding)
+    assessment = {
+        "assessment_id": f"a-{rng.getrandbits(128):032x}", "assessment_name": "relevance",
+        "source": {"source_type": "HUMAN", "source_id": "synthetic"}, "create_time": base_ms + t, "last_update_time": base_ms + t,
+        "feedback": {"value": t % 2 == 0}, "rationale": "synthetic", "span_id": body[0]["span_id"],
+    }
+    return trace_unit(TraceFields(
+        trace_id=trace_id, experiment_id=experiment_id, request_time=base_ms + t, execution_duration=1, state="OK",
+        request_preview=f"q{t}", response_preview=f"a{t}", tags={"mlflow.traceName": "agent"},
+        metadata={"mlflow.trace_schema.version": "3"}, assessments=[assessment], spans=body,
+    ))

@@ -42,7 +42,7 @@ from trackport.bundle.documents import short
 from trackport.bundle.index import BundleIndex, Problem, read_index
 from trackport.bundle.location import BundleFiles
 from trackport.bundle.layout import MANIFEST_FILE, unit_id_from_name
-from trackport.bundle.layout import natural_key as _natural
+from trackport.bundle.unit_order import sorted_names
 from trackport.bundle.validator import Refused, RunPlan, UnitPlan
 
 
@@ -76,7 +76,8 @@ class BundleSource(SourceStore):
         self._links = chain.by_id(self.links)
         self._plans: OrderedDict[tuple[str, str], RunPlan] = OrderedDict()
         self._plans_lock = threading.Lock()
-        # Checked documents of units with files, for the workers that write them (few: logged models).
+        # Checked documents of units of kinds with files (logged models), for the workers that
+        # write them; only those: a trace's plan holds its spans.
         self._unit_plans: dict[tuple[str | None, str, str], UnitPlan] = {}
 
     def _message(self, problem: Problem) -> str:
@@ -240,15 +241,16 @@ class BundleSource(SourceStore):
         experiment_id = None if experiment is None else experiment.experiment_id
         names = self._index.units.get(experiment_id, {}).get(kind.name, {})
         checked = ((n, *validator.check_unit(self._index, experiment_id, kind.name, n, kind.schema))
-                   for n in sorted(names, key=lambda n: _natural(unit_id_from_name(n))))
+                   for n in sorted_names(names))  # names only (~110 bytes a unit while sorting)
         if kind.name == TRACE.name and experiment_id is not None:  # spans in the experiment's Parquet file (1.5)
             checked = spans.attach(self._index, experiment_id, checked, kind.schema)
         for name, plan, problems in checked:
             if plan is None or problems:
                 yield Unreadable(kind.name, unit_id_from_name(name), self._message(problems[0]))
                 continue
-            with self._plans_lock:
-                self._unit_plans[(plan.unit.experiment_id, plan.unit.kind, plan.unit.unit_id)] = plan
+            if kind.has_files:
+                with self._plans_lock:
+                    self._unit_plans[(plan.unit.experiment_id, plan.unit.kind, plan.unit.unit_id)] = plan
             yield plan.unit
 
     def _unit_plan(self, unit: Unit) -> UnitPlan:

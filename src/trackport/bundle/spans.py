@@ -10,7 +10,9 @@ for a document that already points at the file, its rows of the file there befor
 it into place, and only then rewrites each document that held its spans to point at the
 file instead (`span_file`: the file's name and how many spans of the trace it holds). A kill
 at any point leaves every trace's spans in its document or in the file in place, so the
-next `finish()` builds the file again. Memory: one row group and one document.
+next `finish()` builds the file again. Memory: one row group, one document, and the names
+of the experiment's trace documents (sorted: about 100 bytes a trace, twice that while
+sorting; docs/performance.md, "Large experiments of traces").
 
 Readers (`attach`) stream the file beside the experiment's documents, in the same order:
 each trace takes its own rows (rows of traces without a document are passed over), checked
@@ -35,9 +37,9 @@ from trackport.bundle import schemas
 from trackport.bundle.documents import dumps, loads, short
 from trackport.bundle.index import BundleIndex, Problem
 from trackport.bundle.layout import (
-    EXPERIMENTS_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, SPANS_FILE, UNIT_SUFFIX, UNITS_DIR, natural_key, unit_id_from_name,
-    unit_id_of,
+    EXPERIMENTS_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, SPANS_FILE, UNITS_DIR, unit_id_of,
 )
+from trackport.bundle.unit_order import compact_key, document_key
 
 SPAN_FILE_KEY = "span_file"  # a trace body's pointer to its spans: {"file": "spans.parquet", "count": n}
 ROW_GROUP_SPANS = 16 * 1024  # at most this many spans a row group ...
@@ -166,7 +168,7 @@ class SpanCursor:
         self._batches = parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=SCHEMA.names)
         self._rows: list[dict] = []
         self._at = 0
-        self._keys: tuple[str, list] = ("", [])
+        self._keys: tuple[str | None, str] = (None, "")
 
     def _peek(self) -> dict | None:
         while self._at >= len(self._rows):
@@ -179,14 +181,14 @@ class SpanCursor:
             self._rows, self._at = batch.to_pylist(), 0
         return self._rows[self._at]
 
-    def _key(self, trace_id: str) -> list:
+    def _key(self, trace_id: str) -> str:
         if self._keys[0] != trace_id:
-            self._keys = (trace_id, natural_key(trace_id))
+            self._keys = (trace_id, compact_key(trace_id))
         return self._keys[1]
 
     def take(self, trace_id: str) -> list[dict]:
         """The spans of that trace (rows of traces before it are passed over)."""
-        wanted, spans = natural_key(trace_id), []
+        wanted, spans = compact_key(trace_id), []
         while (row := self._peek()) is not None:
             if row["trace_id"] is None:
                 raise SpansFileError("a span has no trace_id")
@@ -200,9 +202,18 @@ class SpanCursor:
 
 
 # -- writing: finish() ---------------------------------------------------------------------
-def _documents(trace_dir: Path) -> list[Path]:
-    names = [p for p in trace_dir.iterdir() if unit_id_of(p.name) is not None] if trace_dir.is_dir() else []
-    return sorted(names, key=lambda p: natural_key(unit_id_from_name(p.name[: -len(UNIT_SUFFIX)])))
+def _documents(trace_dir: Path) -> list[str]:
+    """The file names of the trace documents, in the order readers list them: names only
+    (about 100 bytes a trace, and a key as large while sorting), never a document."""
+    if not trace_dir.is_dir():
+        return []
+    with os.scandir(trace_dir) as entries:
+        names = [e.name for e in entries if unit_id_of(e.name) is not None]
+    return sorted(names, key=document_key)
+
+
+def _holds_spans(path: Path) -> bool:
+    return b'"spans":' in path.read_bytes()
 
 
 def consolidate_all(root: Path) -> None:
@@ -217,23 +228,25 @@ def consolidate(experiment_dir: Path, spans_files: list[Path], *, force: bool = 
     """The experiment's spans file written from its trace documents: a document's own spans,
     else its rows in spans_files (the file there before; the parts of a merge), every
     document then pointing at the file. Nothing is done when every document points at the
-    file already (unless force)."""
-    documents = _documents(experiment_dir / UNITS_DIR / TRACE.name)
-    if not documents or not (force or any(b'"spans":' in p.read_bytes() for p in documents)):
+    file already (unless force). Memory: the documents' names, one document, one row group."""
+    trace_dir = experiment_dir / UNITS_DIR / TRACE.name
+    documents = _documents(trace_dir)
+    if not documents or not (force or any(_holds_spans(trace_dir / name) for name in documents)):
         return
     final = experiment_dir / SPANS_FILE
     tmp = final.with_name(temp_name(SPANS_FILE))
     opened = [open(f, "rb") for f in spans_files if f.is_file()]
-    inline: list[tuple[Path, int]] = []
+    inline = bytearray(len(documents))  # 1 where a document held its spans (to point at the file after)
     writer = SpansWriter(tmp)
     try:
         cursors = [SpanCursor(f) for f in opened]
-        for path in documents:
+        for i, name in enumerate(documents):
+            path = trace_dir / name
             doc = loads(path.read_bytes())
             body = doc["body"]
             if "spans" in body:
                 spans = body["spans"]
-                inline.append((path, len(spans)))
+                inline[i] = 1
             else:
                 spans = [s for c in cursors for s in c.take(doc["id"])]
                 expected = (body.get(SPAN_FILE_KEY) or {}).get("count")
@@ -252,9 +265,13 @@ def consolidate(experiment_dir: Path, spans_files: list[Path], *, force: bool = 
             f.close()
     os.replace(tmp, final)
     fsync_dir(experiment_dir)
-    for path, count in inline:  # the file holds their spans now: a kill here leaves them in both
+    for name, held in zip(documents, inline):  # the file holds their spans now: a kill here leaves them in both
+        if not held:
+            continue
+        path = trace_dir / name
         doc = loads(path.read_bytes())
-        doc["body"] = {**{k: v for k, v in doc["body"].items() if k != "spans"}, SPAN_FILE_KEY: {"file": SPANS_FILE, "count": count}}
+        spans = doc["body"]["spans"]
+        doc["body"] = {**{k: v for k, v in doc["body"].items() if k != "spans"}, SPAN_FILE_KEY: {"file": SPANS_FILE, "count": len(spans)}}
         tmp_doc = path.with_name(temp_name(path.name))
         tmp_doc.write_bytes(dumps(doc).encode("utf-8"))
         os.replace(tmp_doc, path)

@@ -157,8 +157,8 @@ class BundleSink(SinkStore):
         for d in dict.fromkeys(dirs):
             if not d.is_dir():
                 continue
-            for child in d.iterdir():
-                if is_temp_name(child.name):
+            with os.scandir(d) as entries:  # streamed: a million traces
+                for child in (Path(e.path) for e in entries if is_temp_name(e.name)):
                     if child.is_dir() and not child.is_symlink():
                         shutil.rmtree(child, ignore_errors=True)
                     else:
@@ -408,10 +408,12 @@ def _count_units(units_dir: Path, counts: dict) -> None:
         if k.name in kinds.BUILT_IN or not k.is_dir() or is_temp_name(k.name):
             continue
         kind = kinds.kind(k.name)
-        documents = [u for u in k.iterdir() if unit_id_of(u.name) is not None]
-        counts[kind.plural] = counts.get(kind.plural, 0) + len(documents)
-        for document in documents if kind.has_files else ():
-            with open(document, encoding="utf-8") as f:
-                files = json.load(f).get("files") or []
-            counts["artifact_files"] += len(files)
-            counts["artifact_bytes"] += sum(x.get("size", 0) for x in files)
+        counts.setdefault(kind.plural, 0)
+        with os.scandir(k) as entries:  # streamed: there may be millions (traces)
+            for document in (e.path for e in entries if unit_id_of(e.name) is not None):
+                counts[kind.plural] += 1
+                if kind.has_files:
+                    with open(document, encoding="utf-8") as f:
+                        files = json.load(f).get("files") or []
+                    counts["artifact_files"] += len(files)
+                    counts["artifact_bytes"] += sum(x.get("size", 0) for x in files)

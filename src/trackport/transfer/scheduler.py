@@ -14,7 +14,9 @@ kind and every sink:
   copy the target holds, else the source id, recorded as a loss.
 
 At most twice as many units as workers are read ahead, so memory stays flat however many
-units an experiment holds (units waiting for a dependency are held too).
+units an experiment holds (units waiting for a dependency are held too). What is settled is
+remembered only for the kinds some kind depends on (runs, logged models, ...): a million
+traces, on which nothing depends, leave nothing behind.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class ExperimentUnits:
         self.t = transfer
         self.experiment = experiment
         self.target = target
+        self.depended_on = {d for name in kinds.names() for d in kinds.kind(name).depends_on}  # kinds remembered below
         self.settled: dict[Key, bool] = {}  # unit -> moved (done or skipped), or failed
         self.outside: set[Key] = set()  # listed but left out (the units depending on them go on)
         self.moved: dict[Key, str] = {}  # unit -> its target id, this experiment
@@ -96,7 +99,8 @@ class ExperimentUnits:
 
     def _leave_out(self, key: Key, name: str, reason: str) -> None:
         self.t.record_not_selected(key[0], key[1], name, reason)
-        self.outside.add(key)
+        if key[0] in self.depended_on:
+            self.outside.add(key)
         for waiting in self.waiting_for.pop(key, []):
             self._release(*waiting)
 
@@ -132,7 +136,8 @@ class ExperimentUnits:
             self._settle((unit_type.kind.name, unit_type.source_id(unit)), future.result())  # re-raises fatal errors
 
     def _settle(self, key: Key, moved: bool) -> None:
-        self.settled[key] = moved
+        if key[0] in self.depended_on:
+            self.settled[key] = moved
         for waiting in self.waiting_for.pop(key, []):
             self._release(*waiting)
 
@@ -164,6 +169,7 @@ class ExperimentUnits:
         except Exception as exc:  # noqa: BLE001 - recorded, reported, counted (or re-raised)
             self.t.record_failure(kind, source_id, name, self.t.unit_failure(exc, kind, source_id))
             return False
-        self.moved[(kind, source_id)] = moved.target_id
+        if kind in self.depended_on:
+            self.moved[(kind, source_id)] = moved.target_id
         self.t.record_moved(kind, source_id, name, moved)
         return True
