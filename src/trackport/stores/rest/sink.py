@@ -52,7 +52,7 @@ from trackport.stores.base import (
 )
 from trackport.stores.rest.artifacts import ArtifactUploader
 from trackport.stores.rest.copies import COMPLETE_VALUE, Copies
-from trackport.stores.rest.genai_sink import RestGenaiSink
+from trackport.stores.rest.genai_sink import GenaiWriter, RestGenaiSink
 from trackport.stores.rest.http import API, NotFoundError, RestClient, RestError
 from trackport.stores.rest.metric_json import MetricTexts
 from trackport.stores.rest.patch import RestPatcher
@@ -129,6 +129,7 @@ class RestSink(RestRegistrySink, RestTracesSink, RestGenaiSink, RestPatcher, Sin
             client, multipart_uploads=info.multipart_uploads, direct=direct, destination=destination
         )
         self._init_models()
+        self._genai = GenaiWriter(client)  # evaluation datasets and scorers (RestGenaiSink)
 
     # ------------------------------------------------------------------ common
 
