@@ -267,3 +267,24 @@ def test_a_reference_to_a_unit_an_earlier_transfer_wrote_is_found_in_the_target(
     assert summary.counts["notes"]["done"] == 2 and summary.counts["runs"]["skipped"] == 3
     assert summary.losses == ["note 'after n9' (n4): its note n9 is not in the target; the reference keeps its source id"]
     assert verify_bundle(bundle, level="full").ok
+
+
+def test_a_store_of_datasets_and_empty_experiments_is_moved_not_refused(tmp_path):
+    """A workspace's evaluation datasets are something to move, like its registry: a store
+    holding them and experiments without runs is copied, not refused as holding nothing."""
+    from trackport.domain import Experiment
+    from trackport.genai import dataset_unit
+    from trackport.stores.base import StoreDescription
+
+    source = tmp_path / "datasets"
+    with open_bundle_sink(str(source)) as sink:
+        sink.begin(StoreDescription(kind="synthetic", uri="synthetic:datasets"), Selection())
+        sink.put_experiment(Experiment("1", "evaluation", creation_time=1, last_update_time=1))
+        dataset = dataset_unit({"dataset_id": "d-1", "name": "golden", "created_time": 1, "last_update_time": 1},
+                               ["1"], [{"inputs": {"q": "2+2"}, "expectations": {"answer": "4"}}])
+        sink.put_unit(dataset, None)
+        sink.finish({})
+    with open_bundle_source(str(source)) as store, open_bundle_sink(str(tmp_path / "copy")) as target:
+        summary = transfer(store, target, Selection())
+    assert summary.failed == 0, summary.failures
+    assert summary.counts["evaluation_datasets"]["done"] == 1, summary.counts

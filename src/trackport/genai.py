@@ -17,6 +17,8 @@ scorer whose versions have gaps (deleted ones) cannot keep its numbers (scorer_r
 """
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 from typing import Any
@@ -96,6 +98,13 @@ def scorer_renumbering(body: dict) -> str | None:
         return None
     new = ", ".join(str(n) for n in range(1, len(numbers) + 1))
     return f"versions renumbered: {', '.join(str(n) for n in numbers)} are registered as {new} (a target numbers them in order)"
+
+
+def numbered_in_order(unit: Unit) -> Unit:
+    """A scorer with its versions numbered 1, 2, ... in their order, as verify compares
+    them: a server renumbers a source's gaps (scorer_renumbering, a recorded loss)."""
+    versions = [{**v, "version": n} for n, v in enumerate(unit.body.get("versions") or (), start=1)]
+    return dataclasses.replace(unit, body={**unit.body, "versions": versions})
 
 
 def _int(value: Any) -> int | None:

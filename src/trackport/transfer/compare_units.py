@@ -4,7 +4,7 @@ two stores hold: part of the proof that nothing was lost (transfer/compare.py).
 A copy is found by its id, else by the provenance tag a target that gives new ids writes
 (provenance.SOURCE_UNIT_TAG), else by its name when that is unique. What a transfer
 changes on purpose is allowed: ids (in refs, in a version's source, in MLmodel files),
-trackport's provenance tags, a trace's own id inside it (a copy under a new trace id), the body fields a kind lists in compare_ignores (times a
+trackport's provenance tags, a trace's own id inside it (a copy under a new trace id), scorer version numbers (compared in order), the body fields a kind lists in compare_ignores (times a
 server sets itself), and the server-kept list of versions registered from a logged model
 (`mlflow.modelVersions`, whose entries a server writes twice, as number and as text).
 """
@@ -17,6 +17,7 @@ from typing import BinaryIO, Callable, ContextManager, Iterator
 
 from trackport import kinds
 from trackport.kinds import Unit
+from trackport.genai import numbered_in_order
 from trackport.models import MODEL_VERSIONS_TAG, relink_experiments
 from trackport.provenance import (
     SOURCE_UNIT_TAG,
@@ -68,6 +69,8 @@ def compare_units(
         matched[(unit.kind, unit.unit_id)] = copy.unit_id
         if unit.kind == kinds.TRACE.name:
             unit = renamed_trace(unit, copy.unit_id)  # a copy under a new id names it inside (traces.py)
+        elif unit.kind == kinds.SCORER.name:  # versions in order: a server renumbers gaps (a recorded loss)
+            unit, copy = numbered_in_order(unit), numbered_in_order(copy)
         refs = {n: id_map(kinds.ref_kind(n), v) for n, v in unit.refs.items() if n != own_experiment}
         theirs_refs = {n: v for n, v in copy.refs.items() if n != own_experiment}
         if refs != theirs_refs:

@@ -60,16 +60,23 @@ def plan_transfer(source: SourceStore, selection: Selection, renames: Renames = 
         if not runs:
             return Plan(selection, [], renames)
         selection = dataclasses.replace(selection, run_ids=tuple(runs), include_deleted=True, runs_from_models=True)
-    planned = plan_experiments(source, selection, holds_more=holds_registry)
+    holds_more = holds_registry or (takes_registry(selection) and _holds_workspace_units(source, selection))
+    planned = plan_experiments(source, selection, holds_more=holds_more)
     renames.check(p.unit.name for p in planned if isinstance(p.unit, Experiment))
     return Plan(selection, planned, renames)
 
 
 def _listing(source: SourceStore, kind: kinds.UnitKind, selection: Selection):
-    """The source's units of a registry kind the selection takes (none when it holds none)."""
+    """The source's units of a workspace kind the selection takes (none when it holds none)."""
     unit_type = next(t for t in workspace_unit_types() if t.kind.name == kind.name)
     listing = unit_type.listing(source, None, selection)
     return select_workspace_units(kind, listing, selection) if listing is not None else iter(())
+
+
+def _holds_workspace_units(source: SourceStore, selection: Selection) -> bool:
+    """Whether the store holds units of the whole workspace beyond the registry (evaluation
+    datasets): a store of datasets and empty experiments has something to move."""
+    return any(next(iter(_listing(source, t.kind, selection)), None) is not None for t in workspace_unit_types())
 
 
 def plan_experiments(source: SourceStore, selection: Selection, *, holds_more: bool = False) -> list[PlannedExperiment]:
