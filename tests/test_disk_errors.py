@@ -204,3 +204,49 @@ def _simulated_full_disk(bundle: Path, tmp_path: Path) -> None:
     assert _temporaries(tmp_path / "t") == []
     result = CliRunner().invoke(cli, ["import", str(bundle), f"sqlite:///{db}"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_full_disk_under_the_spans_file(tmp_path, small_disk):
+    """finish() moves the traces' spans out of their documents into spans.parquet: a disk
+    that is full by then stops it with one line, leaving every trace's spans in its
+    document, no temporary file and no manifest; with room again, finish() completes and
+    the bundle verifies."""
+    import random
+
+    from trackport.bundle import BundleSink, verify_bundle
+    from trackport.domain import Experiment
+    from trackport.errors import StorageError
+    from trackport.samples.synthetic_traces import synthetic_trace
+    from trackport.stores.base import Selection, StoreDescription
+
+    mount, _ = small_disk
+    if mount is None:
+        pytest.skip("this machine lets no test mount a file system")
+    bundle = mount / "bundle"
+    sink = BundleSink(bundle)
+    sink.begin(StoreDescription(kind="synthetic", uri="synthetic:traces"), Selection())
+    sink.put_experiment(Experiment("1", "traced", creation_time=1, last_update_time=1))
+    rng = random.Random(7)
+    for t in range(40):
+        sink.put_unit(synthetic_trace(rng, t, "1", spans=10), "1")
+    documents = list(bundle.glob("experiments/1/units/trace/*.json"))
+    filler = mount / "filler"
+    with open(filler, "wb") as f:  # the disk made full
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * (64 << 10))
+                f.flush()
+    with pytest.raises(StorageError) as refused:
+        sink.finish({})
+    assert "\n" not in str(refused.value) and "no space left" in str(refused.value), refused.value
+    assert not (bundle / "experiments/1/spans.parquet").exists() and not (bundle / "manifest.jsonl").exists()
+    assert _temporaries(bundle) == []
+    assert all(b'"spans":' in p.read_bytes() for p in documents)
+
+    filler.unlink()
+    sink.finish({})
+    sink.close()
+    assert (bundle / "experiments/1/spans.parquet").is_file()
+    assert not any(b'"spans":' in p.read_bytes() for p in documents)
+    report = verify_bundle(bundle, level="full")
+    assert report.ok, report.problems[:3]

@@ -21,6 +21,7 @@ the form every store reads and writes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -139,10 +140,11 @@ class SpansWriter:
         self._out.close()
 
     def abort(self) -> None:
-        try:
-            self._writer.close()
-        finally:
-            self._out.close()
+        """Close without raising: the file is thrown away, and closing flushes what a full
+        disk refused already (raising here would leave the temp file behind)."""
+        for close in (self._writer.close, self._out.close):
+            with contextlib.suppress(Exception):
+                close()
 
 
 def _check_columns(schema: pa.Schema) -> None:

@@ -177,7 +177,7 @@ class BundleSink(SinkStore):
             write_json_atomic(self.path / ROOT_FILE, root_doc)
             write_manifest(self.path)
         except OSError as e:
-            raise _os_error(e, f"the manifest of the bundle at {self.path}") from None
+            raise _os_error(e, f"the bundle at {self.path} (finishing it: spans files, root descriptor, manifest)") from None
         self._root_doc = root_doc
 
     def _count(self) -> dict:
