@@ -18,14 +18,7 @@ from urllib.parse import quote, urlparse
 import pyarrow as pa
 
 from trackport.config import DEFAULT, TransferConfig
-from trackport.domain import (
-    ACTIVE,
-    RUN_NAME_TAG,
-    ArtifactFile,
-    DatasetInput,
-    Experiment,
-    Run,
-)
+from trackport.domain import ArtifactFile, Experiment, Run
 from trackport.errors import BadInputError, TransientError, UnitError
 from trackport.stores._artifact_path import checked_artifact_path, walk_listing
 from trackport.stores._history import history_batches, key_history
@@ -33,6 +26,7 @@ from trackport.stores._localfs import local_artifact_dir, open_local_artifact
 from trackport.selection import resolve_experiments, select_runs
 from trackport.stores.base import Selection, SourceFeatures, SourceStore, StoreDescription, Unreadable
 from trackport.search.pushdown import mlflow_filter
+from trackport.stores.rest.entities import experiment_from_json, latest_metrics, run_from_json, run_order_key
 from trackport.stores.rest.http import API, ARTIFACTS_API, NotFoundError, RestClient
 from trackport.stores.rest.metric_summaries import HistorySummaries, latest_summaries
 from trackport.stores.rest.genai_source import RestGenaiSource
@@ -42,74 +36,6 @@ from trackport.stores.rest.server import ServerInfo
 from trackport.stores.s3_artifacts import FALLBACK_ERRORS, S3Artifacts, fallback_note, parse_destination, s3_root
 
 _RUN_ID = re.compile(r"^[\w\-]+$")
-
-
-def _tags(items: list[dict] | None) -> dict[str, str]:
-    return {t["key"]: t.get("value", "") for t in items or () if "key" in t}
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def _experiment(data: dict) -> Experiment:
-    return Experiment(
-        experiment_id=str(data["experiment_id"]),
-        name=data["name"],
-        lifecycle_stage=data.get("lifecycle_stage") or ACTIVE,
-        artifact_location=data.get("artifact_location") or None,
-        creation_time=_int_or_none(data.get("creation_time")),
-        last_update_time=_int_or_none(data.get("last_update_time")),
-        tags=_tags(data.get("tags")),
-    )
-
-
-def _dataset_input(data: dict) -> DatasetInput:
-    ds = data.get("dataset") or {}
-    return DatasetInput(
-        name=ds.get("name", ""),
-        digest=ds.get("digest", ""),
-        source_type=ds.get("source_type", ""),
-        source=ds.get("source", ""),
-        schema=ds.get("schema"),
-        profile=ds.get("profile"),
-        tags=_tags(data.get("tags")),
-    )
-
-
-def _run(data: dict) -> Run:
-    info = data["info"]
-    body = data.get("data") or {}
-    tags = _tags(body.get("tags"))
-    inputs = [_dataset_input(d) for d in (data.get("inputs") or {}).get("dataset_inputs") or ()]
-    inputs.sort(key=lambda i: (i.name, i.digest))
-    return Run(
-        run_id=info.get("run_id") or info["run_uuid"],
-        experiment_id=str(info["experiment_id"]),
-        run_name=info.get("run_name") or tags.get(RUN_NAME_TAG, ""),
-        user_id=info.get("user_id") or "",
-        status=info.get("status") or "RUNNING",  # RUNNING is the proto's default value
-        start_time=_int_or_none(info.get("start_time")),
-        end_time=_int_or_none(info.get("end_time")),
-        lifecycle_stage=info.get("lifecycle_stage") or ACTIVE,
-        deleted_time=None,  # not exposed over REST
-        artifact_uri=info.get("artifact_uri") or None,
-        params=_tags(body.get("params")),
-        tags=tags,
-        inputs=tuple(inputs),
-    )
-
-
-def _latest_metrics(data: dict) -> list[dict]:
-    """A run's latest metric points as runs/search and runs/get send them."""
-    return list((data.get("data") or {}).get("metrics") or ())
-
-
-def _info_order(data: dict) -> tuple:
-    """trackport.selection.run_order of a run as the server sends it."""
-    info = data.get("info") or {}
-    start = info.get("start_time")
-    return (start is None, int(start or 0), str(info.get("run_id") or info.get("run_uuid") or ""))
 
 
 class _Stream:
@@ -202,7 +128,7 @@ class RestSource(RestModelsSource, RestTracesSource, RestGenaiSource, SourceStor
         experiments = []
         for data in self._search_experiments(include_deleted=True):
             try:
-                experiments.append(_experiment(data))
+                experiments.append(experiment_from_json(data))
             except (KeyError, TypeError, ValueError) as exc:
                 exp_id = str(data.get("experiment_id", "?")) if isinstance(data, dict) else "?"
                 experiments.append(Unreadable("experiment", exp_id, f"server sent an unusable experiment ({exc!r})"))
@@ -257,20 +183,20 @@ class RestSource(RestModelsSource, RestTracesSource, RestGenaiSource, SourceStor
                     info = data.get("info") or {}
                     collected[info.get("run_id") or info.get("run_uuid") or repr(info)] = data
             # Chunks each come sorted; the whole selection must be too.
-            pages: Iterator[dict] = iter(sorted(collected.values(), key=_info_order))
+            pages: Iterator[dict] = iter(sorted(collected.values(), key=run_order_key))
         else:
             pages = self._search_runs(experiment.experiment_id, selection.include_deleted, user_filter)
         whole = selection.include_deleted and not (selection.run_ids or user_filter)
         pages = self._remember_links(experiment.experiment_id, whole, pages)  # for iter_logged_models
         for data in pages:
             try:
-                run = _run(data)
+                run = run_from_json(data)
             except (KeyError, TypeError, ValueError) as exc:
                 info = data.get("info") if isinstance(data, dict) else None
                 run_id = str((info or {}).get("run_id") or (info or {}).get("run_uuid") or "?")
                 yield Unreadable("run", run_id, f"server sent an unusable run ({exc!r})")
                 continue
-            self._remember(run.run_id, _latest_metrics(data))
+            self._remember(run.run_id, latest_metrics(data))
             yield run
 
     def _remember(self, run_id: str, latest: list[dict]) -> None:
@@ -282,7 +208,7 @@ class RestSource(RestModelsSource, RestTracesSource, RestGenaiSource, SourceStor
     def _latest_of(self, run_id: str) -> list[dict]:
         with self._keys_lock:
             latest = self._latest.get(run_id)
-        return latest if latest is not None else _latest_metrics(self._get_run(run_id))
+        return latest if latest is not None else latest_metrics(self._get_run(run_id))
 
     def metric_summaries(self, runs: list[Run], keys: frozenset[str] | None, whole_history: bool = True) -> dict:
         latest = {run.run_id: latest_summaries(self._latest_of(run.run_id), keys) for run in runs}
@@ -310,7 +236,7 @@ class RestSource(RestModelsSource, RestTracesSource, RestGenaiSource, SourceStor
         with self._keys_lock:
             latest = self._latest.pop(run.run_id, None)
         if latest is None:
-            latest = _latest_metrics(self._get_run(run.run_id))
+            latest = latest_metrics(self._get_run(run.run_id))
         keys = sorted({m["key"] for m in latest if "key" in m})
         yield from history_batches(keys, lambda key: self._history(run.run_id, key), self._config.metric_batch_rows)
 
