@@ -2,8 +2,9 @@
 traces' content (issue 18; benchmarks/trace_scale.py measures a million).
 
 Python's own allocations (tracemalloc) are measured while a bundle's finish() moves the
-spans of N trace documents into spans.parquet and writes the manifest, and while a reader
-hands out every trace with its spans, for a small and a ten times larger N. What may grow
+spans of N trace documents into spans.parquet and writes the manifest, while a reader
+hands out every trace with its spans, and while verify compares the bundle with itself,
+for a small and a ten times larger N. What may grow
 is bounded per trace: names (documents' file names, sort keys, the reader's manifest index
 and listing), a few hundred bytes; a trace's content (~2 KB here, its spans and assessment)
 held for every trace would exceed the bound many times over.
@@ -27,6 +28,7 @@ from trackport.bundle.unit_order import compact_key
 from trackport.domain import Experiment
 from trackport.kinds import TRACE, Unit
 from trackport.stores.base import Selection, StoreDescription, Unreadable
+from trackport.transfer.compare import compare_stores
 from trackport.samples.synthetic_traces import synthetic_trace
 
 SMALL, LARGE = 200, 2_000
@@ -66,7 +68,7 @@ def peak(action) -> int:
         tracemalloc.stop()
 
 
-def finish_and_read(path: Path, n: int) -> tuple[int, int]:
+def finish_and_read(path: Path, n: int) -> tuple[int, int, int]:
     sink = write_bundle(path, n)
     try:
         finishing = peak(lambda: sink.finish({}))
@@ -84,11 +86,16 @@ def finish_and_read(path: Path, n: int) -> tuple[int, int]:
 
     reading = peak(read)
     assert len(seen) == n
-    return finishing, reading
+
+    def verify() -> None:  # the bundle against itself: every trace found, compared span by span
+        with BundleSource(path) as expected, BundleSource(path) as actual:
+            assert list(compare_stores(expected, actual, Selection(include_deleted=True))) == []
+
+    return finishing, reading, peak(verify)
 
 
 @pytest.fixture(scope="module")
-def peaks(tmp_path_factory) -> dict[int, tuple[int, int]]:
+def peaks(tmp_path_factory) -> dict[int, tuple[int, int, int]]:
     """The JSON Schema checks are left out (they hold nothing, and take most of the time);
     row groups of spans.parquet and reads while hashing are made smaller than their caps
     (16,384 spans; 16 MiB), which these sizes would not reach or would hide; a first small
@@ -102,7 +109,9 @@ def peaks(tmp_path_factory) -> dict[int, tuple[int, int]]:
         return {n: finish_and_read(tmp_path_factory.mktemp(f"traces-{n}") / "bundle", n) for n in (SMALL, LARGE)}
 
 
-@pytest.mark.parametrize("phase, index", [("finish() (spans.parquet, counts, manifest)", 0), ("reading every trace", 1)])
+@pytest.mark.parametrize("phase, index", [
+    ("finish() (spans.parquet, counts, manifest)", 0), ("reading every trace", 1), ("verify (finding each trace's copy)", 2),
+])
 def test_memory_grows_by_names_only(peaks, phase, index):
     small, large = peaks[SMALL][index], peaks[LARGE][index]
     per_trace = (large - small) / (LARGE - SMALL)

@@ -153,6 +153,13 @@ def names() -> list[str]:
     return list(_KINDS)
 
 
+def depended_on() -> frozenset[str]:
+    """The kinds some kind's units refer to (experiments, runs, logged models, ...): what a
+    transfer or a verify remembers of each unit it settles. Nothing refers to a trace, so a
+    million traces leave nothing behind."""
+    return frozenset(d for k in _KINDS.values() for d in k.depends_on)
+
+
 def generic_kinds(scope: str = "experiment") -> Iterator[UnitKind]:
     """The registered kinds beyond experiments and runs of that scope, dependencies first."""
     done: set[str] = set(BUILT_IN) | {k.name for k in _KINDS.values() if k.scope != scope}

@@ -1,12 +1,15 @@
-"""Field-by-field comparison of the units of generic kinds (logged models, the registry, ...)
-two stores hold: part of the proof that nothing was lost (transfer/compare.py).
+"""Field-by-field comparison of the units of generic kinds (logged models, the registry,
+traces, ...) two stores hold: part of the proof that nothing was lost (transfer/compare.py).
 
-A copy is found by its id, else by the provenance tag a target that gives new ids writes
-(provenance.SOURCE_UNIT_TAG), else by its name when that is unique. What a transfer
-changes on purpose is allowed: ids (in refs, in a version's source, in MLmodel files),
-trackport's provenance tags, a trace's own id inside it (a copy under a new trace id), scorer version numbers (compared in order), the body fields a kind lists in compare_ignores (times a
-server sets itself), and the server-kept list of versions registered from a logged model
-(`mlflow.modelVersions`, whose entries a server writes twice, as number and as text).
+A copy is found by the provenance tag a target that gives new ids writes
+(provenance.SOURCE_UNIT_TAG), else by its id, else by its name when that is unique, among
+the target's units kept in a temporary file (transfer/unit_index.py: a million traces do
+not fit in memory). What a transfer changes on purpose is allowed: ids (in refs, in a
+version's source, in MLmodel files), trackport's provenance tags, a trace's own id inside
+it (a copy under a new trace id), scorer version numbers (compared in order), the body
+fields a kind lists in compare_ignores (times a server sets itself), and the server-kept
+list of versions registered from a logged model (`mlflow.modelVersions`, whose entries a
+server writes twice, as number and as text).
 """
 from __future__ import annotations
 
@@ -16,18 +19,13 @@ import json
 from typing import BinaryIO, Callable, ContextManager, Iterator
 
 from trackport import kinds
-from trackport.kinds import Unit
 from trackport.genai import numbered_in_order
+from trackport.kinds import Unit
 from trackport.models import MODEL_VERSIONS_TAG, relink_experiments
-from trackport.provenance import (
-    SOURCE_UNIT_TAG,
-    is_mlmodel,
-    is_provenance_tag,
-    rewrite_mlmodel,
-    source_shape,
-)
+from trackport.provenance import is_mlmodel, is_provenance_tag, rewrite_mlmodel, source_shape
 from trackport.stores.base import SourceStore, Unreadable
 from trackport.traces import renamed_trace
+from trackport.transfer.unit_index import UnitIndex, through_json
 from trackport.transfer.units import UnitType
 
 IdMap = Callable[[str, str], str]  # (kind, source id) -> target id (the source id when unknown)
@@ -48,39 +46,46 @@ def compare_units(
     clamps: bool = False,
 ) -> Iterator[tuple[str, str]]:
     """(where, what) for every difference between the units of one kind in two listings.
-    Each unit compared is added to matched (source id -> the copy's id). clamps: the actual
+    Each unit compared of a kind others refer to is added to matched (source id -> the
+    copy's id). clamps: the actual
     store keeps a logged model's NaN as 0 and ±inf as ±1.7976931348623157e308 (SQL servers)."""
-    found = {} if theirs is None else {u.unit_id: u for u in theirs if not isinstance(u, Unreadable)}
-    by_source = {str(u.body.get("tags", {}).get(SOURCE_UNIT_TAG)): u for u in found.values() if isinstance(u.body.get("tags"), dict)}
-    names: dict[str, list[Unit]] = {}
-    for u in found.values():
-        names.setdefault(u.name, []).append(u)
     own_experiment = "experiment" if unit_type.kind.scope == "experiment" else None
-    for unit in mine:
-        if isinstance(unit, Unreadable):
-            yield f"{unit.kind} {unit.source_id}", f"unreadable: {unit.reason}"
-            continue
-        unit_where = f"{where}, {unit.kind} {unit.name or unit.unit_id!r}"
-        same_name = names.get(unit.name, []) if unit.name else []
-        copy = by_source.get(unit.unit_id) or found.get(unit.unit_id) or (same_name[0] if len(same_name) == 1 else None)
-        if copy is None:
-            yield unit_where, "missing"
-            continue
-        matched[(unit.kind, unit.unit_id)] = copy.unit_id
-        if unit.kind == kinds.TRACE.name:
-            unit = renamed_trace(unit, copy.unit_id)  # a copy under a new id names it inside (traces.py)
-        elif unit.kind == kinds.SCORER.name:  # versions in order: a server renumbers gaps (a recorded loss)
-            unit, copy = numbered_in_order(unit), numbered_in_order(copy)
-        refs = {n: id_map(kinds.ref_kind(n), v) for n, v in unit.refs.items() if n != own_experiment}
-        theirs_refs = {n: v for n, v in copy.refs.items() if n != own_experiment}
-        if refs != theirs_refs:
-            yield unit_where, f"references {refs} != {theirs_refs}"
-        if level == "full":
-            for what in _body_differences(_clamped(unit) if clamps else unit, copy, id_map):
-                yield unit_where, what
-        if unit_type.kind.has_files:
-            for what in _file_differences(expected, unit, actual, copy, id_map, level):
-                yield unit_where, what
+    remembered = unit_type.kind.name in kinds.depended_on()  # matched: what later refs are mapped through
+    with UnitIndex(() if theirs is None else theirs) as index:
+        for unit in mine:
+            if isinstance(unit, Unreadable):
+                yield f"{unit.kind} {unit.source_id}", f"unreadable: {unit.reason}"
+                continue
+            unit_where = f"{where}, {unit.kind} {unit.name or unit.unit_id!r}"
+            copy = index.copy_of(unit)
+            if copy is None:
+                yield unit_where, "missing"
+                continue
+            if remembered:
+                matched[(unit.kind, unit.unit_id)] = copy.unit_id
+            refs = {n: id_map(kinds.ref_kind(n), v) for n, v in unit.refs.items() if n != own_experiment}
+            theirs_refs = {n: v for n, v in copy.refs.items() if n != own_experiment}
+            if refs != theirs_refs:
+                yield unit_where, f"references {refs} != {theirs_refs}"
+            if level == "full":
+                for what in _body_differences(*_comparable(unit, copy, clamps), id_map):
+                    yield unit_where, what
+            if unit_type.kind.has_files:
+                for what in _file_differences(expected, unit, actual, copy, id_map, level):
+                    yield unit_where, what
+
+
+def _comparable(unit: Unit, copy: Unit, clamps: bool) -> tuple[Unit, Unit]:
+    """The source's unit and its copy as they are compared: the source's through JSON as the
+    copy came (unit_index), a trace under its copy's id (a copy under a new id names it
+    inside: traces.py), a scorer's versions numbered in order (a server renumbers gaps, a
+    recorded loss), a logged model's metrics clamped where the target clamps them."""
+    unit = through_json(unit)
+    if unit.kind == kinds.TRACE.name:
+        unit = renamed_trace(unit, copy.unit_id)
+    elif unit.kind == kinds.SCORER.name:
+        unit, copy = numbered_in_order(unit), numbered_in_order(copy)
+    return (_clamped(unit) if clamps else unit), copy
 
 
 def _body_differences(unit: Unit, copy: Unit, id_map: IdMap) -> Iterator[str]:

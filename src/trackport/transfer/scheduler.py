@@ -41,7 +41,7 @@ class ExperimentUnits:
         self.t = transfer
         self.experiment = experiment
         self.target = target
-        self.depended_on = {d for name in kinds.names() for d in kinds.kind(name).depends_on}  # kinds remembered below
+        self.depended_on = kinds.depended_on()  # the kinds remembered below
         self.settled: dict[Key, bool] = {}  # unit -> moved (done or skipped), or failed
         self.outside: set[Key] = set()  # listed but left out (the units depending on them go on)
         self.moved: dict[Key, str] = {}  # unit -> its target id, this experiment
