@@ -126,7 +126,7 @@ def test_artifact_spans_the_source_cannot_open_are_unreadable_with_the_reason(se
     result = CliRunner().invoke(cli, ["export", _db_uri(servers["source"], destination=False), str(tmp_path / "b"), "--json"])
     summary = json.loads(result.stdout)
     assert result.exit_code != 0 and summary["counts"]["traces"]["failed"] == 3, summary["counts"]
-    assert {"kind": "trace", "name": "", "reason": reason, "source_id": sample["legacy"]} in summary["failures"]
+    assert {"kind": "trace", "name": "legacy", "reason": reason, "source_id": sample["legacy"]} in summary["failures"]
 
 
 def test_trace_filter_is_refused_from_a_database(servers, sample, tmp_path):

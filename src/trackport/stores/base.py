@@ -121,6 +121,7 @@ class Unreadable:
     kind: str  # "experiment" | "run"
     source_id: str
     reason: str
+    name: str = ""  # where the source knows it (a trace's name): failure lists show it
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,7 @@ class _Transfer:
         self.report(kind, source_id, name, "failed")
 
     def record_unreadable(self, unit: Unreadable) -> None:
-        self.record_failure(unit.kind, unit.source_id, "", unit.reason)
+        self.record_failure(unit.kind, unit.source_id, unit.name, unit.reason)
 
     def record_not_selected(self, kind: str, source_id: str, name: str, reason: str) -> None:
         self.summary.leave_out(kind, reason)

@@ -124,9 +124,9 @@ class TraceReading:
                 spans=span_dicts,
             ))
         except UnitError as exc:
-            return Unreadable(TRACE.name, trace_id, str(exc))
+            return Unreadable(TRACE.name, trace_id, str(exc), tags.get("mlflow.traceName", ""))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            return Unreadable(TRACE.name, trace_id, f"trace {trace_id}: the database holds an unusable row ({exc!r})")
+            return Unreadable(TRACE.name, trace_id, f"trace {trace_id}: the database holds an unusable row ({exc!r})", tags.get("mlflow.traceName", ""))
 
     def _stored_spans(self, trace_ids: list[str]) -> dict[str, list[str]]:
         """trace id -> its spans' content (MLflow's span dicts as JSON) from the spans table;

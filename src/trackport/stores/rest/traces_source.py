@@ -124,15 +124,17 @@ class RestTracesSource:
 
     def _read_trace(self, info: Any) -> Unit | Unreadable | None:
         """One listed trace with its spans; None when it was deleted since it was listed."""
-        trace_id = str(info.get("trace_id") or "?") if isinstance(info, dict) else "?"
+        trace_id, name = "?", ""
+        if isinstance(info, dict):
+            trace_id, name = str(info.get("trace_id") or "?"), str((info.get("tags") or {}).get("mlflow.traceName", ""))
         try:
             return self._trace(info)
         except NotFoundError:
             return None
         except (RestError, TransientError) as exc:
-            return Unreadable(TRACE.name, trace_id, f"the server did not send its spans: {exc}")
+            return Unreadable(TRACE.name, trace_id, f"the server did not send its spans: {exc}", name)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            return Unreadable(TRACE.name, trace_id, f"server sent an unusable trace ({exc!r})")
+            return Unreadable(TRACE.name, trace_id, f"server sent an unusable trace ({exc!r})", name)
 
     def _trace(self, info: dict) -> Unit:
         trace_id = info["trace_id"]
