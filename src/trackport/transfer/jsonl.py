@@ -37,11 +37,26 @@ class JsonlAppender:
 
     @staticmethod
     def _repair_torn_tail(path: Path) -> None:
-        if not path.exists() or path.stat().st_size == 0:
+        """Cut a torn last line (a crash while appending), reading the file from its end a
+        block at a time: an id map of a million traces is not read whole to append to it."""
+        if not path.exists():
             return
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):
-            path.write_bytes(data[: data.rfind(b"\n") + 1])
+        with path.open("rb+") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end == 0:
+                return
+            f.seek(end - 1)
+            if f.read(1) == b"\n":
+                return
+            while end > 0:
+                start = max(0, end - (64 << 10))
+                f.seek(start)
+                newline = f.read(end - start).rfind(b"\n")
+                if newline >= 0:
+                    f.truncate(start + newline + 1)
+                    return
+                end = start
+            f.truncate(0)
 
     def append(self, record: dict) -> None:
         line = json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
