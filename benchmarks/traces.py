@@ -30,6 +30,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import requests
 
@@ -164,21 +165,27 @@ def minimal_copy(source: str, target: str, workers: int) -> int:
         write_trace(s, target, dst_exp, otlp_request(info["trace_id"], spans)["resourceSpans"], out)
 
     copied = 0
-    token = None
     with ThreadPoolExecutor(workers) as pool:
-        while True:
-            body = {"locations": [{"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": src_exp}}], "max_results": 500}
-            if token:
-                body["page_token"] = token
-            r = session().post(f"{source}{TRACES_API}/search", json=body, timeout=60)
-            r.raise_for_status()
-            page = r.json()
-            infos = page.get("traces") or []
+        for infos in search_pages(session(), source, src_exp):
             list(pool.map(copy, infos))
             copied += len(infos)
-            token = page.get("next_page_token")
-            if not token:
-                return copied
+    return copied
+
+
+def search_pages(session: requests.Session, url: str, experiment: str) -> Iterator[list[dict]]:
+    """An experiment's trace infos, a v3 search page (500) at a time."""
+    token = None
+    while True:
+        body = {"locations": [{"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment}}], "max_results": 500}
+        if token:
+            body["page_token"] = token
+        r = session.post(f"{url}{TRACES_API}/search", json=body, timeout=60)
+        r.raise_for_status()
+        page = r.json()
+        yield page.get("traces") or []
+        token = page.get("next_page_token")
+        if not token:
+            return
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -194,16 +201,7 @@ def timed(command: list[str]) -> dict:
 
 
 def count_traces(url: str) -> int:
-    exp, n, token = experiment_id(url), 0, None
-    while True:
-        body = {"locations": [{"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": exp}}], "max_results": 500}
-        if token:
-            body["page_token"] = token
-        page = requests.post(f"{url}{TRACES_API}/search", json=body, timeout=60).json()
-        n += len(page.get("traces") or [])
-        token = page.get("next_page_token")
-        if not token:
-            return n
+    return sum(len(infos) for infos in search_pages(requests.Session(), url, experiment_id(url)))
 
 
 def main() -> None:

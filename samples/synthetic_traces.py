@@ -12,6 +12,7 @@ import json
 import random
 
 from trackport.kinds import Unit
+from trackport.traces import TraceFields, trace_unit
 
 
 def synthetic_spans(rng: random.Random, trace_id: str, start_ns: int, count: int, *, label: str = "", padding: int = 0) -> list[dict]:
@@ -46,8 +47,6 @@ def synthetic_trace(rng: random.Random, t: int, experiment_id: str, *, spans: in
                     base_ms: int = 1_700_000_000_000) -> Unit:
     """Trace t of an experiment as a unit: requested t ms after base_ms, synthetic_spans, one
     feedback on its root span (about 2 KB with the defaults)."""
-    from trackport.traces import TraceFields, trace_unit
-
     trace_id = f"tr-{rng.getrandbits(128):032x}"
     body = synthetic_spans(rng, trace_id, (base_ms + t) * 1_000_000, spans, label=str(t), padding=padding)
     assessment = {

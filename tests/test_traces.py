@@ -208,9 +208,20 @@ def test_a_copy_within_one_server_takes_new_trace_ids_mapped(servers, sample, ex
     first = import_again()
     monkeypatch.undo()
     assert first.failed == 1 and first.counts["traces"]["done"] == 2, first.failures
+    looked_up = []
+
+    def counting_trace_gets(self, method, endpoint, **kwargs):
+        if method == "GET" and endpoint.startswith("/api/3.0/mlflow/traces/tr-"):
+            looked_up.append(endpoint)
+        return real_call(self, method, endpoint, **kwargs)
+
+    monkeypatch.setattr(RestClient, "call", counting_trace_gets)
     resumed = import_again()
+    monkeypatch.undo()
     assert resumed.failed == 0, resumed.failures
     assert resumed.counts["traces"]["done"] == 1 and resumed.counts["traces"]["skipped"] == 2
+    # Each trace looked up under its own id and its new one, once: put_trace takes what find_trace decided.
+    assert len(looked_up) == 2 * 3 and len(set(looked_up)) == 2 * 3, looked_up
 
     assert _traces(url) == expected  # the originals, untouched
     copies = _traces(url, again)

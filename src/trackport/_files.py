@@ -62,6 +62,29 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def drop_torn_tail(f: BinaryIO) -> None:
+    """Cut a last line an append left without its newline (a kill while appending), so the
+    next line starts clean; f is open for reading and writing, and is left at its end. The
+    file is read from its end a block at a time: a ledger or id map of a million traces is
+    not read whole to append to it."""
+    end = f.seek(0, os.SEEK_END)
+    if end == 0:
+        return
+    f.seek(end - 1)
+    if f.read(1) == b"\n":
+        return
+    while end > 0:
+        start = max(0, end - (64 << 10))
+        f.seek(start)
+        newline = f.read(end - start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    f.truncate(end)
+    f.seek(0, os.SEEK_END)
+
+
 def sha256_stream(f: BinaryIO) -> tuple[str, int]:
     """(hex sha256, size) of what is left to read in f, read in chunks."""
     h = hashlib.sha256()

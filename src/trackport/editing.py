@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from trackport._files import drop_torn_tail
 from trackport.domain import MAX_TAG_VALUE, key_problem
 from trackport.errors import BadInputError, storage_error
 from trackport.locking import TargetLock
@@ -147,7 +148,7 @@ class DeletionRecord:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a+b") as record:
-                _drop_torn_tail(record)
+                drop_torn_tail(record)
                 record.write(lines.encode())
                 record.flush()
                 os.fsync(record.fileno())
@@ -168,17 +169,3 @@ class DeletionRecord:
                 if entry.get("experiment_id") == experiment_id:
                     latest[entry["run_id"]] = entry
         return {r: e["at"] for r, e in latest.items() if e["state"] == DELETED_STATE}
-
-
-def _drop_torn_tail(record) -> None:
-    """Cut a last line left without its newline by a kill, so the next line starts clean."""
-    size = record.seek(0, os.SEEK_END)
-    if size == 0:
-        return
-    record.seek(size - 1)
-    if record.read(1) == b"\n":
-        return
-    record.seek(0)
-    data = record.read()
-    record.truncate(data.rfind(b"\n") + 1)
-    record.seek(0, os.SEEK_END)

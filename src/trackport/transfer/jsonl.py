@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from trackport._files import drop_torn_tail
 from trackport.errors import storage_error
 
 
@@ -29,34 +30,13 @@ class JsonlAppender:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._repair_torn_tail(path)
+            if path.exists():
+                with path.open("rb+") as f:
+                    drop_torn_tail(f)  # a kill while appending
             self._file = path.open("a", encoding="utf-8")
         except OSError as exc:
             raise (storage_error(exc, str(path)) or exc) from None
         self._lock = threading.Lock()
-
-    @staticmethod
-    def _repair_torn_tail(path: Path) -> None:
-        """Cut a torn last line (a crash while appending), reading the file from its end a
-        block at a time: an id map of a million traces is not read whole to append to it."""
-        if not path.exists():
-            return
-        with path.open("rb+") as f:
-            end = f.seek(0, os.SEEK_END)
-            if end == 0:
-                return
-            f.seek(end - 1)
-            if f.read(1) == b"\n":
-                return
-            while end > 0:
-                start = max(0, end - (64 << 10))
-                f.seek(start)
-                newline = f.read(end - start).rfind(b"\n")
-                if newline >= 0:
-                    f.truncate(start + newline + 1)
-                    return
-                end = start
-            f.truncate(0)
 
     def append(self, record: dict) -> None:
         line = json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"

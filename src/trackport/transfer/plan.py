@@ -76,7 +76,8 @@ def _listing(source: SourceStore, kind: kinds.UnitKind, selection: Selection):
 def _holds_workspace_units(source: SourceStore, selection: Selection) -> bool:
     """Whether the store holds units of the whole workspace beyond the registry (evaluation
     datasets): a store of datasets and empty experiments has something to move."""
-    return any(next(iter(_listing(source, t.kind, selection)), None) is not None for t in workspace_unit_types())
+    return any(next(iter(_listing(source, t.kind, selection)), None) is not None
+               for t in workspace_unit_types() if t.kind.name not in (kinds.REGISTERED_MODEL.name, kinds.MODEL_VERSION.name))
 
 
 def plan_experiments(source: SourceStore, selection: Selection, *, holds_more: bool = False) -> list[PlannedExperiment]:

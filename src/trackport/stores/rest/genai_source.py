@@ -8,6 +8,7 @@ scorers/versions. A server before MLflow 3 (no such routes) holds none.
 """
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Iterator
 from urllib.parse import quote
@@ -35,12 +36,12 @@ class RestGenaiSource:
             first = next(pages)
         except (NotFoundError, BadInputError):  # no dataset API: the server holds none
             return
-        for page in _chain(first, pages):
+        for page in itertools.chain([first], pages):
             for info in page.get("datasets") or ():
                 yield self._read_dataset(info)
 
     def _read_dataset(self, info: dict) -> Unit | Unreadable:
-        dataset_id = str(info.get("dataset_id") or "?")
+        dataset_id, name = str(info.get("dataset_id") or "?"), str(info.get("name") or "")
         where = f"{DATASETS_API}/{quote(dataset_id, safe='')}"
         try:
             experiments = self.client.call("GET", f"{where}/experiment-ids").get("experiment_ids") or []
@@ -49,9 +50,9 @@ class RestGenaiSource:
                 records.extend(json.loads(page.get("records") or "[]"))
             return dataset_unit(info, [str(e) for e in experiments], records)
         except (RestError, TransientError, NotFoundError) as exc:
-            return Unreadable(EVALUATION_DATASET.name, dataset_id, f"the server did not send it whole: {exc}")
+            return Unreadable(EVALUATION_DATASET.name, dataset_id, f"the server did not send it whole: {exc}", name)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            return Unreadable(EVALUATION_DATASET.name, dataset_id, f"server sent an unusable dataset ({exc!r})")
+            return Unreadable(EVALUATION_DATASET.name, dataset_id, f"server sent an unusable dataset ({exc!r})", name)
 
     def iter_scorers(self, experiment: Experiment) -> Iterator[Unit | Unreadable]:
         exp_id = experiment.experiment_id
@@ -65,9 +66,4 @@ class RestGenaiSource:
                 versions = self.client.call("GET", f"{SCORERS_API}/versions", params={"experiment_id": exp_id, "name": name})
                 yield scorer_unit(exp_id, versions.get("scorers") or [scorer])
             except (RestError, TransientError, NotFoundError, KeyError, TypeError, ValueError) as exc:
-                yield Unreadable(SCORER.name, str(scorer.get("scorer_id") or name), f"its versions could not be read: {exc}")
-
-
-def _chain(first: dict, rest: Iterator[dict]) -> Iterator[dict]:
-    yield first
-    yield from rest
+                yield Unreadable(SCORER.name, str(scorer.get("scorer_id") or name), f"its versions could not be read: {exc}", name)

@@ -130,6 +130,7 @@ class RestSink(RestRegistrySink, RestTracesSink, RestGenaiSink, RestPatcher, Sin
         )
         self._init_models()
         self._genai = GenaiWriter(client)  # evaluation datasets and scorers (RestGenaiSink)
+        self._trace_ids: dict[tuple[str, str], str] = {}  # RestTracesSink: what find_trace decided, for put_trace
 
     # ------------------------------------------------------------------ common
 

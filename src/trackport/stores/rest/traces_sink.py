@@ -18,7 +18,9 @@ and the provenance tag `trackport.source.id` naming the source's trace. Either w
 already there with its info finalized (metadata `mlflow.trace.infoFinalized`, set by
 StartTraceV3, the last call) is complete and skipped; one that is not is written again
 (both calls merge). The id is decided before the spans are sent: spans sent under an id
-another experiment holds would be merged into that experiment's trace.
+another experiment holds would be merged into that experiment's trace. find_trace, which
+the engine calls just before put_trace, decides it and leaves it for put_trace: no trace
+is looked up twice.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ class RestTracesSink:
     """Traces into a tracking server (RestSink's part)."""
 
     client: RestClient
+    _trace_ids: dict[tuple[str, str], str]  # (source id, target experiment) -> the id find_trace decided
 
     def _target_trace(self, trace_id: str) -> dict | None:
         try:
@@ -73,8 +76,10 @@ class RestTracesSink:
 
     def find_trace(self, unit: Unit, target_experiment_id: str) -> str | None:
         trace_id, info = self._trace_id(unit.unit_id, target_experiment_id)
-        complete = info is not None and (info.get("trace_metadata") or {}).get(FINALIZED_KEY) == "true"
-        return trace_id if complete else None
+        if info is not None and (info.get("trace_metadata") or {}).get(FINALIZED_KEY) == "true":
+            return trace_id
+        self._trace_ids[(unit.unit_id, str(target_experiment_id))] = trace_id  # put_trace, next, writes it there
+        return None
 
     def lookup_trace(self, source_id: str, target_experiment_id: str | None) -> str | None:
         if target_experiment_id is None:
@@ -84,7 +89,7 @@ class RestTracesSink:
 
     def put_trace(self, unit: Unit, target_experiment_id: str) -> UnitWriteResult:
         exp_id = str(target_experiment_id)
-        trace_id, _ = self._trace_id(unit.unit_id, exp_id)
+        trace_id = self._trace_ids.pop((unit.unit_id, exp_id), None) or self._trace_id(unit.unit_id, exp_id)[0]
         body = renamed_trace(unit, trace_id).body
         result = UnitWriteResult(trace_id)
         spans = body.get("spans") or []
