@@ -5,10 +5,12 @@ same wherever it happens; the bundle format only decides names.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
 import re
+import sys
 import uuid
 from pathlib import Path
 from contextlib import contextmanager
@@ -41,24 +43,56 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def sync_file_system(path: Path) -> None:
+    """Make every write so far to the file system holding path durable, in one call: the
+    files written with durable=False (below) since. Linux's syncfs; os.sync elsewhere."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc is not None and _libc.syncfs(fd) == 0:
+            return
+        if _libc is not None:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+def _load_libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syncfs  # noqa: B018 (present since glibc 2.14)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _load_libc()
+
+
 @contextmanager
-def atomic_open(path: Path, mode: str = "wb", **options: Any) -> Iterator[IO]:
+def atomic_open(path: Path, mode: str = "wb", *, durable: bool = True, **options: Any) -> Iterator[IO]:
     """A file that appears at path only whole: written under a temp name in the same
-    directory (the file's .name), fsynced, then moved into place; removed on error."""
+    directory (the file's .name), fsynced, then moved into place; removed on error.
+    durable=False leaves out the fsync: a killed process still leaves the file whole or
+    absent, but a power cut may tear it until sync_file_system (its writer's business)."""
     tmp = path.with_name(temp_name(path.name))
     try:
         with open(tmp, mode, **options) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_open(path) as f:
+def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    with atomic_open(path, durable=durable) as f:
         f.write(data)
 
 

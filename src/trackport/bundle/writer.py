@@ -5,10 +5,15 @@ Crash safety: each run is written into runs/.<run_id>.tmp-<random>/ and renamed 
 runs/<run_id>/ when whole; single files (experiment.json, unit documents, the root) go
 through a temp name and os.replace; the manifest is written last by finish(). Thread-safe
 for concurrent put_run / put_unit of different units.
+
+Unit documents (a million traces: a million files) are written without an fsync each, and
+finish() makes them durable with one sync of the file system before the manifest. A kill
+leaves each document whole or absent all the same; a power cut could tear one, so while
+documents are unsynced a marker (transfer/unsynced) says so, and the next export into the
+bundle, finding it, takes a document as written only when it reads back whole.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -32,10 +37,10 @@ from trackport.stores.base import (
 )
 from trackport import kinds
 from trackport._files import check_component, copy_stream, fsync_dir, is_temp_name, safe_join, temp_name
-from trackport._files import write_bytes_atomic
+from trackport._files import sync_file_system, write_bytes_atomic
 from trackport.kinds import Unit
 from trackport.bundle import descriptor, schemas, spans
-from trackport.bundle.documents import dumps, experiment_doc, run_doc, short, unit_doc
+from trackport.bundle.documents import dumps, experiment_doc, loads, run_doc, short, unit_doc
 from trackport.bundle.layout import (
     ARTIFACTS_DIR,
     EXPERIMENT_FILE,
@@ -52,12 +57,15 @@ from trackport.bundle.layout import (
     runs_dir,
     unit_file,
     unit_files_dir,
-    unit_id_of,
     write_json,
     write_json_atomic,
 )
+from trackport.bundle.counts import count_bundle
 from trackport.bundle.manifest import write_manifest
 from trackport.bundle.metrics_parquet import DEFAULT_ROW_GROUP_ROWS, write_metrics
+
+
+UNSYNCED_FILE = "unsynced"  # in transfer/: unit documents were written and not yet synced
 
 
 def _os_error(e: OSError, what: str) -> TrackportError:
@@ -82,6 +90,7 @@ class BundleSink(SinkStore):
         made = [d for d in (p, p / TRANSFER_DIR) if not d.exists()]
         self._made_here = made  # removed again by close() if nothing was ever begun
         self._begun = False
+        self._check_documents = False  # True: the last export into it did not sync its documents
         self._target_lock = TargetLock(p / TRANSFER_DIR, str(p))
 
     # The link an increment is made from (bundle/increment.py), written into a new root.
@@ -128,6 +137,7 @@ class BundleSink(SinkStore):
             # leaves the bundle complete as it was, plus some unlisted run directories that
             # readers ignore.
             self._root_doc = old
+            self._mark_unsynced()
             return
         created_at = old.get("created_at") if old is not None else None
         bundle_id = old.get("bundle_id") if old is not None else None
@@ -140,6 +150,18 @@ class BundleSink(SinkStore):
         except OSError as e:
             raise _os_error(e, f"the bundle at {p}") from None
         self._root_doc = doc
+        self._mark_unsynced()
+
+    def _mark_unsynced(self) -> None:
+        """The marker made durable before any document is written without its fsync."""
+        marker = self.path / TRANSFER_DIR / UNSYNCED_FILE
+        self._check_documents = marker.exists()
+        if not self._check_documents:
+            try:
+                write_bytes_atomic(marker, b"unit documents written since are synced by finish()\n")
+                fsync_dir(marker.parent)
+            except OSError as e:
+                raise _os_error(e, f"the bundle at {self.path}") from None
 
     def _remove_stale_temps(self) -> None:
         """Temp files/dirs left by a killed export: top level, experiment dirs, runs dirs,
@@ -172,35 +194,16 @@ class BundleSink(SinkStore):
         self._remove_stale_temps()
         try:
             spans.consolidate_all(self.path)  # traces' spans into each experiment's Parquet file (1.5)
-            root_doc = dict(root_doc, format_version=descriptor.newest_version(root_doc), counts=self._count())
+            sync_file_system(self.path)  # every unit document, in one call (see the module docstring)
+            (self.path / TRANSFER_DIR / UNSYNCED_FILE).unlink(missing_ok=True)
+            fsync_dir(self.path / TRANSFER_DIR)
+            root_doc = dict(root_doc, format_version=descriptor.newest_version(root_doc), counts=count_bundle(self.path))
             root_doc.setdefault("bundle_id", uuid.uuid4().hex)  # a bundle of format 1.3 added to
             write_json_atomic(self.path / ROOT_FILE, root_doc)
             write_manifest(self.path)
         except OSError as e:
             raise _os_error(e, f"the bundle at {self.path} (finishing it: spans files, root descriptor, manifest)") from None
         self._root_doc = root_doc
-
-    def _count(self) -> dict:
-        c = dict.fromkeys(descriptor.COUNT_KEYS, 0)
-        exp_root = self.path / EXPERIMENTS_DIR
-        for e in sorted(exp_root.iterdir()) if exp_root.is_dir() else ():
-            if not (e / EXPERIMENT_FILE).is_file():
-                continue
-            c["experiments"] += 1
-            rd = e / RUNS_DIR
-            for r in rd.iterdir() if rd.is_dir() else ():
-                if is_temp_name(r.name) or not (r / RUN_FILE).is_file():
-                    continue
-                with open(r / RUN_FILE, encoding="utf-8") as f:
-                    doc = json.load(f)
-                c["runs"] += 1
-                c["metric_points"] += (doc.get("metrics") or {}).get("points", 0)
-                arts = doc.get("artifacts") or []
-                c["artifact_files"] += len(arts)
-                c["artifact_bytes"] += sum(a.get("size", 0) for a in arts)
-            _count_units(e / UNITS_DIR, c)
-        _count_units(self.path / UNITS_DIR, c)  # the workspace's
-        return c
 
     # -- writes ------------------------------------------------------------------------
     def put_experiment(self, experiment: Experiment) -> ExperimentWriteResult:
@@ -278,12 +281,15 @@ class BundleSink(SinkStore):
         return result
 
     def find_unit(self, unit: Unit, target_experiment_id: str | None) -> str | None:
-        """The unit's id when its document is there (written whole: it is renamed into place)."""
+        """The unit's id when its document is there (written whole: it is renamed into place;
+        after an export that did not sync its documents, when it also reads back whole)."""
         try:
             path = unit_file(self.path, target_experiment_id, unit.kind, unit.unit_id)
         except ValueError:
             return None
-        return unit.unit_id if path.is_file() else None
+        if not path.is_file() or (self._check_documents and not _reads_back(path, unit)):
+            return None
+        return unit.unit_id
 
     def lookup_unit(self, kind: str, source_id: str, target_experiment_id: str | None) -> str | None:
         """The id of the complete document of that unit, where a reference to it is
@@ -319,7 +325,7 @@ class BundleSink(SinkStore):
             raise UnitError(f"{unit.kind} {unit.unit_id!r} cannot be written as JSON: {e}") from None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(path, data)
+            write_bytes_atomic(path, data, durable=False)  # synced by finish()
         except OSError as e:
             raise _os_error(e, f"{unit.kind} {unit.unit_id!r} into {path.parent}") from None
         return result
@@ -361,6 +367,15 @@ class BundleSink(SinkStore):
         """A run directory just renamed into place (a bundle on S3 sends it: s3_stores)."""
 
 
+def _reads_back(path: Path, unit: Unit) -> bool:
+    """The document at path parses and is the unit's (a power cut can tear an unsynced one)."""
+    try:
+        doc = loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("kind") == unit.kind and doc.get("id") == unit.unit_id
+
+
 def _empty_but_for_a_lock(path: Path) -> bool:
     """An empty directory, or one holding only what a writer killed before its first file
     leaves: transfer/ with its lock, and a temporary file of the root descriptor."""
@@ -399,21 +414,3 @@ def copy_files(content: RunContent | UnitContent, root: Path, what: str, result:
         result.artifact_files += 1
         result.artifact_bytes += size
     return sorted(files, key=lambda f: f["path"])
-
-
-def _count_units(units_dir: Path, counts: dict) -> None:
-    """The unit documents in one units/ folder, added to counts under each kind's plural;
-    the files of units of kinds with files to the artifact counts."""
-    for k in sorted(units_dir.iterdir()) if units_dir.is_dir() else ():
-        if k.name in kinds.BUILT_IN or not k.is_dir() or is_temp_name(k.name):
-            continue
-        kind = kinds.kind(k.name)
-        counts.setdefault(kind.plural, 0)
-        with os.scandir(k) as entries:  # streamed: there may be millions (traces)
-            for document in (e.path for e in entries if unit_id_of(e.name) is not None):
-                counts[kind.plural] += 1
-                if kind.has_files:
-                    with open(document, encoding="utf-8") as f:
-                        files = json.load(f).get("files") or []
-                    counts["artifact_files"] += len(files)
-                    counts["artifact_bytes"] += sum(x.get("size", 0) for x in files)
