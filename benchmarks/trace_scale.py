@@ -2,7 +2,7 @@
 of moving N traces of one experiment, for each N given.
 
     python benchmarks/trace_scale.py [--traces 10000 100000 1000000] [--verify-up-to 100000]
-                                     [--copy-up-to 100000] [--work DIR] [--keep]
+                                     [--copy-up-to 100000] [--read-up-to N] [--work DIR] [--keep]
 
 For each N, each phase in a process of its own, measured by benchmarks/measure.py (wall, CPU,
 peak RSS of that process alone):
@@ -12,7 +12,8 @@ peak RSS of that process alone):
    trackport's library transfer() (put_unit, then finish(): spans into spans.parquet, manifest);
 2. copy: bundle A -> bundle B (the bundle reader and spans.attach, the writer again), for
    N <= --copy-up-to; above it, read: bundle A -> a sink that writes nothing (the reader and
-   the engine alone: a second bundle of a million traces is another 4 GB of 4 KiB blocks);
+   the engine alone: a second bundle of a million traces is another 4 GB of 4 KiB blocks),
+   for N <= --read-up-to (no limit unless given);
 3. verify: `trackport verify A B --level full`, for N <= --verify-up-to (verify holds the
    target's units of a kind in memory to find each copy: transfer/compare_units.py).
 4. idle: the same process importing trackport and making the source, moving nothing: what
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--traces", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--copy-up-to", type=int, default=100_000)
     parser.add_argument("--verify-up-to", type=int, default=100_000)
+    parser.add_argument("--read-up-to", type=int, default=None)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
@@ -164,6 +166,8 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix=f"trackport-trace-scale-{n}-", dir=args.work))
         a, b = work / "a", work / "b"
         phases = ["idle", "export", "copy" if n <= args.copy_up_to else "read"]
+        if args.read_up_to is not None and n > args.read_up_to:
+            phases = phases[:2]
         figures: dict[str, object] = {}
         try:
             for name in phases:

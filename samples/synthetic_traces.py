@@ -52,7 +52,7 @@ def synthetic_trace(rng: random.Random, t: int, experiment_id: str, *, spans: in
     assessment = {
         "assessment_id": f"a-{rng.getrandbits(128):032x}", "assessment_name": "relevance",
         "source": {"source_type": "HUMAN", "source_id": "synthetic"}, "create_time": base_ms + t, "last_update_time": base_ms + t,
-        "feedback": {"value": t % 2 == 0}, "rationale": "synthetic", "span_id": body[0]["span_id"],
+        "feedback": {"value": t % 2 == 0}, "rationale": "synthetic", "valid": True, "span_id": body[0]["span_id"],
     }
     return trace_unit(TraceFields(
         trace_id=trace_id, experiment_id=experiment_id, request_time=base_ms + t, execution_duration=1, state="OK",
