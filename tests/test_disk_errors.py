@@ -250,3 +250,38 @@ def test_a_full_disk_under_the_spans_file(tmp_path, small_disk):
     assert not any(b'"spans":' in p.read_bytes() for p in documents)
     report = verify_bundle(bundle, level="full")
     assert report.ok, report.problems[:3]
+
+
+def test_a_trace_bundle_on_a_read_only_disk_is_read_and_verified(tmp_path):
+    """A backup of traces kept on read-only media: copying it into a new bundle and verifying
+    it write nothing into it (the reader's and verify's scratch files go to the system's temp
+    folder) and succeed."""
+    import random
+
+    from trackport.bundle import BundleSink
+    from trackport.domain import Experiment
+    from trackport.samples.synthetic_traces import synthetic_trace
+    from trackport.stores.base import Selection, StoreDescription
+
+    disk = tmp_path / "ro"
+    if not _mount(disk, 32 << 20):
+        pytest.skip("this machine lets no test mount a file system")
+    try:
+        bundle = disk / "bundle"
+        with BundleSink(bundle) as sink:
+            sink.begin(StoreDescription(kind="synthetic", uri="synthetic:traces"), Selection())
+            sink.put_experiment(Experiment("1", "traced", creation_time=1, last_update_time=1))
+            rng = random.Random(3)
+            for t in range(30):
+                sink.put_unit(synthetic_trace(rng, t, "1"), "1")
+            sink.finish({})
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        code, stdout, stderr = _run(["export", str(bundle), str(tmp_path / "copy")])
+        assert code == 0, stderr
+        assert [line.split()[1] for line in stdout.splitlines() if line.startswith("traces ")] == ["30"], stdout
+        code, stdout, stderr = _run(["bundle", "verify", str(bundle), "--level", "full"])
+        assert code == 0, stdout + stderr
+        code, stdout, stderr = _run(["verify", str(bundle), str(tmp_path / "copy")])
+        assert code == 0, stdout + stderr
+    finally:
+        _umount(disk)
