@@ -36,7 +36,8 @@ from trackport.bundle.layout import ARTIFACTS_DIR, METRICS_FILE, ROOT_FILE, RUN_
 from trackport.bundle.metrics_parquet import DEFAULT_ROW_GROUP_ROWS, write_metrics
 from trackport.bundle.reader import BundleSource
 from trackport.bundle.validator import RunPlan, Stored
-from trackport.bundle.writer import BundleSink, copy_files
+from trackport.bundle.file_copy import copy_files
+from trackport.bundle.writer import BundleSink
 
 
 class IncrementSink(BundleSink):

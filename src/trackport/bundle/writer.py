@@ -19,9 +19,8 @@ import shutil
 import threading
 import uuid
 from pathlib import Path
-from typing import Callable
 
-from trackport.domain import ArtifactFile, Capabilities, Experiment, Run
+from trackport.domain import Capabilities, Experiment, Run
 from trackport.domain import SourceRunId, TargetExperimentId, TargetRunId
 from trackport.errors import BadInputError, TrackportError, UnitError, storage_error
 from trackport.locking import LOCK_FILE, TargetLock
@@ -36,7 +35,7 @@ from trackport.stores.base import (
     UnitWriteResult,
 )
 from trackport import kinds
-from trackport._files import check_component, copy_stream, fsync_dir, is_temp_name, safe_join, temp_name
+from trackport._files import check_component, fsync_dir, is_temp_name, temp_name
 from trackport._files import sync_file_system, write_bytes_atomic
 from trackport.kinds import Unit
 from trackport.bundle import descriptor, schemas, spans
@@ -61,6 +60,7 @@ from trackport.bundle.layout import (
     write_json_atomic,
 )
 from trackport.bundle.counts import count_bundle
+from trackport.bundle.file_copy import copy_files
 from trackport.bundle.manifest import write_manifest
 from trackport.bundle.metrics_parquet import DEFAULT_ROW_GROUP_ROWS, write_metrics
 
@@ -387,30 +387,3 @@ def _empty_but_for_a_lock(path: Path) -> bool:
         if [e.name for e in entry.iterdir()] not in ([], [LOCK_FILE]):
             return False
     return True
-
-
-def copy_files(content: RunContent | UnitContent, root: Path, what: str, result: RunWriteResult | UnitWriteResult,
-               held: Callable[[ArtifactFile], dict | None] = lambda af: None) -> list[dict]:
-    """Every file of content into root, hashed as it is written, counted into result;
-    their records ({path, size, sha256}) sorted by path. what: "run <id>: artifact".
-    held: the record of a file held already (an increment's reference), not copied."""
-    files: list[dict] = []
-    for af in content.artifact_files():
-        record = held(af)
-        if record is not None:
-            files.append(record)
-            continue
-        try:
-            target = safe_join(root, af.path)
-        except ValueError as e:
-            raise UnitError(f"{what} {e}; nothing of it was written") from None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with content.open_artifact(af.path) as src:
-                sha, size = copy_stream(src, target)
-        except FileExistsError:
-            raise UnitError(f"{what} {af.path!r} is listed twice") from None
-        files.append({"path": af.path, "size": size, "sha256": sha})
-        result.artifact_files += 1
-        result.artifact_bytes += size
-    return sorted(files, key=lambda f: f["path"])
